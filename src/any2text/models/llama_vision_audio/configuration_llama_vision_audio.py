@@ -1,0 +1,144 @@
+"""LlamaVisionAudio configuration: a causal LM joined to an optional vision encoder and an optional audio encoder."""
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Vision encoders whose sequence starts with a CLS embedding ("default" strategy drops it; "full" keeps it).
+# SigLIP has none, so "default" must not drop anything there.
+VISION_ENCODERS_WITH_CLS = ("clip_vision_model",)
+
+
+class LlamaVisionAudioConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`LlamaVisionAudioForConditionalGeneration`]: a text model plus an optional vision encoder and
+    an optional audio encoder, each joined to the text model by a two-layer MLP projector.
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the language model; any causal LM transformers knows. Defaults to a `LlamaConfig`.
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the vision encoder (CLIP or SigLIP vision). `None` means the model has no vision input.
+        audio_config (`dict` or `PreTrainedConfig`, *optional*):
+            Config of the audio encoder (`ClapAudioConfig`). `None` means the model has no audio input.
+        image_token_id (`int`, *optional*, defaults to 128256):
+            Id of the token that holds the place of one image embedding.
+        audio_token_id (`int`, *optional*, defaults to 128257):
+            Id of the token that holds the place of one audio embedding.
+        vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
+            Hidden state(s) of the vision encoder fed to the projector (a list is concatenated on the channel axis).
+        vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
+            `"default"` drops the CLS embedding of encoders that have one, `"full"` keeps every embedding.
+        audio_feature_layer (`int`, *optional*, defaults to -2):
+            Hidden state of the audio encoder fed to the projector.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation between the two linear layers of each projector.
+        multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
+            Whether the projector linear layers have biases.
+
+    The number of tokens one image and one audio clip become is derived from the encoder configs and exposed as
+    `image_seq_length` and `audio_seq_length` (576 for CLIP ViT-L/14 at 336 px with `"default"`; 64 for CLAP HTSAT).
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoConfig, ClapAudioConfig, CLIPVisionConfig, LlamaConfig
+    >>> import any2text  # registers "llama_vision_audio"
+
+    >>> config = AutoConfig.for_model(
+    ...     "llama_vision_audio",
+    ...     text_config=LlamaConfig(),
+    ...     vision_config=CLIPVisionConfig(image_size=336, patch_size=14),
+    ...     audio_config=ClapAudioConfig(),
+    ... )
+    >>> config.image_seq_length, config.audio_seq_length
+    (576, 64)
+    ```
+    """
+
+    model_type = "llama_vision_audio"
+    # The seed project's config.json spells these `image_token_index` / `audio_token_index`.
+    attribute_map = {"image_token_index": "image_token_id", "audio_token_index": "audio_token_id"}
+
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="clap_audio_model", optional=True),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 128256
+    audio_token_id: int = 128257
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: Literal["default", "full"] = "default"
+    audio_feature_layer: int = -2
+    projector_hidden_act: str = "gelu"
+    multimodal_projector_bias: bool = True
+    ignore_index: int = -100
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        # Seed checkpoints carry an `audio_feature_select_strategy` that never had an effect; accept and drop it.
+        kwargs.pop("audio_feature_select_strategy", None)
+        super().__post_init__(**kwargs)
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"`vision_feature_select_strategy` must be 'default' or 'full', got {self.vision_feature_select_strategy!r}."
+            )
+        if self.image_token_id == self.audio_token_id:
+            raise ValueError(f"`image_token_id` and `audio_token_id` must differ, both are {self.image_token_id}.")
+        # Llava does the same: checkpoints record tying on the text config.
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    @property
+    def image_seq_length(self) -> int:
+        """Number of tokens (and embeddings) one image becomes; 0 without a vision encoder."""
+        if self.vision_config is None:
+            return 0
+        image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
+        num_patches = (image_size // patch_size) ** 2
+        has_cls = self.vision_config.model_type in VISION_ENCODERS_WITH_CLS
+        return num_patches + int(has_cls and self.vision_feature_select_strategy == "full")
+
+    @property
+    def audio_seq_length(self) -> int:
+        """Number of tokens (and embeddings) one audio clip becomes, whatever its length; 0 without an audio encoder."""
+        if self.audio_config is None:
+            return 0
+        grid, _ = audio_feature_grid(self.audio_config, self.audio_feature_layer)
+        return grid * grid
+
+    @property
+    def vision_feature_size(self) -> int:
+        if self.vision_config is None:
+            return 0
+        num_layers = 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
+        return self.vision_config.hidden_size * num_layers
+
+    @property
+    def audio_feature_size(self) -> int:
+        if self.audio_config is None:
+            return 0
+        return audio_feature_grid(self.audio_config, self.audio_feature_layer)[1]
+
+
+def audio_feature_grid(audio_config: PreTrainedConfig, feature_layer: int) -> tuple[int, int]:
+    """Side of the square token grid and channel count of CLAP's hidden state `feature_layer`.
+
+    CLAP (HTSAT) reshapes the mel spectrogram to a `spec_size` x `spec_size` image, embeds `patch_size` patches, and
+    every stage but the last halves the grid and doubles the channels; `hidden_states` holds the embeddings and
+    the output of each stage, so for laion/clap-htsat-fused `hidden_states[-2]` is an 8 x 8 grid of 768 channels.
+    """
+    num_stages = len(audio_config.depths)
+    index = feature_layer % (num_stages + 1)
+    downsamples = min(index, num_stages - 1)
+    grid = audio_config.spec_size // audio_config.patch_size // 2**downsamples
+    channels = audio_config.patch_embeds_hidden_size * 2**downsamples
+    return grid, channels
+
+
+__all__ = ["LlamaVisionAudioConfig"]

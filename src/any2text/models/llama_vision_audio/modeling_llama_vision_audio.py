@@ -1,0 +1,401 @@
+"""LlamaVisionAudio: a causal language model that reads images (CLIP/SigLIP) and audio (CLAP) through MLP projectors.
+
+Only relative imports, torch and transformers here, so `register_for_auto_class` can ship this folder as remote code.
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.models.clap.modeling_clap import ClapAudioModel
+from transformers.utils import logging
+
+from .configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS, LlamaVisionAudioConfig
+
+logger = logging.get_logger(__name__)
+
+
+class LlamaVisionAudioProjector(nn.Module):
+    """Two-layer MLP from an encoder's feature size to the language model's hidden size (LLaVA-1.5's projector)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_act: str, bias: bool = True):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
+        self.act = ACT2FN[hidden_act]
+        self.linear_2 = nn.Linear(out_features, out_features, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+def _encoder_from_config(config) -> nn.Module:
+    # CLAP's audio tower has no AutoModel mapping (only the full ClapModel has one).
+    if config.model_type == "clap_audio_model":
+        return ClapAudioModel._from_config(config)
+    return AutoModel.from_config(config)
+
+
+def _needs_grad(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+class LlamaVisionAudioPreTrainedModel(PreTrainedModel):
+    config: LlamaVisionAudioConfig
+    config_class = LlamaVisionAudioConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _no_split_modules = ["LlamaVisionAudioProjector"]
+
+
+class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
+    """Encoders, projectors and the language model backbone; returns the language model's hidden states."""
+
+    def __init__(self, config: LlamaVisionAudioConfig):
+        super().__init__(config)
+        text_hidden = config.text_config.hidden_size
+        act, bias = config.projector_hidden_act, config.multimodal_projector_bias
+        self.vision_tower = self.vision_projector = self.audio_tower = self.audio_projector = None
+        if config.vision_config is not None:
+            self.vision_tower = _encoder_from_config(config.vision_config)
+            self.vision_projector = LlamaVisionAudioProjector(config.vision_feature_size, text_hidden, act, bias)
+        if config.audio_config is not None:
+            self.audio_tower = _encoder_from_config(config.audio_config)
+            self.audio_projector = LlamaVisionAudioProjector(config.audio_feature_size, text_hidden, act, bias)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def train(self, mode: bool = True) -> "LlamaVisionAudioModel":
+        """Frozen encoders stay in eval mode: CLAP's BatchNorm would otherwise drift its running statistics."""
+        super().train(mode)
+        for tower in (self.vision_tower, self.audio_tower):
+            if tower is not None and not _needs_grad(tower):
+                tower.eval()
+        return self
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """Encode images: vision tower -> feature layer(s) -> strategy -> projector.
+
+        Returns the tower's output with `pooler_output` set to the projected features,
+        `(num_images, image_seq_length, text_hidden_size)`.
+        """
+        if self.vision_tower is None:
+            raise ValueError(
+                "This model has no vision encoder (`config.vision_config` is None) but got `pixel_values`."
+            )
+        config = self.config
+        pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
+        # Frozen encoders build no autograd graph: their activations would otherwise be kept for nothing.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.vision_tower)):
+            outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        layers = (
+            [config.vision_feature_layer]
+            if isinstance(config.vision_feature_layer, int)
+            else config.vision_feature_layer
+        )
+        drop_cls = (
+            config.vision_feature_select_strategy == "default"
+            and config.vision_config.model_type in VISION_ENCODERS_WITH_CLS
+        )
+        selected = [
+            outputs.hidden_states[layer][:, 1:] if drop_cls else outputs.hidden_states[layer] for layer in layers
+        ]
+        selected = torch.cat(selected, dim=-1)
+        outputs.pooler_output = self.vision_projector(selected)
+        return outputs
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Encode audio clips: CLAP -> hidden state `audio_feature_layer` (a C x H x W grid) -> H*W tokens -> projector.
+
+        Returns the tower's output with `pooler_output` set to the projected features,
+        `(num_clips, audio_seq_length, text_hidden_size)`.
+        """
+        if self.audio_tower is None:
+            raise ValueError(
+                "This model has no audio encoder (`config.audio_config` is None) but got `input_features`."
+            )
+        if is_longer is None:
+            is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
+        input_features = input_features.to(dtype=self.audio_tower.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.audio_tower)):
+            outputs = self.audio_tower(
+                input_features, is_longer=is_longer, output_hidden_states=True, return_dict=True
+            )
+        grid = outputs.hidden_states[self.config.audio_feature_layer]  # (clips, channels, H, W)
+        selected = grid.flatten(2).transpose(1, 2)
+        outputs.pooler_output = self.audio_projector(selected)
+        return outputs
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks of the image and audio placeholder positions, `(batch, seq, 1)`.
+
+        Raises a `ValueError` when the number of placeholders differs from the number of feature vectors.
+        """
+        masks = []
+        for modality, token_id, features in (
+            ("image", self.config.image_token_id, image_features),
+            ("audio", self.config.audio_token_id, audio_features),
+        ):
+            if input_ids is None:
+                token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+                mask = (inputs_embeds == token_embedding).all(-1)
+            else:
+                mask = input_ids == token_id
+            if features is not None:
+                n_tokens, n_features = int(mask.sum()), features.shape[0] * features.shape[1]
+                if n_tokens != n_features:
+                    per_item = features.shape[1]
+                    raise ValueError(
+                        f"{modality.capitalize()} features and {modality} tokens do not match: the inputs hold "
+                        f"{n_tokens} {modality} tokens but {features.shape[0]} {modality} item(s) give {n_features} "
+                        f"features ({per_item} each). Build inputs with the processor, which expands each "
+                        f"`<{modality}>` into {per_item} tokens, and pass one {modality} per placeholder."
+                    )
+            masks.append(mask.unsqueeze(-1))
+        return masks[0], masks[1]
+
+    def _dummy_pixel_values(self) -> torch.Tensor:
+        size = self.config.vision_config.image_size
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        return torch.zeros(1, channels, size, size, device=self.device, dtype=self.vision_tower.dtype)
+
+    def _dummy_audio(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config.audio_config
+        channels = 4 if cfg.enable_fusion else 1
+        frames = cfg.spec_size * (cfg.spec_size // cfg.num_mel_bins)  # HTSAT folds time into spec_size rows
+        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one clip.
+        clips = 2 if self.audio_tower.training else 1
+        features = torch.zeros(
+            clips, channels, frames, cfg.num_mel_bins, device=self.device, dtype=self.audio_tower.dtype
+        )
+        # is_longer=True also runs CLAP's fusion branch, so every rank touches the same parameters.
+        return features, torch.ones(clips, 1, dtype=torch.bool, device=self.device)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> MultimodalBaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = audio_outputs = None
+        image_features = audio_features = None
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            image_outputs = self.get_image_features(pixel_values)
+            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+        if input_features is not None and input_features.shape[0] > 0:
+            audio_outputs = self.get_audio_features(input_features, is_longer=is_longer)
+            audio_features = audio_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+
+        image_mask, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, audio_features)
+        if image_features is not None:
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
+        elif image_mask.any():
+            raise ValueError("The inputs hold image tokens but no `pixel_values` were given.")
+        if audio_features is not None:
+            inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
+        elif audio_mask.any():
+            raise ValueError("The inputs hold audio tokens but no `input_features` were given.")
+
+        if self.training:
+            inputs_embeds = inputs_embeds + self._zero_contribution(image_features is None, audio_features is None)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        return MultimodalBaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=getattr(outputs, "cache", None),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=image_outputs,
+            audio_outputs=audio_outputs,
+        )
+
+    def _zero_contribution(self, missing_image: bool, missing_audio: bool) -> torch.Tensor | float:
+        """Run each tower and projector the batch did not use on a dummy input, times zero.
+
+        Under DeepSpeed ZeRO-3 (and FSDP) every rank must run the same modules each step, or the parameter
+        all-gathers of a rank whose batch lacks a modality never meet those of the others and training hangs.
+        The result is exactly zero, so the loss and every gradient are unchanged.
+        """
+        total = 0.0
+        if missing_image and self.vision_tower is not None:
+            total = total + self.get_image_features(self._dummy_pixel_values()).pooler_output.sum() * 0.0
+        if missing_audio and self.audio_tower is not None:
+            features, is_longer = self._dummy_audio()
+            total = total + self.get_audio_features(features, is_longer=is_longer).pooler_output.sum() * 0.0
+        return total
+
+
+class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, GenerationMixin):
+    """[`LlamaVisionAudioModel`] with a language modeling head, the loss and `generate`."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LlamaVisionAudioConfig):
+        super().__init__(config)
+        self.model = LlamaVisionAudioModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    @property
+    def vision_tower(self) -> nn.Module | None:
+        return self.model.vision_tower
+
+    @property
+    def audio_tower(self) -> nn.Module | None:
+        return self.model.audio_tower
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, is_longer=is_longer, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> MultimodalCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids to predict; `-100` marks positions without a label (prompt, media, padding). The loss is the
+            mean cross-entropy over labelled positions (or their sum over `num_items_in_batch`, as the Trainer passes
+            under gradient accumulation). In training mode, logits are computed only at labelled positions and
+            `logits` is returned as `None`: at a 128K vocabulary and hundreds of media tokens per sample, full
+            logits are most of the activation memory.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            is_longer=is_longer,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            mm_token_type_ids=mm_token_type_ids,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+
+        loss = logits = None
+        if labels is not None and self.training:
+            loss = self._sparse_loss(hidden_states, labels, num_items_in_batch)
+        else:
+            if isinstance(logits_to_keep, int):
+                hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+            else:
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = self.lm_head(hidden_states)
+            if labels is not None:
+                shift_labels = labels[:, 1:].to(logits.device)
+                loss = self._reduce(
+                    nn.functional.cross_entropy(
+                        logits[:, :-1].float().flatten(0, 1),
+                        shift_labels.flatten(),
+                        ignore_index=self.config.ignore_index,
+                        reduction="sum",
+                    ),
+                    shift_labels,
+                    num_items_in_batch,
+                )
+
+        return MultimodalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            audio_outputs=outputs.audio_outputs,
+        )
+
+    def _sparse_loss(
+        self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        shift_labels = labels[:, 1:].to(hidden_states.device)
+        keep = shift_labels != self.config.ignore_index
+        logits = self.lm_head(hidden_states[:, :-1][keep])
+        loss_sum = nn.functional.cross_entropy(logits.float(), shift_labels[keep], reduction="sum")
+        return self._reduce(loss_sum, shift_labels, num_items_in_batch)
+
+    def _reduce(
+        self, loss_sum: torch.Tensor, shift_labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        if num_items_in_batch is None:
+            # A batch with no label at all gives 0 rather than NaN, so it cannot poison an accumulated step.
+            num_items_in_batch = (shift_labels != self.config.ignore_index).sum().clamp(min=1)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+        return loss_sum / num_items_in_batch
+
+
+__all__ = [
+    "LlamaVisionAudioForConditionalGeneration",
+    "LlamaVisionAudioModel",
+    "LlamaVisionAudioPreTrainedModel",
+    "LlamaVisionAudioProjector",
+]
