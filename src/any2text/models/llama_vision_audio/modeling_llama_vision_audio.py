@@ -222,14 +222,21 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             audio_features = audio_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
 
         image_mask, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, audio_features)
+        # Decoding steps see only new tokens and the cache; media were merged at prefill.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        prefill = cache is None or cache.get_seq_length() == 0
         if image_features is not None:
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
-        elif image_mask.any():
-            raise ValueError("The inputs hold image tokens but no `pixel_values` were given.")
+        elif prefill and image_mask.any():
+            raise ValueError(
+                "The inputs hold image tokens but no `pixel_values` were given: pass the images to the processor."
+            )
         if audio_features is not None:
             inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
-        elif audio_mask.any():
-            raise ValueError("The inputs hold audio tokens but no `input_features` were given.")
+        elif prefill and audio_mask.any():
+            raise ValueError(
+                "The inputs hold audio tokens but no `input_features` were given: pass the audio to the processor."
+            )
 
         if self.training:
             inputs_embeds = inputs_embeds + self._zero_contribution(image_features is None, audio_features is None)
@@ -272,6 +279,9 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         self.model = LlamaVisionAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        # A generated placeholder would be a media slot with no media behind it: never sample one.
+        if self.generation_config is not None and self.generation_config.suppress_tokens is None:
+            self.generation_config.suppress_tokens = [config.image_token_id, config.audio_token_id]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

@@ -1,0 +1,217 @@
+"""Media loading: turn an image or audio reference into a decoded RGB image or a mono float32 waveform.
+
+A *reference* is whatever a dataset row holds for a media item:
+
+- a path (`str` / `os.PathLike`); a relative path is resolved against `media_root`;
+- a `{"bytes": ..., "path": ...}` dict, which is what `datasets` returns for `Image(decode=False)` and
+  `Audio(decode=False)` columns (embedded bytes win; without bytes the path is read);
+- an already decoded object: a `PIL.Image.Image`, a `{"array": ..., "sampling_rate": ...}` dict (or any object
+  answering `["array"]` and `["sampling_rate"]`, such as torchcodec's `AudioDecoder`), or a numpy array.
+
+Decoding is done here and nowhere else, so every part of the data path gets the same conversions and the same
+errors. Audio is read with `soundfile` and resampled with `soxr` (`scipy.signal.resample_poly` when `soxr` is not
+installed): `datasets`' own `Audio()` decoding needs torchcodec, which is an optional, CUDA-linked dependency.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from math import gcd
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import soundfile as sf
+
+try:
+    import soxr
+except ImportError:  # soxr is a hard dependency in setup.cfg; scipy keeps a stripped-down install working
+    soxr = None
+
+MediaRef = Any
+_MEDIA_ROOT_FIX = "set the dataset's `media_root` to the folder the relative media paths start from"
+
+
+def _describe(ref: MediaRef) -> str:
+    """A short, human-readable name for a reference, for error messages (never dumps raw bytes)."""
+    if isinstance(ref, str | os.PathLike):
+        return f"`{os.fspath(ref)}`"
+    if isinstance(ref, Mapping):
+        if ref.get("path"):
+            return f"`{ref['path']}`" + (" (embedded bytes)" if ref.get("bytes") else "")
+        if ref.get("bytes") is not None:
+            return f"<{len(ref['bytes'])} embedded bytes>"
+    if isinstance(ref, np.ndarray):
+        return f"<array of shape {ref.shape} and dtype {ref.dtype}>"
+    return f"<{type(ref).__name__}>"
+
+
+def resolve_path(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> str:
+    """Resolve `path` against `media_root` (when relative) and check that the file exists.
+
+    Raises:
+        FileNotFoundError: naming the path that was tried and how to fix it.
+        ValueError: for remote URLs, which are never fetched during training.
+    """
+    path = os.path.expanduser(os.fspath(path))
+    if path.startswith(("http://", "https://")):
+        raise ValueError(
+            f"Media reference `{path}` is a URL; remote media are not fetched while training. "
+            "Download the files and point the dataset at the local copies."
+        )
+    if not os.path.isabs(path) and media_root is not None:
+        path = os.path.join(os.path.expanduser(os.fspath(media_root)), path)
+    if not os.path.isfile(path):
+        if media_root is None and not os.path.isabs(path):
+            fix = f"the path is relative and no `media_root` was given: {_MEDIA_ROOT_FIX}"
+        elif media_root is not None:
+            fix = f"it was resolved against `media_root={os.fspath(media_root)}`; check that folder, or {_MEDIA_ROOT_FIX}"
+        else:
+            fix = "check that the file exists"
+        raise FileNotFoundError(f"Media file `{path}` does not exist ({fix}).")
+    return path
+
+
+def _as_path_or_bytes(ref: MediaRef, media_root: str | os.PathLike | None) -> tuple[str | io.BytesIO, str] | None:
+    """For file-like references return `(path or BytesIO, description)`; `None` for decoded objects."""
+    if isinstance(ref, str | os.PathLike):
+        return resolve_path(ref, media_root), _describe(ref)
+    if isinstance(ref, Mapping) and "array" not in ref and ("bytes" in ref or "path" in ref):
+        if ref.get("bytes") is not None:
+            return io.BytesIO(ref["bytes"]), _describe(ref)
+        if ref.get("path"):
+            return resolve_path(ref["path"], media_root), _describe(ref)
+        raise ValueError(f"Media reference {ref!r} has neither `bytes` nor `path`; the row holds no media.")
+    return None
+
+
+def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PIL.Image.Image:
+    """Load an image reference as an RGB `PIL.Image.Image`.
+
+    Args:
+        ref: a path, a `{"bytes", "path"}` dict, a `PIL.Image.Image` or a `uint8` numpy array (H, W[, C]).
+        media_root: folder that relative paths are resolved against.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file or bytes are not a readable image.
+        TypeError: the reference is of an unsupported type.
+
+    Example:
+        >>> import numpy as np
+        >>> load_image(np.zeros((4, 6, 3), dtype=np.uint8)).size
+        (6, 4)
+    """
+    if isinstance(ref, PIL.Image.Image):
+        return ref if ref.mode == "RGB" else ref.convert("RGB")
+    if isinstance(ref, np.ndarray):
+        if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
+            raise ValueError(
+                f"Image array {_describe(ref)} is not supported: expected a `uint8` array of shape (H, W) or "
+                "(H, W, C). Convert it with `(array * 255).astype(np.uint8)` or pass a PIL image."
+            )
+        return PIL.Image.fromarray(ref).convert("RGB")
+    source = _as_path_or_bytes(ref, media_root)
+    if source is None:
+        raise TypeError(
+            f"Unsupported image reference {_describe(ref)}: expected a path, a `{{'bytes', 'path'}}` dict, "
+            "a PIL image or a uint8 numpy array."
+        )
+    file, name = source
+    try:
+        with PIL.Image.open(file) as image:
+            return image.convert("RGB")
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Image {name} could not be decoded ({error}). Replace or remove the file.") from error
+
+
+def _to_float_mono(array: np.ndarray, name: str, channels_last: bool | None = None) -> np.ndarray:
+    """Convert integer PCM to float in [-1, 1] and down-mix channels by their mean."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.signedinteger):
+        array = array.astype(np.float32) / float(-np.iinfo(array.dtype).min)
+    elif np.issubdtype(array.dtype, np.unsignedinteger):
+        # Unsigned PCM (8-bit WAV) is centred on the middle of its range.
+        middle = (float(np.iinfo(array.dtype).max) + 1.0) / 2.0
+        array = (array.astype(np.float32) - middle) / middle
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"Audio {name} has dtype `{array.dtype}`; expected integer PCM or floating point samples.")
+    if array.ndim == 2:
+        if channels_last is None:
+            # Arrays from HF / torchaudio are (channels, samples), soundfile gives (samples, channels): channels are
+            # always the short axis.
+            channels_last = array.shape[1] < array.shape[0]
+        array = array.mean(axis=1 if channels_last else 0)
+    elif array.ndim != 1:
+        raise ValueError(f"Audio {name} has shape {array.shape}; expected (samples,) or a 2-D multi-channel array.")
+    if array.size == 0:
+        raise ValueError(f"Audio {name} is empty (0 samples). Remove the row or replace the file.")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def resample(waveform: np.ndarray, orig_sampling_rate: int, sampling_rate: int) -> np.ndarray:
+    """Resample a mono float32 waveform (soxr high quality; polyphase filtering with scipy as a fallback)."""
+    if orig_sampling_rate == sampling_rate:
+        return waveform
+    if soxr is not None:
+        out = soxr.resample(waveform, orig_sampling_rate, sampling_rate)
+    else:
+        from scipy.signal import resample_poly
+
+        divisor = gcd(int(orig_sampling_rate), int(sampling_rate))
+        out = resample_poly(waveform, sampling_rate // divisor, orig_sampling_rate // divisor)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike | None = None) -> np.ndarray:
+    """Load an audio reference as a mono float32 waveform at `sampling_rate`.
+
+    Args:
+        ref: a path, a `{"bytes", "path"}` dict, a `{"array", "sampling_rate"}` dict (or an object answering those
+            two keys, like torchcodec's `AudioDecoder`), or a numpy array. A bare array carries no rate and is taken
+            to be at `sampling_rate` already; a 2-D array is down-mixed over its shorter axis (the channels).
+        sampling_rate: the rate the audio encoder expects (CLAP: 48000).
+        media_root: folder that relative paths are resolved against.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file or bytes are not readable audio, or the audio is empty.
+        TypeError: the reference is of an unsupported type.
+
+    Example:
+        >>> import numpy as np
+        >>> clip = {"array": np.zeros(16000, dtype=np.int16), "sampling_rate": 16000}
+        >>> load_audio(clip, sampling_rate=48000).shape
+        (48000,)
+    """
+    if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
+        raise ValueError(f"`sampling_rate` must be a positive integer, got {sampling_rate!r}.")
+    if isinstance(ref, np.ndarray):
+        return _to_float_mono(ref, _describe(ref))
+    source = _as_path_or_bytes(ref, media_root)
+    if source is not None:
+        file, name = source
+        try:
+            # soundfile converts integer PCM to float itself; always_2d gives (frames, channels) for every file.
+            array, orig_rate = sf.read(file, dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as error:
+            raise ValueError(
+                f"Audio {name} could not be decoded ({error}). soundfile reads wav/flac/ogg/mp3; "
+                "convert the file or remove the row."
+            ) from error
+        waveform = _to_float_mono(array, name, channels_last=True)
+    else:
+        name = _describe(ref)
+        try:
+            array, orig_rate = ref["array"], ref["sampling_rate"]
+        except (KeyError, TypeError, IndexError) as error:
+            raise TypeError(
+                f"Unsupported audio reference {name}: expected a path, a `{{'bytes', 'path'}}` dict, a "
+                "`{'array', 'sampling_rate'}` dict or a numpy array."
+            ) from error
+        if hasattr(array, "numpy"):  # a torch tensor, as decoders may return
+            array = array.numpy()
+        waveform = _to_float_mono(np.asarray(array), name)
+    return resample(waveform, int(orig_rate), int(sampling_rate))
