@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import make_image, make_tone
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -22,6 +21,7 @@ from any2text import (
     LlamaVisionAudioProcessor,
     register_auto_classes,
 )
+from conftest import make_image, make_tone
 
 
 def mixed_inputs(tester, processor):

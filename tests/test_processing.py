@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, make_tone
 
 from any2text.models.llama_vision_audio.processing_llama_vision_audio import AUDIO_TYPE, IMAGE_TYPE, TEXT_TYPE
+from conftest import make_image, make_tone
 
 
 def test_placeholders_expand_and_types_follow_transformers_convention(processor, tester):
