@@ -1,0 +1,41 @@
+"""`any2text` command line: one entry point, one subcommand per job, each delegating to its module's `main(argv)`."""
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help). Modules import lazily so `any2text --help` is instant.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build": ("any2text.builders.cli", "main", "compose a checkpoint from a text LLM and pretrained encoders"),
+    "convert-seed": ("any2text.builders.cli", "convert_seed_main", "convert a seed (align-anything) checkpoint"),
+    "train": ("any2text.training.train", "main", "train (stage 1 / stage 2, LoRA, DeepSpeed) on the Trainer"),
+    "merge-lora": ("any2text.training.merge", "merge_lora_main", "merge a LoRA stage-2 output into a checkpoint"),
+    "eval": ("any2text.evaluation.evaluate", "main", "score a checkpoint on a benchmark"),
+    "chat": ("any2text.evaluation.chat", "main", "chat with a checkpoint about an image and/or audio clip"),
+    "demo-data": ("any2text.data.synthetic", "main", "write the synthetic image/audio question dataset"),
+    "demo": ("any2text.demo", "main", "the whole recipe on tiny models, offline, in minutes"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: any2text <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14}{help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `any2text <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"any2text: unknown command `{command}`.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function, _ = COMMANDS[command]
+    result = getattr(importlib.import_module(module_name), function)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
