@@ -1,0 +1,431 @@
+"""Benchmark registry: how a row of each evaluation set becomes a prompt, its references, and which metric scores it.
+
+Prompts follow lmms-eval's default `doc_to_text` for each task, so numbers are comparable with published ones::
+
+    >>> from any2text.evaluation.benchmarks import get_benchmark
+    >>> bench = get_benchmark("vqav2")
+    >>> item = bench.build_item({"question_id": 1, "question": "How many dogs?", "image": img,
+    ...                          "answers": [{"answer": "2"}] * 10}, row_index=0)
+    >>> item.prompt
+    'How many dogs?\\nAnswer the question using a single word or phrase.'
+
+`item.messages` uses the project-wide format ``[{"role": "user", "content": [{"type": "image", "image": ...},
+{"type": "text", "text": ...}]}]``; media are passed through as stored in the row (PIL image, ``{"bytes", "path"}``
+or ``{"array", "sampling_rate"}``) and loaded by `generation.generate_batch`.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import logging
+
+from .metrics import load_metric
+
+logger = logging.get_logger(__name__)
+
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+OKVQA_SUFFIX = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + VQA_SUFFIX
+MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+CAPTION_PROMPT = "Describe the audio in one sentence."
+ASR_PROMPT = "Please recognize the speech and only output the recognized content:"
+AQA_SUFFIX = "\nAnswer the question using a single word only."
+# MME questions end with this; lmms-eval swaps it for the short-answer instruction.
+MME_YES_NO = " Please answer yes or no."
+LETTERS = "ABCDEFGHIJ"
+
+# Metrics whose `references` input is one string per item (the others take a list of acceptable answers).
+_SCALAR_REFERENCE_METRICS = {"mme", "mmbench", "wer"}
+
+
+@dataclass
+class EvalItem:
+    """One evaluation example: a stable `id`, chat `messages`, acceptable `references` and extra metric inputs."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    references: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The text of the user turn (media left out), as recorded in predictions.jsonl."""
+        return "".join(part["text"] for part in self.messages[-1]["content"] if part["type"] == "text")
+
+
+# A row builder returns (prompt text, references, meta) given the row and the prompt suffix in force.
+RowBuilder = Callable[[dict[str, Any], str, int], tuple[str, list[str], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Everything the runner needs to know about one benchmark.
+
+    Args:
+        name: registry key, e.g. `"vqav2"`.
+        metric: packaged metric name (see `any2text.evaluation.metrics.METRIC_NAMES`).
+        modality: `"image"` or `"audio"`: the media column put in front of the prompt.
+        media_column: the row column holding the image / audio.
+        required_columns: columns a row must have; checked once before generation starts.
+        id_columns: columns tried in order for a stable item id; the row index is used when none is present.
+        build: the row builder (prompt text, references, metric meta).
+        prompt_suffix: the default instruction appended to the question (the whole prompt for captioning / ASR).
+        default_data / default_subset / default_split: where lmms-eval reads the benchmark from.
+        max_new_tokens: generation budget used unless the caller sets one.
+        primary_score: the headline key of the metric's result.
+    """
+
+    name: str
+    metric: str
+    modality: str
+    media_column: str
+    required_columns: tuple[str, ...]
+    id_columns: tuple[str, ...]
+    build: RowBuilder
+    prompt_suffix: str
+    default_data: str | None
+    default_subset: str | None
+    default_split: str
+    max_new_tokens: int
+    primary_score: str
+
+    def item_id(self, row: dict[str, Any], row_index: int) -> str:
+        for column in self.id_columns:
+            if column in row and row[column] is not None:
+                return str(row[column])
+        return str(row_index)
+
+    def check_columns(self, column_names: Sequence[str]) -> None:
+        missing = [c for c in self.required_columns if c not in column_names]
+        if missing:
+            raise ValueError(
+                f"Benchmark `{self.name}` needs columns {missing} that the dataset lacks (it has "
+                f"{list(column_names)}). Point `--data` at a {self.name} dataset (default `{self.default_data}`) "
+                "or pick the matching `--benchmark`."
+            )
+
+    def build_item(self, row: dict[str, Any], row_index: int, prompt_suffix: str | None = None) -> EvalItem:
+        """Turn one dataset row into an `EvalItem`; `prompt_suffix` overrides the benchmark's default."""
+        suffix = self.prompt_suffix if prompt_suffix is None else prompt_suffix
+        try:
+            text, references, meta = self.build(row, suffix, row_index)
+        except (KeyError, TypeError, ValueError, SyntaxError) as err:
+            raise ValueError(f"Benchmark `{self.name}`: cannot read row {row_index}: {err!r}.") from err
+        media = row.get(self.media_column)
+        if media is None:
+            raise ValueError(
+                f"Benchmark `{self.name}`: row {row_index} has no `{self.media_column}`; drop rows without media "
+                "before evaluating (a text-only answer would silently be scored)."
+            )
+        content = [{"type": self.modality, self.modality: media}, {"type": "text", "text": text}]
+        return EvalItem(
+            id=self.item_id(row, row_index),
+            messages=[{"role": "user", "content": content}],
+            references=references,
+            meta=meta,
+        )
+
+    def metric_inputs(self, records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Keyword arguments for the metric's `compute` from prediction records (predictions.jsonl objects)."""
+        inputs: dict[str, list[Any]] = {"predictions": [r["prediction"] for r in records]}
+        if self.metric in _SCALAR_REFERENCE_METRICS:
+            inputs["references"] = [r["references"][0] for r in records]
+        else:
+            inputs["references"] = [list(r["references"]) for r in records]
+        for key in records[0].get("meta", {}) if records else ():
+            inputs[key] = [r["meta"][key] for r in records]
+        return inputs
+
+    def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Score prediction records with the benchmark's metric; records without references are left out."""
+        labelled = [r for r in records if r.get("references")]
+        if len(labelled) < len(records):
+            logger.warning(
+                f"`{self.name}`: {len(records) - len(labelled)} of {len(records)} predictions have no references "
+                "(an unlabelled test split?) and are not scored."
+            )
+        if not labelled:
+            return {}
+        return load_metric(self.metric).compute(**self.metric_inputs(labelled))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Row readers
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan")
+
+
+def _as_list(value: Any) -> list[Any]:
+    # A-OKVQA `direct_answers` is sometimes a stringified Python list.
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = ast.literal_eval(value)
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _answer_strings(value: Any) -> list[str]:
+    """VQAv2 answers are dicts `{answer, answer_confidence, answer_id}`; OK-VQA / A-OKVQA plain strings."""
+    if value is None:
+        return []
+    answers = []
+    for answer in _as_list(value):
+        answers.append(str(answer["answer"] if isinstance(answer, dict) else answer))
+    return answers
+
+
+def _captions(row: dict[str, Any]) -> list[str]:
+    """Reference captions from the layouts in use: a list column, Clotho's caption_1..5, or joined text."""
+    for column in ("captions", "raw_text", "caption"):
+        value = row.get(column)
+        if isinstance(value, (list, tuple)) and value:
+            return [str(c) for c in value]
+    numbered = [row[f"caption_{i}"] for i in range(1, 6) if isinstance(row.get(f"caption_{i}"), str)]
+    if numbered:
+        return numbered
+    for column in ("caption", "raw_text", "text"):
+        value = row.get(column)
+        if isinstance(value, str) and value.strip():
+            if column == "caption":
+                return [value]
+            # CLAPv2/Clotho stores the 5 captions joined by ". ".
+            return [c.strip() for c in re.split(r"\.\s+", value.strip().rstrip(".")) if c.strip()]
+    raise ValueError("no reference captions in `captions`, `raw_text`, `caption`, `caption_1..5` or `text`")
+
+
+def _question(row: dict[str, Any]) -> str:
+    question = row["question"]
+    if not isinstance(question, str):
+        raise TypeError(f"`question` must be a string, got {type(question).__name__}")
+    return question
+
+
+def _build_vqa(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    return _question(row) + suffix, _answer_strings(row.get("answers")), {}
+
+
+def _build_aokvqa_da(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    return _question(row) + suffix, _answer_strings(row.get("direct_answers")), {}
+
+
+def _options_block(options: Sequence[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options) if text)
+
+
+def _build_aokvqa_mc(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    choices = [str(c) for c in _as_list(row["choices"])]
+    text = f"{_question(row)}\n{_options_block(choices)}{suffix}"
+    correct = row.get("correct_choice_idx")
+    references = [] if _is_missing(correct) else [LETTERS[int(correct)]]
+    # Each row is its own group: the mmbench metric then reduces to plain multiple-choice accuracy.
+    return text, references, {"index": row_index, "category": "aokvqa", "choices": choices}
+
+
+def _build_mme(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    question = _question(row).strip()
+    if suffix:
+        question = question.replace(MME_YES_NO, "")
+    answer = row.get("answer")
+    references = [] if _is_missing(answer) else [str(answer)]
+    return question + suffix, references, {"question_id": str(row["question_id"]), "category": str(row["category"])}
+
+
+def _build_mmbench(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    choices = ["" if _is_missing(row.get(letter)) else str(row[letter]) for letter in LETTERS[:5]]
+    while choices and not choices[-1]:
+        choices.pop()
+    options = "Options:\n" + _options_block(choices)
+    hint = row.get("hint")
+    text = f"{_question(row)} {options}" if _is_missing(hint) else f"{hint} {_question(row)} {options}"
+    answer = row.get("answer")
+    references = [] if _is_missing(answer) else [str(answer).strip()]
+    return (
+        text + suffix,
+        references,
+        {"index": int(row["index"]), "category": str(row["category"]), "choices": choices},
+    )
+
+
+def _build_caption(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    return suffix, _captions(row), {}
+
+
+def _build_asr(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    text = row["text"]
+    return suffix, [] if _is_missing(text) else [str(text)], {}
+
+
+def _build_aqa(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
+    answer = row.get("answer")
+    return _question(row) + suffix, [] if _is_missing(answer) else _answer_strings(answer), {}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registry
+
+_IMAGE = {"modality": "image", "media_column": "image"}
+_AUDIO = {"modality": "audio", "media_column": "audio"}
+
+BENCHMARKS: dict[str, Benchmark] = {
+    bench.name: bench
+    for bench in (
+        Benchmark(
+            name="vqav2",
+            metric="vqa_accuracy",
+            **_IMAGE,
+            required_columns=("image", "question"),
+            id_columns=("question_id",),
+            build=_build_vqa,
+            prompt_suffix=VQA_SUFFIX,
+            default_data="lmms-lab/VQAv2",
+            default_subset=None,
+            default_split="validation",
+            max_new_tokens=16,
+            primary_score="accuracy",
+        ),
+        Benchmark(
+            name="okvqa",
+            metric="vqa_accuracy",
+            **_IMAGE,
+            required_columns=("image", "question", "answers"),
+            id_columns=("question_id",),
+            build=_build_vqa,
+            prompt_suffix=OKVQA_SUFFIX,
+            default_data="lmms-lab/OK-VQA",
+            default_subset=None,
+            default_split="val2014",
+            max_new_tokens=16,
+            primary_score="accuracy",
+        ),
+        Benchmark(
+            name="aokvqa_mc",
+            metric="mmbench",
+            **_IMAGE,
+            required_columns=("image", "question", "choices"),
+            id_columns=("question_id",),
+            build=_build_aokvqa_mc,
+            prompt_suffix=MC_SUFFIX,
+            default_data="HuggingFaceM4/A-OKVQA",
+            default_subset=None,
+            default_split="validation",
+            max_new_tokens=8,
+            primary_score="accuracy",
+        ),
+        Benchmark(
+            name="aokvqa_da",
+            metric="vqa_accuracy",
+            **_IMAGE,
+            required_columns=("image", "question", "direct_answers"),
+            id_columns=("question_id",),
+            build=_build_aokvqa_da,
+            prompt_suffix=VQA_SUFFIX,
+            default_data="HuggingFaceM4/A-OKVQA",
+            default_subset=None,
+            default_split="validation",
+            max_new_tokens=16,
+            primary_score="accuracy",
+        ),
+        Benchmark(
+            name="mme",
+            metric="mme",
+            **_IMAGE,
+            required_columns=("image", "question", "question_id", "category"),
+            # `question_id` is the image path, shared by the two questions of an image: not unique.
+            id_columns=(),
+            build=_build_mme,
+            prompt_suffix=VQA_SUFFIX,
+            default_data="lmms-lab/MME",
+            default_subset=None,
+            default_split="test",
+            max_new_tokens=16,
+            primary_score="total",
+        ),
+        Benchmark(
+            name="mmbench",
+            metric="mmbench",
+            **_IMAGE,
+            required_columns=("image", "question", "index", "category", "A", "B"),
+            id_columns=("index",),
+            build=_build_mmbench,
+            prompt_suffix=MC_SUFFIX,
+            default_data="lmms-lab/MMBench",
+            default_subset="en",
+            default_split="dev",
+            max_new_tokens=16,
+            primary_score="accuracy",
+        ),
+        Benchmark(
+            name="clotho",
+            metric="cider",
+            **_AUDIO,
+            required_columns=("audio",),
+            id_columns=("index", "file_name", "id"),
+            build=_build_caption,
+            prompt_suffix=CAPTION_PROMPT,
+            default_data="CLAPv2/Clotho",
+            default_subset=None,
+            default_split="test",
+            max_new_tokens=48,
+            primary_score="cider",
+        ),
+        Benchmark(
+            name="audiocaps",
+            metric="cider",
+            **_AUDIO,
+            required_columns=("audio",),
+            id_columns=("audiocap_id", "id"),
+            build=_build_caption,
+            prompt_suffix=CAPTION_PROMPT,
+            default_data="jp1924/AudioCaps",
+            default_subset=None,
+            default_split="test",
+            max_new_tokens=48,
+            primary_score="cider",
+        ),
+        Benchmark(
+            name="librispeech",
+            metric="wer",
+            **_AUDIO,
+            required_columns=("audio", "text"),
+            id_columns=("id",),
+            build=_build_asr,
+            prompt_suffix=ASR_PROMPT,
+            default_data="openslr/librispeech_asr",
+            default_subset="clean",
+            default_split="test",
+            max_new_tokens=256,
+            primary_score="wer",
+        ),
+        Benchmark(
+            name="clotho_aqa",
+            metric="exact_match",
+            **_AUDIO,
+            required_columns=("audio", "question", "answer"),
+            id_columns=("id",),
+            build=_build_aqa,
+            prompt_suffix=AQA_SUFFIX,
+            default_data="lmms-lab/ClothoAQA",
+            default_subset="clotho_aqa",
+            default_split="clotho_aqa_val_filtered",
+            max_new_tokens=8,
+            primary_score="exact_match",
+        ),
+    )
+}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The registered `Benchmark` called `name`."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark `{name}`; choose one of {sorted(BENCHMARKS)}.")
+    return BENCHMARKS[name]
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "EvalItem", "get_benchmark"]

@@ -1,0 +1,300 @@
+"""Evaluate a checkpoint on one benchmark: generate, save predictions as they come, score.
+
+    python -m any2text.evaluation.evaluate --model ckpt/ --benchmark mme --data lmms-lab/MME --output_dir eval/
+
+writes ``eval/mme/predictions.jsonl`` (one object per item: id, prompt, prediction, references, meta), appended and
+flushed after every batch, then ``eval/mme/scores.json`` and ``eval/mme/scores.md``. Rerunning the same command
+resumes: ids already in predictions.jsonl are not generated again. `--data` takes a Hub id, a local dataset folder,
+or a single .parquet / .json / .jsonl file; it defaults to the benchmark's lmms-eval source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
+from .generation import generate_batch
+
+# Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
+logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
+
+PREDICTIONS_FILE = "predictions.jsonl"
+SCORES_JSON = "scores.json"
+SCORES_MD = "scores.md"
+_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+@dataclass
+class EvalArguments:
+    """Arguments of `python -m any2text.evaluation.evaluate` (and `any2text eval`)."""
+
+    model: str = field(metadata={"help": "Checkpoint folder or Hub id loadable with AutoModelForImageTextToText."})
+    benchmark: str = field(metadata={"help": f"One of {sorted(BENCHMARKS)}."})
+    output_dir: str = field(metadata={"help": "Results go to OUTPUT_DIR/<benchmark>/."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, local dataset folder or .parquet/.json/.jsonl file. Default: the benchmark's."},
+    )
+    subset: str | None = field(default=None, metadata={"help": "Dataset config name (e.g. `en` for MMBench)."})
+    split: str | None = field(default=None, metadata={"help": "Dataset split. Default: the benchmark's."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first LIMIT rows."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the benchmark's budget."})
+    prompt_suffix: str | None = field(
+        default=None, metadata={"help": "Replace the benchmark's instruction appended to each question."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
+    device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"Unknown `--benchmark {self.benchmark}`; choose one of {sorted(BENCHMARKS)}.")
+        if self.batch_size < 1:
+            raise ValueError(f"`--batch_size` must be >= 1, got {self.batch_size}.")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"`--limit` must be >= 0, got {self.limit}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_eval_dataset(data: str, split: str | None = None, subset: str | None = None) -> datasets.Dataset:
+    """Load `data` (Hub id, folder, or one file) as a `Dataset`, with audio kept as raw bytes.
+
+    Audio columns are cast to `Audio(decode=False)`: decoding happens later with soundfile (torchcodec, datasets'
+    decoder, is not usable everywhere) and only for rows that are actually generated.
+    """
+    path = Path(data)
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(_FILE_BUILDERS)}.")
+        # A single file is always datasets' "train" split, whatever --split says.
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    else:
+        dataset = datasets.load_dataset(data, subset, split=split)
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"`--data {data}` has several splits {list(dataset)}; choose one with `--split`.")
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Audio(decode=False))
+    return dataset
+
+
+def _media_columns(dataset: datasets.Dataset) -> list[str]:
+    return [n for n, f in dataset.features.items() if isinstance(f, (datasets.Image, datasets.Audio))]
+
+
+def item_ids(benchmark: Benchmark, dataset: datasets.Dataset) -> list[str]:
+    """Stable ids of every row, read without decoding any media; raises on duplicates (resume needs unique ids)."""
+    columns = [c for c in benchmark.id_columns if c in dataset.column_names]
+    table = dataset.select_columns(columns)[:] if columns else {}
+    ids = [benchmark.item_id({c: table[c][i] for c in columns}, i) for i in range(len(dataset))]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(
+            f"Benchmark `{benchmark.name}`: id `{duplicate}` (from column(s) {columns or 'row index'}) occurs more "
+            "than once, so predictions could not be matched to rows on resume. Deduplicate the dataset first."
+        )
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Predictions file
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a predictions.jsonl; a torn last line (a crash mid-write) is cut off the file with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    good_bytes = 0
+    with path.open("rb") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                logger.warning(f"{path}: dropping an incomplete last line (interrupted write); it is regenerated.")
+                with path.open("r+b") as handle:
+                    handle.truncate(good_bytes)
+                break
+            raise ValueError(f"{path} line {number} is not valid JSON ({err}); fix or delete that line.") from err
+        good_bytes += len(line)
+    return records
+
+
+def _append_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        # A killed job must not lose a finished batch.
+        os.fsync(handle.fileno())
+
+
+def _batches(
+    benchmark: Benchmark,
+    dataset: datasets.Dataset,
+    indices: Sequence[int],
+    batch_size: int,
+    prompt_suffix: str | None,
+) -> Iterator[list[EvalItem]]:
+    for start in range(0, len(indices), batch_size):
+        rows = dataset.select(indices[start : start + batch_size])
+        yield [benchmark.build_item(row, idx, prompt_suffix) for row, idx in zip(rows, indices[start:])]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Scores
+
+
+def scores_markdown(benchmark: Benchmark, scores: dict[str, Any], num_items: int) -> str:
+    """A Markdown table of the scores, headline first."""
+    lines = [f"# {benchmark.name} ({benchmark.metric}, {num_items} items)", "", "| metric | value |", "|---|---|"]
+    keys = sorted(scores, key=lambda k: (k != benchmark.primary_score, k))
+    for key in keys:
+        value = scores[key]
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def score_predictions(benchmark: Benchmark | str, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Scores of prediction records (the objects of predictions.jsonl) with the benchmark's metric."""
+    if isinstance(benchmark, str):
+        benchmark = get_benchmark(benchmark)
+    return benchmark.score(records)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runner
+
+
+def load_model_and_processor(model: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
+    """`AutoModelForImageTextToText` + `AutoProcessor` from `model`, in eval mode on `device`."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import any2text  # noqa: F401  (importing it registers the any2text Auto classes)
+
+    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"`--dtype {dtype}` is not a torch dtype; use auto, float32, bfloat16 or float16.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = AutoModelForImageTextToText.from_pretrained(
+        model, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
+    )
+    return loaded.to(device).eval(), AutoProcessor.from_pretrained(model)
+
+
+def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None) -> dict[str, Any]:
+    """Generate the missing predictions for `args.benchmark`, then score all of them; returns the scores.json dict.
+
+    `model` / `processor` may be passed in (already loaded); otherwise they are loaded from `args.model`, and only
+    if something is left to generate.
+    """
+    benchmark = get_benchmark(args.benchmark)
+    data = args.data or benchmark.default_data
+    if data is None:
+        raise ValueError(f"Benchmark `{benchmark.name}` has no default dataset; pass `--data`.")
+    split = args.split or benchmark.default_split
+    subset = args.subset if args.subset is not None else (benchmark.default_subset if args.data is None else None)
+    dataset = load_eval_dataset(data, split=split, subset=subset)
+    benchmark.check_columns(dataset.column_names)
+    if args.limit is not None:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+
+    out_dir = Path(args.output_dir) / benchmark.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = out_dir / PREDICTIONS_FILE
+    ids = item_ids(benchmark, dataset)
+    done = {record["id"] for record in read_predictions(predictions_path)}
+    pending = [i for i, item_id in enumerate(ids) if item_id not in done]
+    logger.info(
+        f"`{benchmark.name}`: {len(ids)} items, {len(ids) - len(pending)} already in {predictions_path}, "
+        f"{len(pending)} to generate."
+    )
+
+    if pending:
+        if model is None or processor is None:
+            model, processor = load_model_and_processor(args.model, args.dtype, args.device)
+        max_new_tokens = args.max_new_tokens or benchmark.max_new_tokens
+        with tqdm(total=len(pending), desc=benchmark.name, unit="item") as progress:
+            for items in _batches(benchmark, dataset, pending, args.batch_size, args.prompt_suffix):
+                answers = generate_batch(
+                    model,
+                    processor,
+                    [item.messages for item in items],
+                    max_new_tokens=max_new_tokens,
+                    batch_size=args.batch_size,
+                )
+                _append_predictions(
+                    predictions_path,
+                    [
+                        {
+                            "id": item.id,
+                            "prompt": item.prompt,
+                            "prediction": answer,
+                            "references": item.references,
+                            "meta": item.meta,
+                        }
+                        for item, answer in zip(items, answers)
+                    ],
+                )
+                progress.update(len(items))
+
+    # Score exactly the selected rows, in dataset order, even if the file holds more (an earlier larger --limit).
+    by_id = {record["id"]: record for record in read_predictions(predictions_path)}
+    records = [by_id[item_id] for item_id in ids if item_id in by_id]
+    scores = score_predictions(benchmark, records)
+    result = {
+        "benchmark": benchmark.name,
+        "metric": benchmark.metric,
+        "primary_score": benchmark.primary_score,
+        "num_items": len(records),
+        "scores": scores,
+        "model": args.model,
+        "data": data,
+        "subset": subset,
+        "split": split,
+        "arguments": asdict(args),
+    }
+    (out_dir / SCORES_JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / SCORES_MD).write_text(scores_markdown(benchmark, scores, len(records)), encoding="utf-8")
+    logger.info(f"`{benchmark.name}` scores written to {out_dir / SCORES_JSON}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; `argv` defaults to `sys.argv[1:]`. Prints the Markdown score table."""
+    parser = HfArgumentParser(EvalArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = pylogging.getLogger("any2text")
+    if not package_logger.handlers:
+        package_logger.addHandler(handler)
+    package_logger.setLevel(pylogging.INFO)
+    result = run_evaluation(args)
+    print(scores_markdown(get_benchmark(args.benchmark), result["scores"], result["num_items"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()

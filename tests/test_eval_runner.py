@@ -1,0 +1,308 @@
+"""The evaluation runner end to end on a tiny stock Llava checkpoint and real-schema fixture datasets."""
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import soundfile
+import torch
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+import any2text.evaluation.evaluate as runner
+from any2text.evaluation.evaluate import EvalArguments, main, read_predictions, run_evaluation, score_predictions
+from any2text.evaluation.generation import generate_batch, load_audio
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "src/any2text/builders/assets/tiny_llama3_tokenizer"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def _tokenizer():
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    """A 2-layer Llava (8x8 images, 2x2 patches, hidden 32) saved with its processor, like a built checkpoint."""
+    tokenizer = _tokenizer()
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}),
+        tokenizer=tokenizer,
+        patch_size=2,
+        num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by the "default" strategy
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=CLIPVisionConfig(
+            image_size=8,
+            patch_size=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_llava")
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _image(seed: int) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 255, (10 + seed, 12, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def mme_parquet(tmp_path):
+    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema."""
+    rows = []
+    for i, category in enumerate(["existence", "count", "code_reasoning"]):
+        for answer in ("Yes", "No"):
+            rows.append(
+                {
+                    "question_id": f"{category}/{i:04d}.png",
+                    "image": _image(i),
+                    "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
+                    "answer": answer,
+                    "category": category,
+                }
+            )
+    features = datasets.Features(
+        {
+            "question_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "category": datasets.Value("string"),
+        }
+    )
+    path = tmp_path / "mme.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def _argv(model, data, out, *extra):
+    return ["--model", str(model), "--benchmark", "mme", "--data", str(data), "--output_dir", str(out)] + list(extra)
+
+
+def test_generate_batch_left_pads_and_matches_one_by_one(tiny_llava):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    conversations = [
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": _image(i)}, {"type": "text", "text": "q " * (i * 3)}],
+            }
+        ]
+        for i in range(3)
+    ]
+    batched = generate_batch(model, processor, conversations, max_new_tokens=4, batch_size=3)
+    single = [generate_batch(model, processor, [c], max_new_tokens=4, batch_size=1)[0] for c in conversations]
+    assert batched == single
+    assert processor.tokenizer.padding_side == "right"  # restored afterwards
+
+
+def test_runner_writes_predictions_and_scores(tiny_llava, mme_parquet, tmp_path):
+    out = tmp_path / "out"
+    result = main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "4", "--max_new_tokens", "3"))
+
+    bench_dir = out / "mme"
+    records = read_predictions(bench_dir / "predictions.jsonl")
+    assert [r["id"] for r in records] == [str(i) for i in range(6)]
+    assert set(records[0]) == {"id", "prompt", "prediction", "references", "meta"}
+    assert records[0]["prompt"] == "Is there a thing?\nAnswer the question using a single word or phrase."
+    assert records[1]["references"] == ["No"]
+    assert records[2]["meta"] == {"question_id": "count/0001.png", "category": "count"}
+
+    scores = json.loads((bench_dir / "scores.json").read_text())
+    assert scores == json.loads(json.dumps(result))
+    assert scores["num_items"] == 6 and scores["metric"] == "mme"
+    # Scores are a pure function of predictions.jsonl.
+    assert scores["scores"] == pytest.approx(score_predictions("mme", records))
+    assert set(scores["scores"]) >= {"perception", "cognition", "total", "existence/acc_plus"}
+    markdown = (bench_dir / "scores.md").read_text()
+    assert markdown.startswith("# mme (mme, 6 items)") and "| total |" in markdown
+
+
+def test_runner_resumes_after_a_crash(tiny_llava, mme_parquet, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls = []
+
+    def crash_on_second_batch(model, processor, batch_of_messages, **kwargs):
+        calls.append(len(batch_of_messages))
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return generate_batch(model, processor, batch_of_messages, **kwargs)
+
+    monkeypatch.setattr(runner, "generate_batch", crash_on_second_batch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "2", "--max_new_tokens", "3"))
+    path = out / "mme" / "predictions.jsonl"
+    first_lines = path.read_text().splitlines()
+    assert len(first_lines) == 2  # the finished batch was flushed before the crash
+
+    # A crash in the middle of a write leaves a torn line: it is dropped and regenerated.
+    with path.open("a") as handle:
+        handle.write('{"id": "2", "predic')
+    calls.clear()
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["Yes"] * len(b))[1])
+    main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "2", "--max_new_tokens", "3"))
+
+    assert calls == [2, 2]  # only the four missing items were generated
+    lines = path.read_text().splitlines()
+    assert lines[:2] == first_lines
+    ids = [json.loads(line)["id"] for line in lines]
+    assert sorted(ids) == [str(i) for i in range(6)] and len(ids) == len(set(ids))
+
+
+def test_limit_then_full_run_only_generates_the_rest(tiny_llava, mme_parquet, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["No"] * len(b))[1])
+    out = tmp_path / "out"
+    first = main(_argv(tiny_llava, mme_parquet, out, "--limit", "4", "--batch_size", "8"))
+    assert first["num_items"] == 4 and calls == [4]
+    second = main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "8"))
+    assert second["num_items"] == 6 and calls == [4, 2]
+    # Every answer is "No": half the questions right, no image has both right.
+    assert second["scores"]["existence/acc"] == 50.0 and second["scores"]["existence/acc_plus"] == 0.0
+    # A smaller --limit afterwards scores only the selected rows, from the file, without generating.
+    third = main(_argv(tiny_llava, mme_parquet, out, "--limit", "2"))
+    assert third["num_items"] == 2 and calls == [4, 2]
+
+
+def test_runner_rejects_wrong_dataset(tiny_llava, mme_parquet, tmp_path):
+    with pytest.raises(ValueError, match=r"Benchmark `mmbench` needs columns \['index', 'A', 'B'\]"):
+        main(_argv(tiny_llava, mme_parquet, tmp_path, "--benchmark", "mmbench"))
+    with pytest.raises(ValueError, match="Unknown `--benchmark nope`"):
+        main(_argv(tiny_llava, mme_parquet, tmp_path, "--benchmark", "nope"))
+
+
+# ----------------------------------------------------------------------------------------------------------- audio
+
+
+def _wav_bytes(seconds: float, rate: int, channels: int) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.1 * np.sin(2 * np.pi * 440 * t)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([wave] * channels, axis=1), rate, format="WAV")
+    return buffer.getvalue()
+
+
+class _AudioProcessor:
+    """Stands in for the any2text processor: records what it is called with; text goes to the real tokenizer."""
+
+    def __init__(self):
+        self.tokenizer = _tokenizer()
+        self.tokenizer.chat_template = CHAT_TEMPLATE
+        self.feature_extractor = type("FeatureExtractor", (), {"sampling_rate": 16000})()
+        self.calls = []
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def __call__(self, text, audio, sampling_rate, padding, return_tensors):
+        self.calls.append({"audio": audio, "sampling_rate": sampling_rate})
+        return dict(self.tokenizer(text, padding=padding, return_tensors=return_tensors))
+
+
+class _EchoModel:
+    """Generates a fixed transcript after every prompt."""
+
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, tokenizer, answer):
+        self.answer = torch.tensor(tokenizer.encode(answer, add_special_tokens=False))
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        assert (attention_mask[:, -1] == 1).all()  # left padded
+        return torch.cat([input_ids, self.answer.expand(len(input_ids), -1)], dim=1)
+
+
+def test_audio_benchmark_decodes_resamples_and_scores(tmp_path):
+    # LibriSpeech schema; stereo 8 kHz clips stored raw (Audio(decode=False)) must reach the processor mono 16 kHz.
+    rows = [
+        {"file": f"{i}.flac", "audio": {"bytes": _wav_bytes(0.25 + 0.1 * i, 8000, 2), "path": f"{i}.wav"},
+         "text": text, "speaker_id": 1, "chapter_id": 2, "id": f"1-2-{i:04d}"}
+        for i, text in enumerate(["HE HOPED THERE", "HE HOPED", "SHE HOPED THERE WOULD BE"])
+    ]  # fmt: skip
+    features = datasets.Features(
+        {
+            "file": datasets.Value("string"),
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            "text": datasets.Value("string"),
+            "speaker_id": datasets.Value("int64"),
+            "chapter_id": datasets.Value("int64"),
+            "id": datasets.Value("string"),
+        }
+    )
+    data_dir = tmp_path / "librispeech"
+    data_dir.mkdir()
+    # Raw bytes cast to Audio on the Arrow side: encoding through datasets would need torchcodec.
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=16000, decode=False))
+    dataset.to_parquet(str(data_dir / "test-00000-of-00001.parquet"))
+
+    processor = _AudioProcessor()
+    model = _EchoModel(processor.tokenizer, "he hoped there")
+    args = EvalArguments(model="unused", benchmark="librispeech", data=str(data_dir), split="test", output_dir=str(tmp_path / "out"), batch_size=2)  # fmt: skip
+    result = run_evaluation(args, model=model, processor=processor)
+
+    audio = [a for call in processor.calls for a in call["audio"]]
+    assert [call["sampling_rate"] for call in processor.calls] == [16000, 16000]
+    assert all(a.dtype == np.float32 and a.ndim == 1 for a in audio)
+    assert [len(a) for a in audio] == [4000, 5600, 7200]  # 8 kHz durations at 16 kHz
+    # edits: 0 + 1 (insertion) + 3 (she->he, 2 deletions) over 3 + 2 + 5 reference words
+    assert result["scores"]["wer"] == pytest.approx(4 / 10)
+    records = read_predictions(tmp_path / "out" / "librispeech" / "predictions.jsonl")
+    assert [r["id"] for r in records] == ["1-2-0000", "1-2-0001", "1-2-0002"]
+    assert records[0]["prediction"] == "he hoped there"
+
+
+def test_load_audio_inputs():
+    array, rate = load_audio({"array": np.ones(10, dtype=np.float64), "sampling_rate": 16000})
+    assert (array.dtype, rate) == (np.float32, 16000)
+    resampled, rate = load_audio({"bytes": _wav_bytes(0.5, 48000, 1), "path": None}, sampling_rate=16000)
+    assert rate == 16000 and len(resampled) == 8000
+    with pytest.raises(TypeError, match="Cannot load audio from int"):
+        load_audio(3)
