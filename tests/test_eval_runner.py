@@ -22,7 +22,7 @@ from transformers import (
 
 import any2text.evaluation.evaluate as runner
 from any2text.evaluation.evaluate import EvalArguments, main, read_predictions, run_evaluation, score_predictions
-from any2text.evaluation.generation import generate_batch, load_audio
+from any2text.evaluation.generation import generate_batch
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "src/any2text/builders/assets/tiny_llama3_tokenizer"
 CHAT_TEMPLATE = (
@@ -240,9 +240,9 @@ class _AudioProcessor:
     def apply_chat_template(self, messages, **kwargs):
         return self.tokenizer.apply_chat_template(messages, **kwargs)
 
-    def __call__(self, text, audio, sampling_rate, padding, return_tensors):
+    def __call__(self, text, audio, sampling_rate, padding, return_tensors, **text_kwargs):
         self.calls.append({"audio": audio, "sampling_rate": sampling_rate})
-        return dict(self.tokenizer(text, padding=padding, return_tensors=return_tensors))
+        return dict(self.tokenizer(text, padding=padding, return_tensors=return_tensors, **text_kwargs))
 
 
 class _EchoModel:
@@ -297,12 +297,3 @@ def test_audio_benchmark_decodes_resamples_and_scores(tmp_path):
     records = read_predictions(tmp_path / "out" / "librispeech" / "predictions.jsonl")
     assert [r["id"] for r in records] == ["1-2-0000", "1-2-0001", "1-2-0002"]
     assert records[0]["prediction"] == "he hoped there"
-
-
-def test_load_audio_inputs():
-    array, rate = load_audio({"array": np.ones(10, dtype=np.float64), "sampling_rate": 16000})
-    assert (array.dtype, rate) == (np.float32, 16000)
-    resampled, rate = load_audio({"bytes": _wav_bytes(0.5, 48000, 1), "path": None}, sampling_rate=16000)
-    assert rate == 16000 and len(resampled) == 8000
-    with pytest.raises(TypeError, match="Cannot load audio from int"):
-        load_audio(3)

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, function, _ = COMMANDS[command]
     result = getattr(importlib.import_module(module_name), function)(rest)
-    return int(result or 0)
+    # Commands return an exit code, or a result object (which means success).
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

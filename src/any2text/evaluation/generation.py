@@ -12,64 +12,15 @@ the same position and the new tokens of a batch line up; generation is greedy wi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
-import soundfile
 import torch
 from transformers.utils import logging
 
+from any2text.data.media import load_audio, load_image
+
 logger = logging.get_logger(__name__)
-
-
-def load_image(value: Any) -> PIL.Image.Image:
-    """A PIL image (RGB) from a PIL image, a path, or a datasets-style `{"bytes": ..., "path": ...}` dict."""
-    if isinstance(value, PIL.Image.Image):
-        image = value
-    elif isinstance(value, (str, Path)):
-        image = PIL.Image.open(value)
-    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        image = PIL.Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-    else:
-        raise TypeError(
-            f"Cannot load an image from {type(value).__name__}; expected a PIL image, a path or a "
-            "`{'bytes': ..., 'path': ...}` dict."
-        )
-    return image.convert("RGB")
-
-
-def load_audio(value: Any, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """A mono float32 waveform and its rate, resampled to `sampling_rate` when given.
-
-    Accepts `{"array", "sampling_rate"}`, a path, or raw `{"bytes", "path"}` (datasets' `Audio(decode=False)`);
-    raw audio is decoded with soundfile because torchcodec decoding is not available everywhere.
-    """
-    if isinstance(value, dict) and "array" in value:
-        array, rate = np.asarray(value["array"]), int(value["sampling_rate"])
-    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        array, rate = soundfile.read(source, dtype="float32", always_2d=False)
-    elif isinstance(value, (str, Path)):
-        array, rate = soundfile.read(value, dtype="float32", always_2d=False)
-    else:
-        raise TypeError(
-            f"Cannot load audio from {type(value).__name__}; expected `{{'array', 'sampling_rate'}}`, a path or "
-            "`{'bytes': ..., 'path': ...}`."
-        )
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        # soundfile gives (frames, channels); average to mono.
-        array = array.mean(axis=1 if array.shape[1] < array.shape[0] else 0)
-    if sampling_rate is not None and rate != sampling_rate:
-        import soxr
-
-        array = soxr.resample(array, rate, sampling_rate).astype(np.float32)
-        rate = sampling_rate
-    return array, rate
 
 
 def _collect_media(messages: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
@@ -136,11 +87,14 @@ def generate_batch(
                 images.extend(chunk_images)
                 audios.extend(chunk_audios)
             kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+            # The chat template already wrote BOS; Llama-3's tokenizer would add a second one.
+            if tokenizer.bos_token and texts[0].startswith(tokenizer.bos_token):
+                kwargs["add_special_tokens"] = False
             if images:
                 kwargs["images"] = [load_image(image) for image in images]
             if audios:
                 rate = _processor_sampling_rate(processor)
-                kwargs["audio"] = [load_audio(audio, rate)[0] for audio in audios]
+                kwargs["audio"] = [load_audio(audio, rate) for audio in audios]
                 kwargs["sampling_rate"] = rate
             inputs = processor(**kwargs)
             inputs = {
@@ -168,4 +122,4 @@ def generate_batch(
     return outputs
 
 
-__all__ = ["generate_batch", "load_audio", "load_image"]
+__all__ = ["generate_batch"]

@@ -1,0 +1,92 @@
+"""`any2text chat`: talk to a checkpoint about an image and/or an audio clip.
+
+    any2text chat --model ./stage2 --image cat.jpg --prompt "What is in the image?"     # one-shot
+    any2text chat --model ./stage2 --audio dog.wav                                       # interactive
+
+The media go into the first user turn; later turns keep the conversation (and the media) as context. Greedy
+decoding by default; `--temperature` > 0 samples.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser
+
+from any2text.data.media import load_audio, load_image
+
+
+@dataclass
+class ChatArguments:
+    model: str = field(metadata={"help": "Checkpoint folder or Hub id."})
+    image: str | None = field(default=None, metadata={"help": "Image file to talk about."})
+    audio: str | None = field(default=None, metadata={"help": "Audio file to talk about (any rate, mono or not)."})
+    prompt: str | None = field(default=None, metadata={"help": "Ask one question, print the answer and exit."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per answer."})
+    temperature: float = field(default=0.0, metadata={"help": "0 is greedy; > 0 samples."})
+    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda if available."})
+
+
+class ChatSession:
+    """A conversation with a model: `ask(text)` returns the answer and keeps the history."""
+
+    def __init__(self, model: Any, processor: Any, image: Any = None, audio: Any = None):
+        self.model, self.processor = model, processor
+        self.images = [load_image(image)] if image is not None else []
+        self.audio = []
+        if audio is not None:
+            self.sampling_rate = processor.feature_extractor.sampling_rate
+            self.audio = [load_audio(audio, self.sampling_rate)]
+        self.messages: list[dict] = []
+
+    def ask(self, text: str, max_new_tokens: int = 256, temperature: float = 0.0) -> str:
+        content = []
+        if not self.messages:
+            content += [{"type": "image"} for _ in self.images] + [{"type": "audio"} for _ in self.audio]
+        self.messages.append({"role": "user", "content": content + [{"type": "text", "text": text}]})
+        prompt = self.processor.apply_chat_template(self.messages, add_generation_prompt=True)
+        kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
+        tokenizer = self.processor.tokenizer
+        if tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
+            kwargs["add_special_tokens"] = False
+        if self.images:
+            kwargs["images"] = self.images
+        if self.audio:
+            kwargs.update(audio=self.audio, sampling_rate=self.sampling_rate)
+        inputs = self.processor(**kwargs).to(self.model.device)
+        for key in ("pixel_values", "input_features"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.model.dtype)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
+        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return answer
+
+
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(ChatArguments).parse_args_into_dataclasses(args=argv)
+    from any2text.evaluation.evaluate import load_model_and_processor
+
+    model, processor = load_model_and_processor(args.model, dtype=args.dtype, device=args.device)
+    session = ChatSession(model, processor, image=args.image, audio=args.audio)
+    if args.prompt is not None:
+        print(session.ask(args.prompt, args.max_new_tokens, args.temperature))
+        return 0
+    print("any2text chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        print(session.ask(text, args.max_new_tokens, args.temperature))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
