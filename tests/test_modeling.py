@@ -229,3 +229,25 @@ def test_greedy_generate_left_padded_mixed_batch_equals_each_alone(tester):
         alone = encode([i])
         single = model.generate(**alone, max_new_tokens=6, do_sample=False)[:, alone["input_ids"].shape[1] :]
         assert torch.equal(single[0], generated[i]), f"prompt {i} generated differently in the batch"
+
+
+def test_training_runs_clap_fusion_branch_even_without_long_clips(tester, processor):
+    """CLAP's fusion modules run only for "longer" clips; under ZeRO-3 every rank must run them every step."""
+    model = tester.get_model()
+    model.model.vision_tower.requires_grad_(False)
+    model.model.audio_tower.requires_grad_(False)
+    inputs = processor(text=["<audio> short clip"], audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
+    assert not inputs["is_longer"].any()
+    labels = inputs["input_ids"].clone()
+    labels[inputs["mm_token_type_ids"] != 0] = -100
+    calls = []
+    fusion = model.model.audio_tower.audio_encoder.patch_embed.fusion_model
+    hook = fusion.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        eval_loss = model(**inputs, labels=labels).loss
+    assert calls == []
+    model.train()
+    train_loss = model(**inputs, labels=labels).loss
+    hook.remove()
+    assert calls == [1]
+    torch.testing.assert_close(train_loss, eval_loss)

@@ -214,12 +214,23 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
 
         image_outputs = audio_outputs = None
         image_features = audio_features = None
+        # Vision first, then audio, each on the batch's items or (training) on a zero-contribution dummy: under
+        # ZeRO-3 every rank must run the same modules in the same order, whatever its batch holds.
+        zero = 0.0
         if pixel_values is not None and pixel_values.shape[0] > 0:
             image_outputs = self.get_image_features(pixel_values)
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+        elif self.training:
+            zero = zero + self._zero_contribution("image")
         if input_features is not None and input_features.shape[0] > 0:
+            num_clips = input_features.shape[0]
+            if self.training:
+                input_features, is_longer = self._with_fusion_clip(input_features, is_longer)
             audio_outputs = self.get_audio_features(input_features, is_longer=is_longer)
-            audio_features = audio_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+            audio_features = audio_outputs.pooler_output[:num_clips].to(inputs_embeds.device, inputs_embeds.dtype)
+            zero = zero + audio_outputs.pooler_output[num_clips:].sum() * 0.0
+        elif self.training:
+            zero = zero + self._zero_contribution("audio")
 
         image_mask, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, audio_features)
         # Decoding steps see only new tokens and the cache; media were merged at prefill.
@@ -239,7 +250,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             )
 
         if self.training:
-            inputs_embeds = inputs_embeds + self._zero_contribution(image_features is None, audio_features is None)
+            inputs_embeds = inputs_embeds + zero
 
         outputs = self.language_model(
             attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
@@ -253,20 +264,41 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             audio_outputs=audio_outputs,
         )
 
-    def _zero_contribution(self, missing_image: bool, missing_audio: bool) -> torch.Tensor | float:
-        """Run each tower and projector the batch did not use on a dummy input, times zero.
+    def _with_fusion_clip(
+        self, input_features: torch.Tensor, is_longer: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Append silent clip(s) marked "longer" when no clip is, so CLAP's fusion branch runs on every rank.
+
+        CLAP runs its fusion modules only for clips flagged `is_longer`; a rank whose batch has none would skip
+        them while another rank runs them, and ZeRO-3's parameter gathers would stop matching. The extra clips'
+        features are multiplied by zero. (CLAP's own extractor flags a random clip for the same reason, at the cost
+        of nondeterministic features; the processor flags only clips that really are longer.)
+        """
+        if not getattr(self.config.audio_config, "enable_fusion", False):
+            return input_features, is_longer
+        if is_longer is None:
+            is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
+        if bool(is_longer.any()):
+            return input_features, is_longer
+        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one clip.
+        extra = 2 if self.audio_tower.training else 1
+        silent = torch.zeros_like(input_features[:1]).expand(extra, *input_features.shape[1:])
+        flags = torch.ones(extra, *is_longer.shape[1:], dtype=is_longer.dtype, device=is_longer.device)
+        return torch.cat([input_features, silent]), torch.cat([is_longer, flags])
+
+    def _zero_contribution(self, modality: str) -> torch.Tensor | float:
+        """Run the `modality` tower and projector the batch did not use on a dummy input, times zero.
 
         Under DeepSpeed ZeRO-3 (and FSDP) every rank must run the same modules each step, or the parameter
         all-gathers of a rank whose batch lacks a modality never meet those of the others and training hangs.
         The result is exactly zero, so the loss and every gradient are unchanged.
         """
-        total = 0.0
-        if missing_image and self.vision_tower is not None:
-            total = total + self.get_image_features(self._dummy_pixel_values()).pooler_output.sum() * 0.0
-        if missing_audio and self.audio_tower is not None:
+        if modality == "image" and self.vision_tower is not None:
+            return self.get_image_features(self._dummy_pixel_values()).pooler_output.sum() * 0.0
+        if modality == "audio" and self.audio_tower is not None:
             features, is_longer = self._dummy_audio()
-            total = total + self.get_audio_features(features, is_longer=is_longer).pooler_output.sum() * 0.0
-        return total
+            return self.get_audio_features(features, is_longer=is_longer).pooler_output.sum() * 0.0
+        return 0.0
 
 
 class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, GenerationMixin):
