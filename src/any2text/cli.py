@@ -6,7 +6,7 @@ import sys
 # subcommand -> (module, function, one-line help). Modules import lazily so `any2text --help` is instant.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("any2text.builders.cli", "main", "compose a checkpoint from a text LLM and pretrained encoders"),
-    "convert-seed": ("any2text.builders.cli", "convert_seed_main", "convert a seed (align-anything) checkpoint"),
+    "convert-seed": ("any2text.builders.seed", "main", "convert a seed (align-anything) checkpoint"),
     "train": ("any2text.training.train", "main", "train (stage 1 / stage 2, LoRA, DeepSpeed) on the Trainer"),
     "merge-lora": ("any2text.training.merge", "merge_lora_main", "merge a LoRA stage-2 output into a checkpoint"),
     "eval": ("any2text.evaluation.evaluate", "main", "score a checkpoint on a benchmark"),

@@ -1,0 +1,133 @@
+"""Build a stock `LlavaForConditionalGeneration` (image + text) from a causal LM and a CLIP / SigLIP checkpoint.
+
+The result runs on plain transformers with nothing of any2text installed; it is what the seed recipe produces.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.utils import logging
+
+from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
+from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
+from .checkpoint import BuildRecord, push_checkpoint, save_checkpoint
+from .components import (
+    IMAGE_TOKEN,
+    add_placeholder_tokens,
+    assert_materialised,
+    check_image_processor,
+    init_projector,
+    load_encoder,
+    load_image_processor,
+    load_language_model,
+    load_tokenizer,
+    resize_with_mean_init,
+    set_pad_token_id,
+    text_init_std,
+)
+
+logger = logging.get_logger(__name__)
+
+
+def build_llama_vision(
+    language_model_path: str | Path,
+    vision_tower_path: str | Path,
+    save_path: str | Path | None = None,
+    dtype: str | torch.dtype = "auto",
+    *,
+    vision_feature_layer: int = -2,
+    projector_hidden_act: str = "gelu",
+    seed: int = 0,
+    max_shard_size: str | int = "5GB",
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Compose a stock Llava checkpoint: vision tower + fresh 2-layer MLP projector + the language model.
+
+    Args:
+        language_model_path: Hub id or folder of a causal LM (Llama, Qwen2, Mistral, ...) with its tokenizer.
+        vision_tower_path: Hub id or folder of a CLIP or SigLIP checkpoint (full two-tower or vision-only); only the
+            vision tower is kept, with the image processor saved beside it.
+        save_path: folder to write the checkpoint (sharded safetensors, processor, README.md) to; `None` skips it.
+        dtype: `"auto"` keeps the language model's checkpoint dtype, or `"float32"`, `"bfloat16"`, `"float16"`.
+            The vision tower and projector are cast to the same dtype.
+        vision_feature_layer: hidden state of the vision tower fed to the projector.
+        projector_hidden_act: activation of the projector.
+        seed: seeds the projector initialisation (weights ~ N(0, `text_config.initializer_range`), biases 0).
+        max_shard_size: largest safetensors shard.
+        push_to_hub: repo id to upload the saved folder to (one commit), or `None`.
+
+    `<image>` (and `<pad>` when the tokenizer has none) are added as special tokens; their input and output
+    embedding rows are the mean of the rows of the original vocabulary. CLIP keeps Llava's `"default"` strategy
+    (the CLS embedding is dropped); encoders without CLS (SigLIP) use `"full"`.
+    """
+    logger.info("[1/5] Loading the language model and tokenizer")
+    language_model = load_language_model(language_model_path, dtype)
+    dtype = language_model.dtype
+    tokenizer = load_tokenizer(language_model_path)
+    logger.info("[2/5] Loading the vision tower and image processor")
+    vision_tower = load_encoder(vision_tower_path, "vision", dtype=dtype)
+    image_processor = load_image_processor(vision_tower_path)
+    vision_config = vision_tower.config
+    check_image_processor(image_processor, vision_config.image_size, vision_tower_path)
+
+    logger.info("[3/5] Adding placeholder tokens and assembling the model")
+    token_ids, num_old_tokens = add_placeholder_tokens(tokenizer, [IMAGE_TOKEN])
+    has_cls = vision_config.model_type in VISION_ENCODERS_WITH_CLS
+    strategy = "default" if has_cls else "full"
+    config = LlavaConfig(
+        text_config=language_model.config,
+        vision_config=vision_config,
+        image_token_index=token_ids[IMAGE_TOKEN],
+        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=strategy,
+        projector_hidden_act=projector_hidden_act,
+        tie_word_embeddings=language_model.config.tie_word_embeddings,
+    )
+    # Built on the meta device, then the loaded parts are moved in: the language model is never copied.
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = vision_tower
+    model.model.language_model = language_model.base_model
+    model.lm_head = language_model.get_output_embeddings()
+    init_projector(model.model.multi_modal_projector, text_init_std(config.text_config), seed, dtype)
+    model.generation_config = copy.deepcopy(language_model.generation_config)
+    del language_model
+    resize_with_mean_init(model, num_old_tokens, token_ids, len(tokenizer))
+    set_pad_token_id(model, tokenizer.pad_token_id)
+    model.config.dtype = dtype
+    assert_materialised(model)
+    model.eval()
+
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        # LlavaProcessor counts the CLS embedding in, then removes it again for "default".
+        num_additional_image_tokens=int(has_cls),
+    )
+    record = BuildRecord(
+        builder="build_llama_vision",
+        language_model=str(language_model_path),
+        vision_tower=str(vision_tower_path),
+        added_tokens=token_ids,
+        num_old_tokens=num_old_tokens,
+        seed=seed,
+    )
+    if save_path is not None:
+        logger.info(f"[4/5] Saving to {save_path}")
+        save_checkpoint(model, processor, save_path, record, max_shard_size=max_shard_size, remote_code=False)
+    if push_to_hub is not None:
+        logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
+        push_checkpoint(
+            model, processor, push_to_hub, record, save_path=save_path, remote_code=False, private=private, token=token
+        )
+    logger.info("Done.")
+    return model, processor
