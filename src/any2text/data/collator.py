@@ -1,0 +1,359 @@
+"""Batch chat samples into model inputs: render the chat template, load media, run the processor, mask labels, pad.
+
+Worked example (a tiny processor; any `LlamaVisionAudioProcessor` or stock `LlavaProcessor` works the same)::
+
+    >>> collator = MultimodalCollator(processor, max_length=2048, truncation="drop")
+    >>> batch = collator([
+    ...     {"messages": [
+    ...         {"role": "user", "content": [{"type": "image", "image": "cat.png"}, {"type": "text", "text": "What?"}]},
+    ...         {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    ...     ]},
+    ...     {"messages": [
+    ...         {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+    ...         {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+    ...     ]},
+    ... ])
+    >>> sorted(batch)
+    ['attention_mask', 'input_ids', 'labels', 'mm_token_type_ids', 'pixel_values']
+
+The first sample renders (Llama-3 chat format) as::
+
+    <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n<image>\\nWhat?<|eot_id|>
+    <|start_header_id|>assistant<|end_header_id|>\\n\\nA cat.<|eot_id|>
+
+`<image>` then becomes `image_seq_length` image tokens, and `labels` equals `input_ids` on `A cat.<|eot_id|>` only
+(the assistant's text and the token that ends its turn, so the model learns to stop); it is `-100` on the system and
+user turns, the headers, every image / audio token and the padding. Every assistant turn of a multi-turn
+conversation is labelled. The second sample has no media: samples with images, audio, both or neither mix freely in
+one batch (`pixel_values` / `input_features` hold the media of the samples that have them, in order).
+
+Assistant spans come from the chat template's `{% generation %}` markers when it has them (the default template of
+`LlamaVisionAudioProcessor` does); otherwise from rendering the conversation turn by turn, which works for any
+template whose rendering of a conversation starts with the rendering of its first turns (Llama-3, ChatML...).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.utils import logging
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from .media import load_audio, load_image
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+TRUNCATION_MODES = ("error", "drop", "text")
+# Keys the processor returns per token (padded here) rather than per media item (concatenated here).
+_PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+_DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets")
+
+
+class MultimodalCollator:
+    r"""
+    Turn samples `{"messages": [...]}` (the output of `MultimodalDataset`, media decoded or as references) into a
+    padded batch with `labels`.
+
+    Args:
+        processor (`ProcessorMixin`):
+            A `LlamaVisionAudioProcessor`, or any processor with a tokenizer and an `image_token` (stock
+            `LlavaProcessor`); audio needs a `feature_extractor`.
+        max_length (`int`, *optional*):
+            Longest sequence, in tokens after media expansion. `None` keeps every sample whole.
+        truncation (`str`, *optional*, defaults to `"error"`):
+            What happens to a sample longer than `max_length`. Media spans are never cut, whatever the mode:
+            - `"error"`: raise a `ValueError` naming the sample and the fix (the default: a too-small
+              `max_length` is a configuration mistake best found at the first batch, not hidden).
+            - `"drop"`: leave the sample out of the batch; it is counted in `num_dropped` and logged.
+            - `"text"`: cut text tokens off the end so the sample fits, when every media span lies before the cut;
+              otherwise drop it (counted and logged).
+        media_root (`str`, *optional*):
+            Folder that relative media paths are resolved against, for samples whose media are still references.
+        padding_side (`str`, *optional*, defaults to `"right"`):
+            Training pads on the right whatever the tokenizer's (generation) setting is.
+        pad_to_multiple_of (`int`, *optional*):
+            Pad the sequence length to a multiple of this (tensor-core friendly shapes on GPUs).
+
+    A batch where every sample was dropped holds one placeholder row without labels (a zero loss), so a run never
+    crashes on it. `sample_length(messages)` gives a sample's exact length without loading its media, for
+    `train_sampling_strategy="group_by_length"` and for checking lengths before training.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        max_length: int | None = None,
+        truncation: Literal["error", "drop", "text"] = "error",
+        media_root: str | None = None,
+        padding_side: Literal["right", "left"] = "right",
+        pad_to_multiple_of: int | None = None,
+    ):
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
+        if max_length is not None and max_length <= 0:
+            raise ValueError(f"`max_length` must be positive, got {max_length}.")
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                "The processor's tokenizer has no pad token: set one (`tokenizer.pad_token = '<pad>'` after adding it "
+                "as a special token, as the builders do) and save the processor again."
+            )
+        self.chat_template = processor.chat_template or self.tokenizer.chat_template
+        if isinstance(self.chat_template, dict):
+            self.chat_template = self.chat_template.get("default")
+        if not self.chat_template:
+            raise ValueError("The processor has no chat template; set `processor.chat_template` and save it again.")
+        self.max_length = max_length
+        self.truncation = truncation
+        self.media_root = media_root
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.image_token = getattr(processor, "image_token", None)
+        self.audio_token = getattr(processor, "audio_token", None)
+        feature_extractor = getattr(processor, "feature_extractor", None)
+        self.sampling_rate = getattr(feature_extractor, "sampling_rate", None)
+        self.media_token_ids = {
+            token_id
+            for token in (self.image_token, self.audio_token)
+            if token is not None and (token_id := self.tokenizer.convert_tokens_to_ids(token)) is not None
+        }
+        self.num_dropped = 0
+        self._tokens_per_item: dict[str, int] = {}
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Rendering
+
+    def _render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation as text (media as placeholders) and the character spans of the assistant turns."""
+        if not any(message.get("role") == "assistant" for message in messages):
+            raise ValueError("A training sample needs at least one assistant turn; it has nothing to learn from.")
+        plain = [_without_media(message) for message in messages]
+        special = self.tokenizer.special_tokens_map
+        rendered, indices = render_jinja_template(
+            [plain], chat_template=self.chat_template, return_assistant_tokens_mask=True, **special
+        )
+        text, spans = rendered[0], [tuple(span) for span in indices[0]]
+        if spans:
+            return text, spans
+        # No `{% generation %}` markers: an assistant turn is what rendering it adds after the generation prompt.
+        for index, message in enumerate(plain):
+            if message["role"] != "assistant":
+                continue
+            before = render_jinja_template(
+                [plain[:index]], chat_template=self.chat_template, add_generation_prompt=True, **special
+            )[0][0]
+            after = render_jinja_template([plain[: index + 1]], chat_template=self.chat_template, **special)[0][0]
+            if not (after.startswith(before) and text.startswith(after)):
+                raise ValueError(
+                    "Cannot find the assistant turns in the chat template's output: the template has no "
+                    "`{% generation %}` markers and does not render conversations turn by turn. Add "
+                    "`{% generation %}...{% endgeneration %}` around assistant content in `processor.chat_template`."
+                )
+            spans.append((len(before), len(after)))
+        return text, spans
+
+    def _check_placeholders(self, text: str, images: list, clips: list, index: int) -> None:
+        for token, items, name in ((self.image_token, images, "image"), (self.audio_token, clips, "audio")):
+            if not items:
+                continue
+            if token is None:
+                raise ValueError(
+                    f"Sample {index} has {len(items)} {name} item(s) but the processor "
+                    f"(`{type(self.processor).__name__}`) takes no {name}. Use a model and processor with a {name} "
+                    f"encoder, or leave {name} datasets out."
+                )
+            found = text.count(token)
+            if found != len(items):
+                raise ValueError(
+                    f"Sample {index} has {len(items)} {name} item(s) but its chat template renders {found} `{token}` "
+                    f"placeholder(s). The processor's chat template must write `{token}` for each `{{'type': "
+                    f"'{name}'}}` content item (LlamaVisionAudioProcessor's default template does); set "
+                    "`processor.chat_template` accordingly."
+                )
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Media
+
+    def _load_media(self, messages: list[dict]) -> tuple[list[Image.Image], list[np.ndarray]]:
+        images, clips = [], []
+        for message in messages:
+            for item in message["content"] if isinstance(message["content"], list) else []:
+                if item.get("type") == "image":
+                    images.append(load_image(item["image"], self.media_root))
+                elif item.get("type") == "audio":
+                    if self.sampling_rate is None:
+                        # Reported with the sample index by `_check_placeholders`; nothing to resample to here.
+                        clips.append(item["audio"])
+                    else:
+                        clips.append(load_audio(item["audio"], self.sampling_rate, self.media_root))
+        return images, clips
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # One sample
+
+    def _process(self, text: str, images: list, clips: list) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "text": [text],
+            "return_offsets_mapping": True,
+            # Stock processors expand placeholders in the text; this says where, so offsets can be mapped back.
+            "return_text_replacement_offsets": True,
+            # The chat template writes the BOS token itself.
+            "add_special_tokens": False,
+            "return_tensors": "pt",
+        }
+        if images:
+            kwargs["images"] = images
+        if clips:
+            kwargs["audio"] = clips
+            kwargs["sampling_rate"] = self.sampling_rate
+        return dict(self.processor(**kwargs))
+
+    def _encode(self, messages: list[dict], index: int) -> dict[str, Any]:
+        text, spans = self._render(messages)
+        images, clips = self._load_media(messages)
+        self._check_placeholders(text, images, clips, index)
+        encoded = self._process(text, images, clips)
+        input_ids = encoded["input_ids"][0]
+        offsets = encoded.pop("offset_mapping")[0].tolist()
+        replacements = encoded.pop("text_replacement_offsets", None)
+        spans = _shift_spans(spans, replacements[0] if replacements else [])
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for pos, (start, end) in enumerate(offsets):
+            if start < end and any(start < span_end and end > span_start for span_start, span_end in spans):
+                labels[pos] = input_ids[pos]
+        labels[self._media_mask(encoded)] = IGNORE_INDEX
+        sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
+        sample["labels"] = labels
+        sample["media"] = {key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS}
+        return sample
+
+    def _media_mask(self, encoded: dict[str, Any]) -> torch.Tensor:
+        input_ids = encoded["input_ids"][0]
+        mask = torch.isin(input_ids, torch.tensor(sorted(self.media_token_ids), dtype=input_ids.dtype))
+        if "mm_token_type_ids" in encoded:
+            mask |= encoded["mm_token_type_ids"][0] != 0
+        return mask
+
+    def _fit(self, sample: dict[str, Any], index: int) -> dict[str, Any] | None:
+        """Apply `max_length`: the sample unchanged, cut (text only), or `None` (dropped)."""
+        length = len(sample["input_ids"])
+        if self.max_length is None or length <= self.max_length:
+            return sample
+        media = torch.isin(sample["input_ids"], torch.tensor(sorted(self.media_token_ids), dtype=torch.long))
+        if "mm_token_type_ids" in sample:
+            media |= sample["mm_token_type_ids"] != 0
+        cuts_media = bool(media[self.max_length :].any())
+        if self.truncation == "error":
+            raise ValueError(
+                f"Sample {index} of the batch has {length} tokens (media included), more than `max_length="
+                f"{self.max_length}`. Raise `max_length`, or set `truncation` to `'drop'` (skip such samples, "
+                "counted and logged) or `'text'` (cut text at the end; media spans stay whole)."
+            )
+        if self.truncation == "text" and not cuts_media:
+            return {key: value[: self.max_length] if key != "media" else value for key, value in sample.items()}
+        self.num_dropped += 1
+        reason = "a media span would be cut" if self.truncation == "text" else "`truncation='drop'`"
+        logger.warning(
+            f"Dropped a sample of {length} tokens (> `max_length={self.max_length}`; {reason}); "
+            f"{self.num_dropped} dropped so far."
+        )
+        return None
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # The batch
+
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        encoded = []
+        for index, sample in enumerate(samples):
+            if "messages" not in sample:
+                raise ValueError(
+                    f"Sample {index} has keys {sorted(sample)}; expected `messages` (what `MultimodalDataset` "
+                    "yields). With the Trainer, set `remove_unused_columns=False` so `messages` reaches the collator."
+                )
+            fitted = self._fit(self._encode(sample["messages"], index), index)
+            if fitted is not None:
+                encoded.append(fitted)
+        if not encoded:
+            encoded = [self._empty_sample()]
+        return self._pad(encoded)
+
+    def _empty_sample(self) -> dict[str, Any]:
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
+        logger.warning("Every sample of a batch was dropped; training on an empty (zero-loss) batch instead.")
+        return {
+            "input_ids": torch.tensor([token]),
+            "attention_mask": torch.tensor([1]),
+            "labels": torch.tensor([IGNORE_INDEX]),
+            "media": {},
+        }
+
+    def _pad(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        target = max(len(sample["input_ids"]) for sample in samples)
+        if self.pad_to_multiple_of:
+            target = -(-target // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        fill = {"input_ids": self.tokenizer.pad_token_id, "labels": IGNORE_INDEX}
+        keys = [key for key in samples[0] if key != "media"]
+        batch: dict[str, torch.Tensor] = {}
+        for key in keys:
+            rows = []
+            for sample in samples:
+                # An all-dropped placeholder row may lack optional per-token keys (`mm_token_type_ids`).
+                row = sample.get(key, torch.zeros_like(sample["input_ids"]))
+                pad = torch.full((target - len(row),), fill.get(key, 0), dtype=row.dtype)
+                rows.append(torch.cat([row, pad] if self.padding_side == "right" else [pad, row]))
+            batch[key] = torch.stack(rows)
+        media_keys = {key for sample in samples for key in sample["media"]}
+        for key in sorted(media_keys):
+            batch[key] = torch.cat([sample["media"][key] for sample in samples if key in sample["media"]])
+        return batch
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Lengths without media
+
+    def sample_length(self, messages: list[dict]) -> int:
+        """Exact token count of a sample after media expansion, computed without loading any media."""
+        text, _ = self._render(messages)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        length = len(ids)
+        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
+            if token is not None and (count := text.count(token)):
+                length += count * (self._tokens_per(modality) - 1)
+        return length
+
+    def _tokens_per(self, modality: str) -> int:
+        """Tokens one media item becomes, measured once by running the processor on a blank item."""
+        if modality not in self._tokens_per_item:
+            if modality == "image":
+                encoded = self._process(self.image_token, [Image.new("RGB", (32, 32))], [])
+            else:
+                encoded = self._process(self.audio_token, [], [np.zeros(self.sampling_rate, dtype=np.float32)])
+            self._tokens_per_item[modality] = int(self._media_mask(encoded).sum())
+        return self._tokens_per_item[modality]
+
+
+def _without_media(message: dict) -> dict:
+    """The message with media items reduced to their type: the template only needs to know where they are."""
+    content = message["content"]
+    if isinstance(content, list):
+        content = [{"type": item["type"]} if item.get("type") in ("image", "audio") else item for item in content]
+    return {**message, "content": content}
+
+
+def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list[tuple[int, int]]:
+    """Map character spans of the rendered text to the text a stock processor tokenized after expanding placeholders."""
+    if not replacements:
+        return spans
+    ends = [r["span"][1] for r in replacements]
+    # `span` is in the rendered text, `new_span` in the expanded one, so each difference of ends is cumulative.
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    return [tuple(char + gained[bisect.bisect_right(ends, char)] for char in span) for span in spans]
+
+
+__all__ = ["IGNORE_INDEX", "MultimodalCollator"]

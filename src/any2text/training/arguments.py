@@ -1,0 +1,158 @@
+"""Argument groups of `any2text.train`, parsed by `HfArgumentParser` beside the stock `TrainingArguments`.
+
+Everything the stock `TrainingArguments` owns (`output_dir`, `deepspeed`, `bf16`, `gradient_checkpointing`,
+`resume_from_checkpoint`, `report_to`, ...) is used from there and never declared again here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.collator import TRUNCATION_MODES
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to train, and which of its parts train (the stage is a freezing policy)."""
+
+    model_name_or_path: str = field(
+        metadata={
+            "help": "Checkpoint to train: a LlamaVisionAudio or stock Llava checkpoint (Hub id or folder), e.g. what "
+            "`any2text build` wrote, or the output_dir of a previous stage."
+        }
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Processor to use; defaults to the one saved with `model_name_or_path`."}
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype the weights are loaded in. float32 keeps full-precision master weights; mixed precision "
+            "comes from `--bf16` / `--fp16`. `auto` uses the checkpoint's dtype.",
+            "choices": ["float32", "bfloat16", "float16", "auto"],
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel (`sdpa`, `eager`, `flash_attention_2`); default: sdpa."}
+    )
+    freeze_vision_tower: bool = field(default=True, metadata={"help": "Freeze the vision encoder."})
+    freeze_audio_tower: bool = field(default=True, metadata={"help": "Freeze the audio encoder."})
+    freeze_mm_proj: bool = field(
+        default=False,
+        metadata={"help": "Freeze both projectors (`--freeze_vision_proj` / `--freeze_audio_proj` refine it)."},
+    )
+    freeze_vision_proj: bool | None = field(
+        default=None, metadata={"help": "Freeze the vision projector; defaults to `--freeze_mm_proj`."}
+    )
+    freeze_audio_proj: bool | None = field(
+        default=None, metadata={"help": "Freeze the audio projector; defaults to `--freeze_mm_proj`."}
+    )
+    freeze_language_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Freeze the language model (its embeddings and `lm_head` included). Stage 1: True (projectors "
+            "only); stage 2: False (the language model trains fully, or through LoRA with `--use_peft`)."
+        },
+    )
+
+    @property
+    def vision_proj_frozen(self) -> bool:
+        return self.freeze_mm_proj if self.freeze_vision_proj is None else self.freeze_vision_proj
+
+    @property
+    def audio_proj_frozen(self) -> bool:
+        return self.freeze_mm_proj if self.freeze_audio_proj is None else self.freeze_audio_proj
+
+
+@dataclass
+class DataArguments:
+    """Training / evaluation data as comma lists, one value per dataset (or one for all); a trailing comma is fine."""
+
+    train_datasets: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma list of datasets: Hub ids, local dataset folders, or .json/.jsonl/.parquet files, "
+            "e.g. `liuhaotian/LLaVA-Instruct-150K,HuggingFaceM4/A-OKVQA,`."
+        },
+    )
+    train_template: str | None = field(
+        default=None, metadata={"help": "Comma list of templates (case-insensitive), e.g. `LLAVA,A-OKVQA,`."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Comma list of splits."})
+    train_data_files: str | None = field(default=None, metadata={"help": "Comma list of data files per dataset."})
+    train_name: str | None = field(default=None, metadata={"help": "Comma list of dataset configuration names."})
+    train_size: str | None = field(
+        default=None, metadata={"help": "Comma list: keep a seeded random subset of this many rows per dataset."}
+    )
+    train_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma list of sampling weights (all datasets or none); without it datasets are concatenated."
+        },
+    )
+    train_num_samples: int | None = field(
+        default=None, metadata={"help": "Length of the weighted mix; default: the total number of rows."}
+    )
+    media_root: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder relative image/audio paths start from (a comma list gives one per dataset); default: the "
+            "dataset's own folder."
+        },
+    )
+    eval_datasets: str | None = field(default=None, metadata={"help": "Like `--train_datasets`, for evaluation."})
+    eval_template: str | None = field(default=None, metadata={"help": "Like `--train_template`."})
+    eval_split: str = field(default="validation", metadata={"help": "Like `--train_split`."})
+    eval_data_files: str | None = field(default=None, metadata={"help": "Like `--train_data_files`."})
+    eval_name: str | None = field(default=None, metadata={"help": "Like `--train_name`."})
+    eval_size: str | None = field(default=None, metadata={"help": "Like `--train_size`."})
+    eval_media_root: str | None = field(default=None, metadata={"help": "Like `--media_root`, for evaluation."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Longest sample in tokens, media tokens included; default: no limit."}
+    )
+    truncation: str = field(
+        default="error",
+        metadata={
+            "help": "Samples over `--max_length`: `error` stops with the sample named; `drop` skips them (counted, "
+            "logged); `text` cuts text at the end. Media spans are never cut.",
+            "choices": list(TRUNCATION_MODES),
+        },
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip rows whose template or media fail (counted, logged) instead of stopping."},
+    )
+    validate_rows: bool = field(
+        default=False,
+        metadata={"help": "Check every row (template, media files exist) before training starts."},
+    )
+
+    def __post_init__(self):
+        if self.train_datasets and not self.train_template:
+            raise ValueError(
+                "`--train_datasets` needs `--train_template` (one per dataset, e.g. `--train_template LLAVA,`)."
+            )
+        if self.eval_datasets and not self.eval_template:
+            raise ValueError("`--eval_datasets` needs `--eval_template` (one per dataset).")
+
+
+@dataclass
+class LoraArguments:
+    """LoRA on the language model only, named as TRL names it. Projectors (and any unfrozen tower) train fully."""
+
+    use_peft: bool = field(default=False, metadata={"help": "Train the language model through LoRA adapters."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names of the language model's linear layers to adapt (e.g. `q_proj v_proj`), matched inside the "
+            "language model only; default: all of its linear layers except `lm_head`."
+        },
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA scaling (alpha / sqrt(r))."})
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+
+
+__all__ = ["DataArguments", "LoraArguments", "ModelArguments"]

@@ -1,0 +1,318 @@
+"""Train a LlamaVisionAudio or stock Llava checkpoint on the stock `Trainer`: stage 1, stage 2, LoRA, DeepSpeed.
+
+Stage 1 (projectors only), then stage 2 (projectors + language model) from stage 1's output::
+
+    deepspeed --master_port 29500 --module any2text.train \\
+        --model_name_or_path checkpoints/llama-vision-audio --deepspeed examples/ds_z3_config.json \\
+        --train_datasets liuhaotian/LLaVA-Pretrain, --train_template LLaVA, --train_data_files blip_laion_cc_sbu_558k.json \\
+        --media_root data/llava-pretrain --output_dir out/stage1 --bf16 True \\
+        --freeze_vision_tower True --freeze_mm_proj False --freeze_language_model True
+    deepspeed --module any2text.train --model_name_or_path out/stage1 ... --freeze_language_model False
+
+The same module runs under `python -m any2text.train` (one process), `torchrun -m any2text.train`,
+`accelerate launch -m any2text.train` and `any2text train`; a single `.yaml` / `.json` file holding the arguments can
+replace the flags (`python -m any2text.train examples/stage2_vision_audio.yaml`). An unknown or misspelled flag (or
+config key) is an error, and flags are never abbreviated.
+
+Multi-node: the stock launchers do it, nothing here changes. With DeepSpeed, list the nodes in a hostfile
+(`node1 slots=8`) and run the same command on the first node with `deepspeed --hostfile hostfile --master_addr node1
+--master_port 29500 --module any2text.train ...`; with torchrun, run on every node
+`torchrun --nnodes 2 --node_rank $RANK --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node1:29500
+-m any2text.train ...`. Every node needs the data and `--output_dir` on a shared filesystem (or `--save_on_each_node
+True`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging as pylogging
+import os
+import sys
+
+import torch
+import transformers
+import yaml
+from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from ..data.collator import MultimodalCollator
+from ..data.loading import MultimodalDataset, parse_dataset_specs
+from .arguments import DataArguments, LoraArguments, ModelArguments
+from .freezing import apply_freezing, find_components, parameter_table
+from .lora import apply_lora
+from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
+
+logger = logging.get_logger(__name__)
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def make_parser() -> HfArgumentParser:
+    # No abbreviations: `--lora_alph 8` must fail rather than silently mean `--lora_alpha 8`.
+    return HfArgumentParser(ARGUMENT_GROUPS, allow_abbrev=False)
+
+
+def _is_config_file(argv: list[str]) -> bool:
+    return len(argv) == 1 and argv[0].endswith(_CONFIG_SUFFIXES)
+
+
+def _read_config(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"`{path}` must hold a mapping of argument names to values, got {type(config).__name__}.")
+    return config
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, LoraArguments, TrainingArguments]:
+    """Parse flags, or a single `.yaml` / `.json` config file, into the four argument groups.
+
+    Raises:
+        ValueError: an unknown or misspelled flag (with the closest known flag) or config-file key.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if _is_config_file(argv):
+        return parser.parse_dict(_read_config(argv[0]), allow_extra_keys=False)
+    *groups, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings]
+        hints = []
+        for arg in unknown:
+            if arg.startswith("--"):
+                close = difflib.get_close_matches(arg.split("=")[0], known, n=1)
+                hints.append(f"`{arg}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        raise ValueError(
+            f"Unknown arguments: {', '.join(hints) or unknown}. Flags are never abbreviated; see `--help` for the "
+            "full list."
+        )
+    return tuple(groups)
+
+
+def _init_cpu_deepspeed(argv: list[str]) -> None:
+    """On CPU, DeepSpeed needs its process group made with gloo before `TrainingArguments` is built.
+
+    `TrainingArguments` sets up distributed state while it is parsed, and DeepSpeed's CPU accelerator would otherwise
+    pick a backend that is not there. Only under a launcher (`LOCAL_RANK` set): a bare `python` would make DeepSpeed
+    look for MPI, so launch even one CPU process with `torchrun`.
+    """
+    if torch.cuda.is_available() or "LOCAL_RANK" not in os.environ:
+        return
+    if _is_config_file(argv):
+        wants_deepspeed = bool(_read_config(argv[0]).get("deepspeed"))
+    else:
+        wants_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
+    if wants_deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
+def _check_cpu_deepspeed(training_args: TrainingArguments) -> None:
+    if not training_args.deepspeed or training_args.use_cpu:
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        raise ValueError(
+            "DeepSpeed runs on its CPU accelerator here, which needs `--use_cpu True` (otherwise the Trainer counts one "
+            "process and DeepSpeed's batch-size check fails). Add `--use_cpu True`, and launch with `torchrun`."
+        )
+
+
+def _setup_logging(training_args: TrainingArguments) -> None:
+    """The example scripts' setup: info on the main process, `--log_level(_replica)` elsewhere, for transformers and
+    any2text alike (any2text's loggers are not under transformers' and need their level set too)."""
+    pylogging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[pylogging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    pylogging.getLogger("any2text").setLevel(log_level)
+
+
+def load_model_and_processor(model_args: ModelArguments):
+    """The checkpoint through the Auto classes (LlamaVisionAudio and stock Llava alike) and its processor."""
+    dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    kwargs = {"dtype": dtype}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    # `from_pretrained` (not a bare constructor) so that DeepSpeed ZeRO-3 partitions the weights while loading.
+    # (Importing `any2text`, which this module's package does, registered LlamaVisionAudio with the Auto classes.)
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
+    return model, processor
+
+
+def mark_zero3_leaf_towers(model: torch.nn.Module) -> list[str]:
+    """Under ZeRO-3, make each encoder one DeepSpeed "leaf": its parameters are gathered together when it runs.
+
+    ZeRO-3 gathers parameters module by module as they execute, and every rank must issue the same gathers. An encoder
+    whose submodules run depending on the data (CLAP's fusion branch runs only for clips marked "longer") would
+    otherwise make ranks diverge and deadlock (or crash gloo). LlamaVisionAudio already runs that branch every step;
+    as leaves, any encoder is gathered whole whatever runs inside, with fewer hooks. Returns the towers marked.
+    """
+    from deepspeed.utils import set_z3_leaf_modules
+
+    towers = find_components(model)
+    marked = [name for name in ("vision_tower", "audio_tower") if name in towers]
+    for name in marked:
+        set_z3_leaf_modules(towers[name].modules[0], [type(towers[name].modules[0])])
+    return marked
+
+
+def build_dataset(data_args: DataArguments, split: str, processor, seed: int) -> MultimodalDataset | None:
+    """The `train` or `eval` dataset the comma-list arguments describe (`None` when none is given)."""
+    prefix = "train" if split == "train" else "eval"
+    datasets_ = getattr(data_args, f"{prefix}_datasets")
+    if not datasets_:
+        return None
+    specs = parse_dataset_specs(
+        datasets_,
+        templates=getattr(data_args, f"{prefix}_template"),
+        splits=getattr(data_args, f"{prefix}_split"),
+        data_files=getattr(data_args, f"{prefix}_data_files"),
+        names=getattr(data_args, f"{prefix}_name"),
+        sizes=getattr(data_args, f"{prefix}_size"),
+        weights=data_args.train_weights if prefix == "train" else None,
+        media_roots=data_args.media_root if prefix == "train" else data_args.eval_media_root,
+    )
+    feature_extractor = getattr(processor, "feature_extractor", None)
+    return MultimodalDataset(
+        specs,
+        sampling_rate=getattr(feature_extractor, "sampling_rate", None),
+        skip_bad_rows=data_args.skip_bad_rows,
+        num_samples=data_args.train_num_samples if prefix == "train" else None,
+        seed=seed,
+        validate_rows=data_args.validate_rows,
+    )
+
+
+def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint` as a path; `True` / `last` means the newest checkpoint in `--output_dir`."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in ("true", "last", "latest"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise ValueError(
+                f"`--resume_from_checkpoint {value}` but `{training_args.output_dir}` holds no `checkpoint-*` folder. "
+                "Pass a checkpoint path, or leave the flag out to start from scratch."
+            )
+        return last
+    if not os.path.isdir(value):
+        raise ValueError(f"`--resume_from_checkpoint {value}` is not a folder; pass a `checkpoint-*` folder.")
+    return value
+
+
+def _check_lengths(lengths: list[int], collator: MultimodalCollator) -> None:
+    """With lengths known up front, samples over `max_length` are reported before the first step, not mid-run."""
+    if collator.max_length is None:
+        return
+    too_long = [i for i, length in enumerate(lengths) if length > collator.max_length]
+    if not too_long:
+        return
+    message = (
+        f"{len(too_long)} of {len(lengths)} training samples are longer than `max_length={collator.max_length}` "
+        f"(e.g. sample {too_long[0]}: {lengths[too_long[0]]} tokens)."
+    )
+    if collator.truncation == "error":
+        raise ValueError(f"{message} Raise `--max_length`, or pass `--truncation drop` / `--truncation text`.")
+    logger.warning(f"{message} They are handled with `--truncation {collator.truncation}`.")
+
+
+def build_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: TrainingArguments,
+) -> MultimodalTrainer:
+    """Model, freezing policy, optional LoRA, datasets and collator, assembled into a `MultimodalTrainer`."""
+    if not data_args.train_datasets:
+        raise ValueError("Nothing to train on: pass `--train_datasets` and `--train_template`.")
+    # Samples are `{"messages": ...}`; the stock column filter would drop them before they reach the collator.
+    training_args.remove_unused_columns = False
+    if training_args.label_names is None:
+        training_args.label_names = ["labels"]
+
+    model, processor = load_model_and_processor(model_args)
+    if is_deepspeed_zero3_enabled():
+        mark_zero3_leaf_towers(model)
+        # transformers 5.24's ZeRO-3 loading records every conversion it knows, legacy renamings included, as applied;
+        # saving then "reverts" them and writes `model.language_model.model.*` keys that load as missing weights.
+        # Without a record, saving reverts only the model's standard mapping, exactly as after a non-ZeRO-3 load.
+        model._weight_conversions = None
+    apply_freezing(model, model_args, use_peft=lora_args.use_peft)
+    if training_args.gradient_checkpointing:
+        # Frozen input embeddings give checkpointed blocks inputs without grad; this keeps gradients flowing.
+        model.enable_input_require_grads()
+    if lora_args.use_peft:
+        model = apply_lora(model, lora_args, model_args)
+    logger.info(f"Parameters per component:\n{parameter_table(model)}")
+
+    collator = MultimodalCollator(processor, max_length=data_args.max_length, truncation=data_args.truncation)
+    train_dataset = build_dataset(data_args, "train", processor, training_args.seed)
+    eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed)
+    train_lengths = None
+    if train_dataset is not None and training_args.train_sampling_strategy == "group_by_length":
+        train_lengths = sample_lengths(train_dataset, collator)
+        _check_lengths(train_lengths, collator)
+
+    return MultimodalTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[DataReportCallback(collator, train_dataset)],
+        train_lengths=train_lengths,
+    )
+
+
+def train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: TrainingArguments,
+) -> MultimodalTrainer:
+    """Run one stage: train, save the model (or adapter) and processor to `output_dir`, and `trainer_state.json`."""
+    transformers.set_seed(training_args.seed)
+    trainer = build_trainer(model_args, data_args, lora_args, training_args)
+    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    trainer.save_model()
+    trainer.save_state()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m any2text.train` / `any2text train`: parse the arguments and run one stage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _init_cpu_deepspeed(argv)
+    model_args, data_args, lora_args, training_args = parse_args(argv)
+    _check_cpu_deepspeed(training_args)
+    _setup_logging(training_args)
+    train(model_args, data_args, lora_args, training_args)
+    return 0
+
+
+__all__ = ["build_trainer", "load_model_and_processor", "main", "make_parser", "parse_args", "train"]
