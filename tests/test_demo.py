@@ -1,0 +1,28 @@
+"""A shortened `make demo`: the real builder, `any2text.train` twice, reload with the Auto classes, evaluate."""
+
+import json
+
+import pytest
+
+from any2text.demo import run_demo
+
+
+@pytest.mark.slow
+def test_short_demo_learns_to_use_image_and_audio(tmp_path):
+    results = run_demo(tmp_path / "demo", n_train=800, n_test=200, stage1_epochs=1, stage2_epochs=6, seed=1)
+
+    for modality in ("image", "audio"):
+        r = results["per_modality"][modality]
+        # The media carry the answers: the trained model must beat the same model without them by a wide margin,
+        # and the blind model cannot do much better than chance.
+        assert r["accuracy"] >= r["blind_accuracy"] + 0.3, (modality, r)
+        assert r["accuracy"] >= r["chance"] + 0.3, (modality, r)
+        assert r["blind_accuracy"] <= r["chance"] + 0.15, (modality, r)
+
+    out = tmp_path / "demo"
+    for name in ("results.json", "results.md", "loss_curves.png", "stage2/trainer_state.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "results.json").read_text())["per_modality"] == results["per_modality"]
+    history = json.loads((out / "stage2/trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0] / 3
