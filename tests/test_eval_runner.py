@@ -297,3 +297,35 @@ def test_audio_benchmark_decodes_resamples_and_scores(tmp_path):
     records = read_predictions(tmp_path / "out" / "librispeech" / "predictions.jsonl")
     assert [r["id"] for r in records] == ["1-2-0000", "1-2-0001", "1-2-0002"]
     assert records[0]["prediction"] == "he hoped there"
+
+
+def test_runner_on_an_any2text_audio_checkpoint(tmp_path, tester):
+    """Clotho-AQA rows (raw 44.1 kHz stereo bytes) through the real LlamaVisionAudio model and processor."""
+    checkpoint = tmp_path / "model"
+    tester.get_model(seed=5).save_pretrained(checkpoint)
+    tester.get_processor().save_pretrained(checkpoint)
+    rows = [
+        {"audio": {"bytes": _wav_bytes(0.3 + 0.1 * i, 44100, 2), "path": f"{i}.wav"}, "question": q, "answer": a}
+        for i, (q, a) in enumerate([("Is a dog barking?", "yes"), ("Is it raining?", "no"), ("Any birds?", "yes")])
+    ]
+    features = datasets.Features(
+        {
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+        }
+    )
+    data_dir = tmp_path / "clotho_aqa"
+    data_dir.mkdir()
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.cast_column("audio", datasets.Audio(decode=False)).to_parquet(str(data_dir / "test.parquet"))
+
+    args = EvalArguments(
+        model=str(checkpoint), benchmark="clotho_aqa", data=str(data_dir), split="test", batch_size=2,
+        max_new_tokens=3, output_dir=str(tmp_path / "out"), device="cpu",
+    )  # fmt: skip
+    result = run_evaluation(args)
+    records = read_predictions(tmp_path / "out" / "clotho_aqa" / "predictions.jsonl")
+    assert len(records) == 3 and [r["references"] for r in records] == [["yes"], ["no"], ["yes"]]
+    assert result["scores"] == score_predictions("clotho_aqa", records)
+    assert all(isinstance(r["prediction"], str) for r in records)
