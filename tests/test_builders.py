@@ -207,6 +207,16 @@ def test_pad_token_is_added_and_set(lva_llama):
     assert AutoProcessor.from_pretrained(path).tokenizer.pad_token_id == pad_id
 
 
+def test_generation_never_emits_media_placeholders(lva_llama):
+    path, model, _ = lva_llama
+    placeholders = {model.config.image_token_id, model.config.audio_token_id}
+    assert placeholders <= set(model.generation_config.suppress_tokens)
+    reloaded = AutoModelForImageTextToText.from_pretrained(path)
+    assert placeholders <= set(reloaded.generation_config.suppress_tokens)
+    # The language model's own generation settings survive (its EOS id).
+    assert reloaded.generation_config.eos_token_id == model.generation_config.eos_token_id is not None
+
+
 def test_only_encoder_towers_are_saved(parts, lva_llama):  # noqa: F811
     path, model, _ = lva_llama
     keys = saved_keys(path)

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from transformers import (
     AutoTokenizer,
-    ClapFeatureExtractor,
     CLIPImageProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -17,7 +16,13 @@ from transformers import (
 )
 
 from any2text import LlamaVisionAudioConfig, LlamaVisionAudioForConditionalGeneration, LlamaVisionAudioProcessor
-from any2text.builders.presets import tiny_audio_config, tiny_text_config, tiny_tokenizer_path, tiny_vision_config
+from any2text.builders.presets import (
+    cheap_audio_config,
+    cheap_feature_extractor,
+    tiny_text_config,
+    tiny_tokenizer_path,
+    tiny_vision_config,
+)
 from any2text.models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
 
 SAMPLING_RATE = 16000
@@ -27,25 +32,6 @@ def tiny_tokenizer():
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
     tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>", "<audio>"]})
     return tokenizer
-
-
-def cheap_audio_config():
-    """A tiny CLAP on 2 s, 16 kHz, 16-mel features: 16 tokens per clip, ~10x cheaper than 10 s at 48 kHz."""
-    config = tiny_audio_config()
-    config.spec_size, config.num_mel_bins, config.window_size = 64, 16, 4
-    config.patch_size, config.patch_stride = 2, (2, 2)
-    return config
-
-
-def cheap_feature_extractor() -> ClapFeatureExtractor:
-    return ClapFeatureExtractor(
-        feature_size=16,
-        max_length_s=2,
-        sampling_rate=SAMPLING_RATE,
-        hop_length=160,
-        fft_window_size=400,
-        frequency_max=8000,
-    )
 
 
 def image_processor() -> CLIPImageProcessor:

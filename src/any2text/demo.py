@@ -28,7 +28,6 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     ClapConfig,
-    ClapFeatureExtractor,
     ClapModel,
     ClapTextConfig,
     CLIPConfig,
@@ -39,7 +38,13 @@ from transformers import (
 from transformers.utils import logging
 
 from any2text.builders import build_llama_vision_audio
-from any2text.builders.presets import tiny_text_config, tiny_tokenizer_path, tiny_vision_config
+from any2text.builders.presets import (
+    cheap_audio_config,
+    cheap_feature_extractor,
+    tiny_text_config,
+    tiny_tokenizer_path,
+    tiny_vision_config,
+)
 from any2text.data.loading import DatasetSpec, load_spec
 from any2text.data.synthetic import DEFAULT_WEIGHTS, generate_demo_data
 from any2text.data.templates import get_template
@@ -51,27 +56,6 @@ IMAGE_SIZE = 32
 SAMPLING_RATE = 16000
 # Shape is the hardest question for a random frozen encoder (it needs the layout of many patches): ask it more.
 DEMO_WEIGHTS = {**DEFAULT_WEIGHTS, "image_shape": 2.5}
-
-
-def demo_audio_config():
-    """A tiny CLAP on 2 s of 16 kHz audio with 16 mel bins: 16 tokens per clip, ~10x cheaper than 10 s at 48 kHz."""
-    from any2text.builders.presets import tiny_audio_config
-
-    config = tiny_audio_config()
-    config.spec_size, config.num_mel_bins, config.window_size = 64, 16, 4
-    config.patch_size, config.patch_stride = 2, (2, 2)
-    return config
-
-
-def demo_feature_extractor() -> ClapFeatureExtractor:
-    return ClapFeatureExtractor(
-        feature_size=16,
-        max_length_s=2,
-        sampling_rate=SAMPLING_RATE,
-        hop_length=160,
-        fft_window_size=400,
-        frequency_max=8000,
-    )
 
 
 def save_tiny_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
@@ -98,11 +82,11 @@ def save_tiny_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
 
     clap_config = ClapConfig(
         text_config=ClapTextConfig(**small_text, num_attention_heads=4).to_dict(),
-        audio_config=demo_audio_config().to_dict(),
+        audio_config=cheap_audio_config().to_dict(),
         projection_dim=32,
     )
     ClapModel(clap_config).save_pretrained(paths["clap"])
-    demo_feature_extractor().save_pretrained(paths["clap"])
+    cheap_feature_extractor(SAMPLING_RATE).save_pretrained(paths["clap"])
     return paths
 
 

@@ -4,6 +4,7 @@ Memory: each pretrained part is loaded once (by `from_pretrained`, in the target
 model built on the meta device, so a build holds one copy of the language model plus the new embedding rows.
 """
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -234,6 +235,34 @@ def assert_materialised(model: nn.Module) -> None:
     meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:
         raise RuntimeError(f"Internal error: {len(meta)} tensor(s) were never loaded, e.g. `{meta[0]}`.")
+
+
+def attach_language_model(
+    model: PreTrainedModel,
+    language_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    num_old_tokens: int,
+    token_ids: dict[str, int],
+    placeholder_ids: list[int],
+    dtype: torch.dtype,
+) -> None:
+    """Move the loaded language model into a composite model assembled on the meta device, then grow and
+    mean-initialise the embeddings for the added tokens, record the pad id, and check nothing is left on meta.
+
+    The generation config is the language model's (its EOS ids, sampling defaults), with the media placeholders
+    suppressed: a generated placeholder would be a media slot with no media behind it.
+    """
+    model.model.language_model = language_model.base_model
+    model.lm_head = language_model.get_output_embeddings()
+    generation_config = copy.deepcopy(language_model.generation_config)
+    suppressed = set(generation_config.suppress_tokens or []) | {i for i in placeholder_ids if i >= 0}
+    generation_config.suppress_tokens = sorted(suppressed)
+    model.generation_config = generation_config
+    resize_with_mean_init(model, num_old_tokens, token_ids, len(tokenizer))
+    set_pad_token_id(model, tokenizer.pad_token_id)
+    model.config.dtype = dtype
+    assert_materialised(model)
+    model.eval()
 
 
 def set_pad_token_id(model: PreTrainedModel, pad_token_id: int) -> None:

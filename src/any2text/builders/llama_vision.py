@@ -3,7 +3,6 @@
 The result runs on plain transformers with nothing of any2text installed; it is what the seed recipe produces.
 """
 
-import copy
 from pathlib import Path
 
 import torch
@@ -16,15 +15,13 @@ from .checkpoint import BuildRecord, push_checkpoint, save_checkpoint
 from .components import (
     IMAGE_TOKEN,
     add_placeholder_tokens,
-    assert_materialised,
+    attach_language_model,
     check_image_processor,
     init_projector,
     load_encoder,
     load_image_processor,
     load_language_model,
     load_tokenizer,
-    resize_with_mean_init,
-    set_pad_token_id,
     text_init_std,
 )
 
@@ -92,16 +89,9 @@ def build_llama_vision(
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = vision_tower
-    model.model.language_model = language_model.base_model
-    model.lm_head = language_model.get_output_embeddings()
     init_projector(model.model.multi_modal_projector, text_init_std(config.text_config), seed, dtype)
-    model.generation_config = copy.deepcopy(language_model.generation_config)
+    attach_language_model(model, language_model, tokenizer, num_old_tokens, token_ids, [token_ids[IMAGE_TOKEN]], dtype)
     del language_model
-    resize_with_mean_init(model, num_old_tokens, token_ids, len(tokenizer))
-    set_pad_token_id(model, tokenizer.pad_token_id)
-    model.config.dtype = dtype
-    assert_materialised(model)
-    model.eval()
 
     processor = LlavaProcessor(
         image_processor=image_processor,

@@ -1,6 +1,5 @@
 """Build a `LlamaVisionAudioForConditionalGeneration` from a causal LM, a CLIP/SigLIP and a CLAP checkpoint."""
 
-import copy
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from .components import (
     AUDIO_TOKEN,
     IMAGE_TOKEN,
     add_placeholder_tokens,
-    assert_materialised,
+    attach_language_model,
     check_image_processor,
     init_projector,
     load_encoder,
@@ -27,8 +26,6 @@ from .components import (
     load_image_processor,
     load_language_model,
     load_tokenizer,
-    resize_with_mean_init,
-    set_pad_token_id,
     text_init_std,
 )
 
@@ -128,15 +125,9 @@ def build_llama_vision_audio(
         model.model.audio_tower = audio_tower
         # Its own seed stream, so adding or removing the vision tower does not change the audio projector.
         init_projector(model.model.audio_projector, std, seed + 1, dtype)
-    model.model.language_model = language_model.base_model
-    model.lm_head = language_model.get_output_embeddings()
-    model.generation_config = copy.deepcopy(language_model.generation_config)
+    placeholders = [config.image_token_id, config.audio_token_id]
+    attach_language_model(model, language_model, tokenizer, num_old_tokens, token_ids, placeholders, dtype)
     del language_model
-    resize_with_mean_init(model, num_old_tokens, token_ids, len(tokenizer))
-    set_pad_token_id(model, tokenizer.pad_token_id)
-    model.config.dtype = dtype
-    assert_materialised(model)
-    model.eval()
 
     processor = LlamaVisionAudioProcessor(
         image_processor=image_processor,
