@@ -114,10 +114,19 @@ def test_placeholder_count_mismatch_names_modality_and_counts(tester, processor,
 
 @pytest.mark.parametrize("order", ["image_first", "audio_first"])
 def test_media_positions_hold_exactly_the_projected_features(tester, processor, order):
+    """Several images and clips in one sample, interleaved, next to a text-only sample."""
     model = tester.get_model()
-    text = "<image> look and <audio> listen" if order == "image_first" else "<audio> listen and <image> look"
+    if order == "image_first":
+        text = "<image> look, <audio> listen, <image> again and <audio> once more"
+    else:
+        text = "<audio> listen, <image> look, <audio> again and <image> once more"
     inputs = processor(
-        text=[text], images=[make_image("green")], audio=[make_tone(880.0)], sampling_rate=48000, return_tensors="pt"
+        text=[text, "no media here"],
+        images=[make_image("green"), make_image("yellow")],
+        audio=[make_tone(880.0), make_tone(300.0)],
+        sampling_rate=48000,
+        padding=True,
+        return_tensors="pt",
     )
     captured = {}
     hook = model.model.language_model.register_forward_pre_hook(
@@ -130,10 +139,12 @@ def test_media_positions_hold_exactly_the_projected_features(tester, processor, 
     hook.remove()
     types = inputs["mm_token_type_ids"][0]
     embeds = captured["embeds"][0]
-    assert torch.equal(embeds[types == 1], image_features[0])
-    assert torch.equal(embeds[types == 3], audio_features[0])
+    # In order of appearance: the first image's tokens hold image 0, the second image's tokens image 1; same for audio.
+    assert torch.equal(embeds[types == 1], image_features.flatten(0, 1))
+    assert torch.equal(embeds[types == 3], audio_features.flatten(0, 1))
     text_ids = inputs["input_ids"][0][types == 0]
     assert torch.equal(embeds[types == 0], model.get_input_embeddings()(text_ids))
+    assert torch.equal(captured["embeds"][1], model.get_input_embeddings()(inputs["input_ids"][1]))
 
 
 def test_frozen_encoders_build_no_autograd_graph(tester, processor):

@@ -155,7 +155,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         return_offsets_mapping: bool = False,
         padding_side: str | None = None,
-        videos=None,
+        videos=None,  # transformers' `apply_chat_template` always passes it; this processor takes no video
         **kwargs,
     ) -> BatchFeature:
         r"""
