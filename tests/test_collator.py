@@ -198,3 +198,29 @@ def test_template_without_generation_markers_falls_back_to_turn_rendering(proces
     runs = labelled_text(processor.tokenizer, batch["input_ids"][0], batch["labels"][0])
     assert runs == ["A1<|eot_id|>", "A2<|eot_id|>"]
     assert torch.equal(batch["attention_mask"], torch.ones_like(batch["attention_mask"]))
+
+
+def test_ensure_image_adds_a_blank_row_that_changes_nothing(tmp_path):
+    """For stock Llava under ZeRO-3: a text-only batch still runs the vision tower, at zero loss and gradient."""
+    from transformers import LlavaForConditionalGeneration
+
+    from test_train_helpers import build_tiny_llava
+
+    llava = tiny_llava_processor()
+    samples = [{"messages": [user("Hi"), assistant("Hello.")]}, {"messages": [user("Bye"), assistant("See you.")]}]
+    plain = MultimodalCollator(llava)(samples)
+    guarded = MultimodalCollator(llava, ensure_image=True)(samples)
+    assert "pixel_values" not in plain and guarded["pixel_values"].shape[0] == 1
+    assert guarded["input_ids"].shape[0] == 3 and (guarded["labels"][2] == IGNORE_INDEX).all()
+    assert int((guarded["input_ids"][2] == llava.image_token_id).sum()) == 16
+    # A batch that already has an image is left alone.
+    with_image = [{"messages": [user(image(), "Colour?"), assistant("Red.")]}, *samples]
+    assert MultimodalCollator(llava, ensure_image=True)(with_image)["input_ids"].shape[0] == 3
+
+    model = LlavaForConditionalGeneration.from_pretrained(build_tiny_llava(tmp_path / "llava"))
+    model.train()
+    plain_loss = model(**plain).loss
+    guarded_loss = model(**guarded).loss
+    torch.testing.assert_close(guarded_loss, plain_loss)
+    guarded_loss.backward()
+    assert torch.count_nonzero(model.model.multi_modal_projector.linear_1.weight.grad) == 0

@@ -79,6 +79,11 @@ class MultimodalCollator:
             Training pads on the right whatever the tokenizer's (generation) setting is.
         pad_to_multiple_of (`int`, *optional*):
             Pad the sequence length to a multiple of this (tensor-core friendly shapes on GPUs).
+        ensure_image (`bool`, *optional*, defaults to `False`):
+            Give every batch at least one image: a batch without any gets an extra row holding one blank image and
+            no labels (its loss and gradients are exactly zero). Under DeepSpeed ZeRO-3 every rank must run the vision
+            tower every step; LlamaVisionAudio models do that themselves, a stock `LlavaForConditionalGeneration`
+            does not, so `any2text.train` turns this on for stock models under ZeRO-3.
 
     A batch where every sample was dropped holds one placeholder row without labels (a zero loss), so a run never
     crashes on it. `sample_length(messages)` gives a sample's exact length without loading its media, for
@@ -93,6 +98,7 @@ class MultimodalCollator:
         media_root: str | None = None,
         padding_side: Literal["right", "left"] = "right",
         pad_to_multiple_of: int | None = None,
+        ensure_image: bool = False,
     ):
         if truncation not in TRUNCATION_MODES:
             raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
@@ -115,6 +121,7 @@ class MultimodalCollator:
         self.media_root = media_root
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.ensure_image = ensure_image
         self.image_token = getattr(processor, "image_token", None)
         self.audio_token = getattr(processor, "audio_token", None)
         feature_extractor = getattr(processor, "feature_extractor", None)
@@ -282,7 +289,21 @@ class MultimodalCollator:
                 encoded.append(fitted)
         if not encoded:
             encoded = [self._empty_sample()]
+        if self.ensure_image and not any("pixel_values" in sample["media"] for sample in encoded):
+            encoded.append(self._blank_image_sample())
         return self._pad(encoded)
+
+    def _blank_image_sample(self) -> dict[str, Any]:
+        """A row of one blank image and nothing to learn: it runs the vision tower without touching the loss."""
+        if self.image_token is None:
+            raise ValueError("`ensure_image=True` needs a processor with an image token.")
+        encoded = self._process(self.image_token, [Image.new("RGB", (32, 32))], [])
+        sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
+        sample["labels"] = torch.full_like(sample["input_ids"], IGNORE_INDEX)
+        sample["media"] = {
+            key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS and key not in _DROPPED_KEYS
+        }
+        return sample
 
     def _empty_sample(self) -> dict[str, Any]:
         token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id

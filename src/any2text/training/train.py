@@ -40,6 +40,7 @@ from transformers.utils import logging
 
 from ..data.collator import MultimodalCollator
 from ..data.loading import MultimodalDataset, parse_dataset_specs
+from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
@@ -249,6 +250,10 @@ def build_trainer(
         training_args.label_names = ["labels"]
 
     model, processor = load_model_and_processor(model_args)
+    # A stock model (Llava) cannot run its vision tower without an image; under ZeRO-3 a rank whose batch has none
+    # would skip it while the others gather its parameters, and the run would hang. The collator then adds a blank
+    # image row with no labels. LlamaVisionAudio runs every tower every training step by itself.
+    ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
     if is_deepspeed_zero3_enabled():
         mark_zero3_leaf_towers(model)
         # transformers 5.24's ZeRO-3 loading records every conversion it knows, legacy renamings included, as applied;
@@ -263,7 +268,9 @@ def build_trainer(
         model = apply_lora(model, lora_args, model_args)
     logger.info(f"Parameters per component:\n{parameter_table(model)}")
 
-    collator = MultimodalCollator(processor, max_length=data_args.max_length, truncation=data_args.truncation)
+    collator = MultimodalCollator(
+        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
+    )
     train_dataset = build_dataset(data_args, "train", processor, training_args.seed)
     eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed)
     train_lengths = None
