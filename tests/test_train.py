@@ -155,6 +155,14 @@ def test_stage1_then_stage2_from_its_output(workdir, caplog):
     # The result loads with the Auto classes.
     assert AutoModelForImageTextToText.from_pretrained(stage2).config.model_type == "llama_vision_audio"
     assert AutoProcessor.from_pretrained(stage2).audio_seq_length == 16
+    # The model card says where the stage started, what trained and on what, and keeps stage 1's card below.
+    card = (stage2 / "README.md").read_text()
+    assert f"base_model:\n- {stage1}" in card
+    trained = card.split("## What trained")[1].split("## Data")[0]
+    assert "language_model" in trained and "vision_projector" in trained
+    assert str(workdir / "data" / "data.json") in card
+    assert "## Starting checkpoint" in card and "training loss:" in card
+    assert f"base_model:\n- {base}" in (stage1 / "README.md").read_text()
 
 
 @pytest.mark.slow

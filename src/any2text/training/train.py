@@ -44,6 +44,7 @@ from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
+from .model_card import training_card
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
@@ -302,6 +303,13 @@ def train(
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
     trainer.save_model()
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        card = training_card(
+            trainer.model, model_args, data_args, lora_args, training_args, parameter_table(trainer.model),
+            trainer.state.log_history,
+        )  # fmt: skip
+        with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
+            f.write(card)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if trainer.eval_dataset is not None:
