@@ -115,15 +115,16 @@ def test_audio_rows():
     assert clotho.id == "4"
     assert clotho.references == ["A dog barks", "Rain falls", "Wind blows", "A car passes", "Birds sing"]
     assert clotho.messages[0]["content"][0] == {"type": "audio", "audio": AUDIO}
-    assert clotho.prompt == "Describe the audio in one sentence."
+    # Evaluation asks what the training templates taught (any2text.data.templates).
+    assert clotho.prompt == "Give an overview of what's in the audio."
 
     asr = get_benchmark("librispeech").build_item({"id": "1089-134686-0000", "audio": AUDIO, "text": "HE HOPED"}, 0)
     assert asr.references == ["HE HOPED"]
-    assert asr.prompt == "Please recognize the speech and only output the recognized content:"
+    assert asr.prompt == "Transcribe the speech in the audio."
 
     aqa = get_benchmark("clotho_aqa").build_item({"audio": AUDIO, "question": "Is it raining?", "answer": "yes"}, 9)
     assert aqa.id == "9"
-    assert aqa.prompt == "Is it raining?\nAnswer the question using a single word only."
+    assert aqa.prompt == "Is it raining?\nAnswer the question using a single word or phrase."
     assert aqa.references == ["yes"]
 
     caps = get_benchmark("audiocaps").build_item({"audiocap_id": 91, "audio": AUDIO, "captions": ["a", "b"]}, 0)

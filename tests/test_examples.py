@@ -86,6 +86,9 @@ def test_yaml_configs_parse(config, monkeypatch, tmp_path):
     (tmp_path / config.name).write_text(yaml.safe_dump({**values, "use_cpu": True}))  # CPU-only CI, see above
     model_args, data_args, _, training_args = parse_args([str(tmp_path / config.name)])
     assert model_args.model_name_or_path and data_args.train_datasets and training_args.deepspeed
+    # `deepspeed --module any2text.train config.yaml` puts `--local_rank=N` first.
+    _, _, _, launched = parse_args(["--local_rank=0", str(tmp_path / config.name)])
+    assert launched.local_rank == 0 and launched.output_dir == training_args.output_dir
 
 
 @pytest.mark.parametrize("config", DS_CONFIGS, ids=lambda p: p.name)
@@ -96,5 +99,7 @@ def test_deepspeed_configs(config):
     assert stage in (2, 3)
     if stage == 3:  # the final save gathers the partitioned weights into one checkpoint
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    # A "scheduler" section would replace the Trainer's (`--lr_scheduler_type`, `--warmup_steps`) without a word.
+    assert "scheduler" not in ds
     if "cpu" in config.name:  # an "optimizer" section would compile DeepSpeed's fused Adam (~80 s, CPU-unfriendly)
         assert "optimizer" not in ds

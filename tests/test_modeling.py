@@ -262,3 +262,31 @@ def test_training_runs_clap_fusion_branch_even_without_long_clips(tester, proces
     hook.remove()
     assert calls == [1]
     torch.testing.assert_close(train_loss, eval_loss)
+
+
+def test_inputs_embeds_path_with_identical_placeholder_rows_uses_token_types(tester, processor):
+    """Built models start `<image>` and `<audio>` from the same mean row: only `mm_token_type_ids` can tell them."""
+    model = tester.get_model()
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[tester.audio_token_id] = embeddings[tester.image_token_id]
+    inputs = mixed_inputs(tester, processor)
+    with torch.no_grad():
+        by_ids = model(**inputs).logits
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        rest = {k: v for k, v in inputs.items() if k != "input_ids"}
+        torch.testing.assert_close(model(inputs_embeds=embeds, **rest).logits, by_ids)
+        rest.pop("mm_token_type_ids")
+        with pytest.raises(ValueError, match="mm_token_type_ids"):
+            model(inputs_embeds=embeds, **rest)
+
+
+def test_inputs_embeds_path_on_a_model_without_audio(tester, processor):
+    model = tester.get_model(audio=False)
+    model.config.audio_token_id = -2  # what the builders record for a modality the model does not have
+    inputs = processor(text=["<image> what?"], images=[make_image()], return_tensors="pt")
+    with torch.no_grad():
+        by_ids = model(**inputs).logits
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        by_embeds = model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"]).logits
+    torch.testing.assert_close(by_embeds, by_ids)

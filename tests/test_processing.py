@@ -136,3 +136,32 @@ def test_chat_template_tokenizes_with_media(processor, tester):
     assert ids[0] == tester.tokenizer.bos_token_id and (ids == tester.tokenizer.bos_token_id).sum() == 1
     answer = tester.tokenizer.decode(ids[out["assistant_masks"][0].bool()])
     assert answer == "blue<|eot_id|>"
+
+
+def test_chat_template_audio_arrays_need_their_rate_and_are_resampled(processor):
+    clip_16k = make_tone(440.0, 1.0, 16000)
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": clip_16k}, {"type": "text", "text": "Hi"}]}]
+    with pytest.raises(ValueError, match="sampling rate"):
+        processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    with_rate = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": clip_16k, "sampling_rate": 16000}, {"type": "text", "text": "Hi"}],
+        }  # fmt: skip
+    ]
+    out = processor.apply_chat_template(with_rate, tokenize=True, return_dict=True, return_tensors="pt")
+    by_kwarg = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt", sampling_rate=16000
+    )
+    direct = processor(text="<audio>", audio=[clip_16k], sampling_rate=16000, return_tensors="pt")
+    torch.testing.assert_close(out["input_features"], direct["input_features"])
+    torch.testing.assert_close(by_kwarg["input_features"], direct["input_features"])
+
+
+def test_int_pcm_given_as_a_python_list_is_read_as_16_bit(processor):
+    pcm16 = np.round(make_tone(660.0, 1.0, 16000) * 32767).astype(np.int16)
+    as_array = processor(text="<audio>", audio=[pcm16], sampling_rate=16000, return_tensors="pt")
+    as_list = processor(text="<audio>", audio=[pcm16.tolist()], sampling_rate=16000, return_tensors="pt")
+    torch.testing.assert_close(as_list["input_features"], as_array["input_features"])
+    with pytest.raises(ValueError, match="16-bit range"):
+        processor(text="<audio>", audio=[[0, 70000, -5]], sampling_rate=16000)

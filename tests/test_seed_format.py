@@ -130,3 +130,14 @@ def test_seed_llava_converts_and_runs_on_plain_transformers(seed_checkpoints, tm
 def test_not_a_seed_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="pytorch_model.bin"):
         load_seed_checkpoint(tmp_path)
+
+
+def test_direct_load_of_an_unconverted_seed_folder_names_the_conversion(seed_checkpoints, converted_lva):  # noqa: F811
+    """Loading it as is would leave the language model and projectors random; it must stop and say what to run."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    assert AutoConfig.from_pretrained(seed_checkpoints.llama_vision_audio).is_seed_format
+    with pytest.raises(ValueError, match="any2text convert-seed"):
+        AutoModelForImageTextToText.from_pretrained(seed_checkpoints.llama_vision_audio)
+    converted = AutoConfig.from_pretrained(converted_lva)
+    assert not converted.is_seed_format and "audio_feature_select_strategy" not in converted.to_dict()

@@ -1,6 +1,6 @@
 """`make demo` / `any2text demo`: the whole recipe on tiny models, offline, in minutes.
 
-    any2text demo --output_dir demo_output [--use_peft] [--quick]
+    any2text demo --output_dir demo_output [--use_peft] [--n_train N] [--stage2_epochs E]
 
 1. synthetic data: image questions (colour, shape, side), audio questions (pitch, number of beeps), text facts,
    written as LLaVA-style JSON with media folders and as parquet with embedded media;

@@ -138,6 +138,9 @@ def load_seed_checkpoint(src: str | Path) -> tuple[PreTrainedModel, ProcessorMix
     config = AutoConfig.from_pretrained(src)
     tokenizer = _tokenizer(src)
     if isinstance(config, LlamaVisionAudioConfig):
+        # Converted here: the seed-format mark (which makes a direct load an error) goes.
+        if config.is_seed_format:
+            delattr(config, "audio_feature_select_strategy")
         # The seed's model never applied its "default" strategy: every CLIP embedding, CLS included, was used.
         config.vision_feature_select_strategy = "full"
         config.pad_token_id = config.text_config.pad_token_id = tokenizer.pad_token_id

@@ -25,16 +25,18 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..data.templates import ASR_PROMPT, AUDIO_CAPTION_PROMPT, MULTIPLE_CHOICE_LETTER_PROMPT, SHORT_ANSWER_PROMPT
 from .metrics import load_metric
 
 logger = logging.get_logger(__name__)
 
-VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+# The training templates' prompts (any2text.data.templates), so a model trained here is scored on the instructions it
+# learned; they are LLaVA-1.5's / lmms-eval's wording where a standard exists. `--prompt_suffix` overrides them.
+VQA_SUFFIX = "\n" + SHORT_ANSWER_PROMPT
 OKVQA_SUFFIX = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + VQA_SUFFIX
-MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
-CAPTION_PROMPT = "Describe the audio in one sentence."
-ASR_PROMPT = "Please recognize the speech and only output the recognized content:"
-AQA_SUFFIX = "\nAnswer the question using a single word only."
+MC_SUFFIX = "\n" + MULTIPLE_CHOICE_LETTER_PROMPT
+CAPTION_PROMPT = AUDIO_CAPTION_PROMPT
+AQA_SUFFIX = VQA_SUFFIX
 # MME questions end with this; lmms-eval swaps it for the short-answer instruction.
 MME_YES_NO = " Please answer yes or no."
 LETTERS = "ABCDEFGHIJ"

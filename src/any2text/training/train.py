@@ -58,8 +58,27 @@ def make_parser() -> HfArgumentParser:
     return HfArgumentParser(ARGUMENT_GROUPS, allow_abbrev=False)
 
 
-def _is_config_file(argv: list[str]) -> bool:
-    return len(argv) == 1 and argv[0].endswith(_CONFIG_SUFFIXES)
+def _config_file(argv: list[str]) -> tuple[str | None, dict]:
+    """The config file when it is the only argument besides launcher flags, and those flags.
+
+    The DeepSpeed launcher puts `--local_rank=N` before the script's own arguments, so
+    `deepspeed --module any2text.train stage2.yaml` arrives as `['--local_rank=0', 'stage2.yaml']`.
+    """
+    rest, launcher = [], {}
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg.startswith("--local_rank="):
+            launcher["local_rank"] = int(arg.split("=", 1)[1])
+        elif arg == "--local_rank" and index + 1 < len(argv):
+            launcher["local_rank"] = int(argv[index + 1])
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    if len(rest) == 1 and rest[0].endswith(_CONFIG_SUFFIXES):
+        return rest[0], launcher
+    return None, {}
 
 
 def _read_config(path: str) -> dict:
@@ -80,8 +99,9 @@ def parse_args(
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
-    if _is_config_file(argv):
-        return parser.parse_dict(_read_config(argv[0]), allow_extra_keys=False)
+    path, launcher = _config_file(argv)
+    if path is not None:
+        return parser.parse_dict({**_read_config(path), **launcher}, allow_extra_keys=False)
     *groups, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         known = [option for action in parser._actions for option in action.option_strings]
@@ -106,8 +126,9 @@ def _init_cpu_deepspeed(argv: list[str]) -> None:
     """
     if torch.cuda.is_available() or "LOCAL_RANK" not in os.environ:
         return
-    if _is_config_file(argv):
-        wants_deepspeed = bool(_read_config(argv[0]).get("deepspeed"))
+    path, _ = _config_file(argv)
+    if path is not None:
+        wants_deepspeed = bool(_read_config(path).get("deepspeed"))
     else:
         wants_deepspeed = any(arg == "--deepspeed" or arg.startswith("--deepspeed=") for arg in argv)
     if wants_deepspeed:
@@ -260,7 +281,9 @@ def build_trainer(
         # transformers 5.24's ZeRO-3 loading records every conversion it knows, legacy renamings included, as applied;
         # saving then "reverts" them and writes `model.language_model.model.*` keys that load as missing weights.
         # Without a record, saving reverts only the model's standard mapping, exactly as after a non-ZeRO-3 load.
-        model._weight_conversions = None
+        if getattr(model, "_weight_conversions", None) is not None:
+            logger.info("ZeRO-3: dropping the load-time weight-conversion record so the saved keys stay ours.")
+            model._weight_conversions = None
     apply_freezing(model, model_args, use_peft=lora_args.use_peft)
     if training_args.gradient_checkpointing:
         # Frozen input embeddings give checkpointed blocks inputs without grad; this keeps gradients flowing.

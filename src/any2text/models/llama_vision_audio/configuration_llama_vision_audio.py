@@ -81,8 +81,8 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        # Seed checkpoints carry an `audio_feature_select_strategy` that never had an effect; accept and drop it.
-        kwargs.pop("audio_feature_select_strategy", None)
+        # Only the seed project's (align-anything) config.json carries `audio_feature_select_strategy`; it stays on
+        # the config as the mark of that format, whose weights need `any2text convert-seed` (see `is_seed_format`).
         super().__post_init__(**kwargs)
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
@@ -93,6 +93,11 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
         # Llava does the same: checkpoints record tying on the text config.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+
+    @property
+    def is_seed_format(self) -> bool:
+        """Whether this is an unconverted align-anything config (other weight names, CLS kept, 577 image tokens)."""
+        return getattr(self, "audio_feature_select_strategy", None) is not None
 
     @property
     def image_seq_length(self) -> int:

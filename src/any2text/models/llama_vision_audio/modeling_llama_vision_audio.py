@@ -62,6 +62,14 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
     """Encoders, projectors and the language model backbone; returns the language model's hidden states."""
 
     def __init__(self, config: LlamaVisionAudioConfig):
+        if config.is_seed_format:
+            # Loading it as is would leave the language model and projectors randomly initialised (other weight
+            # names) and drop the CLS embedding the seed trained with.
+            raise ValueError(
+                "This is an align-anything (seed) checkpoint: its weights are stored under other names and its "
+                "images keep the CLS embedding. Convert it once with `any2text convert-seed --model SEED_DIR "
+                "--output OUT_DIR`, then load OUT_DIR."
+            )
         super().__init__(config)
         text_hidden = config.text_config.hidden_size
         act, bias = config.projector_hidden_act, config.multimodal_projector_bias
@@ -150,21 +158,28 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of the image and audio placeholder positions, `(batch, seq, 1)`.
 
-        Raises a `ValueError` when the number of placeholders differs from the number of feature vectors.
+        Positions come from `input_ids`, else from `mm_token_type_ids` (1 image, 3 audio), else by comparing
+        `inputs_embeds` with the placeholder embeddings. Raises a `ValueError` when the number of placeholders
+        differs from the number of feature vectors.
         """
         masks = []
-        for modality, token_id, features in (
-            ("image", self.config.image_token_id, image_features),
-            ("audio", self.config.audio_token_id, audio_features),
+        for modality, token_id, type_id, tower, features in (
+            ("image", self.config.image_token_id, 1, self.vision_tower, image_features),
+            ("audio", self.config.audio_token_id, 3, self.audio_tower, audio_features),
         ):
-            if input_ids is None:
-                token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
-                mask = (inputs_embeds == token_embedding).all(-1)
-            else:
+            if input_ids is not None:
                 mask = input_ids == token_id
+            elif mm_token_type_ids is not None:
+                mask = mm_token_type_ids == type_id
+            elif features is None or tower is None or token_id < 0:
+                # Nothing to place, or a modality the model does not have (its id may be a negative sentinel).
+                mask = torch.zeros(inputs_embeds.shape[:-1], dtype=torch.bool, device=inputs_embeds.device)
+            else:
+                mask = self._embedding_mask(inputs_embeds, modality, token_id)
             if features is not None:
                 n_tokens, n_features = int(mask.sum()), features.shape[0] * features.shape[1]
                 if n_tokens != n_features:
@@ -177,6 +192,21 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
                     )
             masks.append(mask.unsqueeze(-1))
         return masks[0], masks[1]
+
+    def _embedding_mask(self, inputs_embeds: torch.Tensor, modality: str, token_id: int) -> torch.Tensor:
+        embeddings = self.get_input_embeddings()
+        target = embeddings(torch.tensor(token_id, device=inputs_embeds.device))
+        other_id = self.config.audio_token_id if modality == "image" else self.config.image_token_id
+        if self.vision_tower is not None and self.audio_tower is not None and other_id >= 0:
+            # Built models start `<image>` and `<audio>` from the same (mean) row: their embeddings cannot tell them
+            # apart, only the processor's `mm_token_type_ids` can.
+            other = embeddings(torch.tensor(other_id, device=inputs_embeds.device))
+            if torch.equal(target, other):
+                raise ValueError(
+                    "The `<image>` and `<audio>` embeddings are identical, so media positions cannot be found from "
+                    "`inputs_embeds`: pass the processor's `mm_token_type_ids` (or `input_ids`) as well."
+                )
+        return (inputs_embeds == target).all(-1)
 
     def _dummy_pixel_values(self) -> torch.Tensor:
         size = self.config.vision_config.image_size
@@ -232,7 +262,9 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         elif self.training:
             zero = zero + self._zero_contribution("audio")
 
-        image_mask, audio_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, audio_features)
+        image_mask, audio_mask = self.get_placeholder_mask(
+            input_ids, inputs_embeds, image_features, audio_features, mm_token_type_ids
+        )
         # Decoding steps see only new tokens and the cache; media were merged at prefill.
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         prefill = cache is None or cache.get_seq_length() == 0

@@ -68,9 +68,18 @@ def to_mono_float(audio, index: int = 0) -> np.ndarray:
     """numpy / torch / list, int PCM or float, mono or multi-channel -> float32 mono numpy."""
     if hasattr(audio, "detach"):  # torch tensor
         audio = audio.detach().cpu().numpy()
+    from_list = not isinstance(audio, np.ndarray)
     array = np.asarray(audio)
     if array.dtype == object or array.size == 0:
         raise ValueError(f"Audio clip {index} is empty or not numeric (got dtype `{array.dtype}`).")
+    if from_list and np.issubdtype(array.dtype, np.integer):
+        # A Python list of ints lost its sample width (numpy makes it int64); 16-bit PCM is what such lists hold.
+        if array.min() < -(2**15) or array.max() >= 2**15:
+            raise ValueError(
+                f"Audio clip {index} is a list of integers outside the 16-bit range: pass a numpy array with its "
+                "PCM dtype (e.g. `np.int32`) so it can be scaled."
+            )
+        array = array.astype(np.int16)
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         # Unsigned PCM (8-bit WAV) is centred on the middle of its range.
@@ -197,11 +206,14 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
             texts, add_special_tokens=add_special_tokens, return_offsets_mapping=return_offsets_mapping, **kwargs
         )
         rows = [self._expand(i, encoded, return_offsets_mapping) for i in range(len(texts))]
+        if truncation and max_length is None:
+            # transformers' convention: truncation without `max_length` means the model's maximum length.
+            max_length = self.tokenizer.model_max_length
         if truncation and max_length is not None:
             rows = [self._truncate(i, row, max_length, truncation) for i, row in enumerate(rows)]
         features = {key: [row[key] for row in rows] for key in rows[0]}
         features["attention_mask"] = [[1] * len(ids) for ids in features["input_ids"]]
-        if padding:
+        if padding and padding != "do_not_pad":
             features = self._pad(features, padding, max_length, padding_side)
         data.update(features)
         return BatchFeature(data, tensor_type=return_tensors)
@@ -333,6 +345,46 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
                 for r in rows
             ]
         return padded
+
+    def apply_chat_template(self, conversation, *args, sampling_rate: int | None = None, **kwargs):
+        """transformers' `apply_chat_template`, plus: audio given as arrays in the messages needs its rate.
+
+        Content items may carry audio as a path or URL (loaded and resampled by transformers) or as an array, with
+        the rate in the item (`{"type": "audio", "audio": array, "sampling_rate": 16000}`) or as `sampling_rate=`.
+        Arrays are resampled here to the feature extractor's rate, which is what transformers then assumes.
+        """
+        if kwargs.get("tokenize"):
+            conversation = self._resample_audio_items(conversation, sampling_rate)
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
+    def _resample_audio_items(self, conversation, sampling_rate: int | None):
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        target = self.feature_extractor.sampling_rate
+        out = []
+        for messages in conversations:
+            new_messages = []
+            for message in messages:
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = [self._resampled_item(item, sampling_rate, target) for item in content]
+                new_messages.append({**message, "content": content})
+            out.append(new_messages)
+        return out if batched else out[0]
+
+    @staticmethod
+    def _resampled_item(item: dict, sampling_rate: int | None, target: int) -> dict:
+        audio = item.get("audio") if item.get("type") == "audio" else None
+        if audio is None or isinstance(audio, str):
+            return item
+        rate = item.get("sampling_rate", sampling_rate)
+        if rate is None:
+            raise ValueError(
+                "An audio item holds an array but no sampling rate: add `'sampling_rate': RATE` to the item or pass "
+                "`sampling_rate=RATE` to `apply_chat_template` (it is never guessed)."
+            )
+        clean = {key: value for key, value in item.items() if key != "sampling_rate"}
+        return {**clean, "audio": resample(to_mono_float(audio), int(rate), target)}
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
