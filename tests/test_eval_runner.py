@@ -329,3 +329,48 @@ def test_runner_on_an_any2text_audio_checkpoint(tmp_path, tester):
     assert len(records) == 3 and [r["references"] for r in records] == [["yes"], ["no"], ["yes"]]
     assert result["scores"] == score_predictions("clotho_aqa", records)
     assert all(isinstance(r["prediction"], str) for r in records)
+
+
+def test_resume_refuses_predictions_of_another_run(tiny_llava, mme_parquet, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: ["Yes"] * len(b))
+    out = tmp_path / "out"
+    main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "3"))
+    path = out / "mme" / "predictions.jsonl"
+    # A record cut just before its newline is complete; the next append must not glue a record to it.
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    assert len(read_predictions(path)) == 6 and path.read_bytes().endswith(b"\n")
+    with pytest.raises(ValueError, match=r"another run.*max_new_tokens.*--overwrite"):
+        main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "5"))
+    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: ["No"] * len(b))
+    main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "5", "--overwrite", "True"))
+    assert {r["prediction"] for r in read_predictions(path)} == {"No"}
+
+
+def test_audiocaps_rows_of_one_clip_become_one_item_with_every_caption(tmp_path):
+    """AudioCaps lists one caption per row (5 per clip on val/test): one generation and 5 references per clip."""
+    rows = [
+        {"audiocap_id": 10 * clip + k, "youtube_id": f"yt{clip}", "start_time": 30, "caption": f"clip {clip} caption {k}",
+         "audio": {"bytes": _wav_bytes(0.3, 16000, 1), "path": f"{clip}.wav"}}
+        for clip in range(2) for k in range(5)
+    ]  # fmt: skip
+    features = datasets.Features(
+        {
+            "audiocap_id": datasets.Value("int64"),
+            "youtube_id": datasets.Value("string"),
+            "start_time": datasets.Value("int64"),
+            "caption": datasets.Value("string"),
+            "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+        }
+    )
+    data_dir = tmp_path / "audiocaps"
+    data_dir.mkdir()
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.cast_column("audio", datasets.Audio(decode=False)).to_parquet(str(data_dir / "test.parquet"))
+    processor = _AudioProcessor()
+    model = _EchoModel(processor.tokenizer, "clip 0 caption 1")
+    args = EvalArguments(model="unused", benchmark="audiocaps", data=str(data_dir), split="test", output_dir=str(tmp_path / "out"))  # fmt: skip
+    run_evaluation(args, model=model, processor=processor)
+    records = read_predictions(tmp_path / "out" / "audiocaps" / "predictions.jsonl")
+    assert len(records) == 2 and sum(len(call["audio"]) for call in processor.calls) == 2
+    assert records[0]["references"] == [f"clip 0 caption {k}" for k in range(5)]
+    assert records[1]["references"] == [f"clip 1 caption {k}" for k in range(5)]

@@ -165,3 +165,15 @@ def test_int_pcm_given_as_a_python_list_is_read_as_16_bit(processor):
     torch.testing.assert_close(as_list["input_features"], as_array["input_features"])
     with pytest.raises(ValueError, match="16-bit range"):
         processor(text="<audio>", audio=[[0, 70000, -5]], sampling_rate=16000)
+
+
+def test_long_clip_with_a_non_64_bin_extractor_is_a_clear_error(tester):
+    """transformers' CLAP fusion of long clips assumes 64 mel bins; say so instead of failing inside numpy."""
+    from any2text.builders.presets import cheap_feature_extractor
+
+    processor = tester.get_processor()
+    processor.feature_extractor = cheap_feature_extractor(16000)
+    ok = processor(text="<audio>", audio=[make_tone(440.0, 1.5, 16000)], sampling_rate=16000, return_tensors="pt")
+    assert ok["input_features"].shape[-1] == 16
+    with pytest.raises(ValueError, match="longer than this feature extractor's 2 s window"):
+        processor(text="<audio>", audio=[make_tone(440.0, 3.0, 16000)], sampling_rate=16000)

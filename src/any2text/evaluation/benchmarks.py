@@ -80,6 +80,8 @@ class Benchmark:
         default_data / default_subset / default_split: where lmms-eval reads the benchmark from.
         max_new_tokens: generation budget used unless the caller sets one.
         primary_score: the headline key of the metric's result.
+        group_columns: for datasets with one reference per row (AudioCaps: 5 rows per clip), the columns that
+            identify one item; its rows become one item with every reference.
     """
 
     name: str
@@ -95,6 +97,7 @@ class Benchmark:
     default_split: str
     max_new_tokens: int
     primary_score: str
+    group_columns: tuple[str, ...] = ()
 
     def item_id(self, row: dict[str, Any], row_index: int) -> str:
         for column in self.id_columns:
@@ -390,6 +393,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             default_split="test",
             max_new_tokens=48,
             primary_score="cider",
+            group_columns=("youtube_id", "start_time"),
         ),
         Benchmark(
             name="librispeech",

@@ -30,6 +30,7 @@ from .generation import generate_batch
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
 logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
 
+RUN_JSON = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
@@ -57,6 +58,10 @@ class EvalArguments:
     )
     dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Start over: delete earlier predictions (otherwise a rerun resumes where it stopped)."},
+    )
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
@@ -137,6 +142,10 @@ def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path} line {number} is not valid JSON ({err}); fix or delete that line.") from err
         good_bytes += len(line)
+    if lines and not lines[-1].endswith(b"\n") and len(records) == len(lines):
+        # Cut just before its newline: complete, but the next append would join two records on one line.
+        with path.open("ab") as handle:
+            handle.write(b"\n")
     return records
 
 
@@ -203,6 +212,59 @@ def load_model_and_processor(model: str, dtype: str = "auto", device: str | None
     return loaded.to(device).eval(), AutoProcessor.from_pretrained(model)
 
 
+def _check_run(
+    out_dir: Path, predictions_path: Path, args: EvalArguments, data: str, subset: str | None, split: str | None
+) -> None:
+    """Resume only the same run: predictions of another model, dataset or prompt must not mix into one score."""
+    run = {
+        "model": args.model,
+        "data": data,
+        "subset": subset,
+        "split": split,
+        "prompt_suffix": args.prompt_suffix,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    run_path = out_dir / RUN_JSON
+    if args.overwrite:
+        predictions_path.unlink(missing_ok=True)
+    elif predictions_path.exists() and run_path.exists():
+        previous = json.loads(run_path.read_text(encoding="utf-8"))
+        changed = {key: (previous.get(key), value) for key, value in run.items() if previous.get(key) != value}
+        if changed:
+            details = ", ".join(f"`{key}` {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(
+                f"{predictions_path} holds predictions of another run ({details}). Use another `--output_dir`, or "
+                "pass `--overwrite True` to start over."
+            )
+    run_path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+
+
+def merge_reference_rows(benchmark: Benchmark, dataset: datasets.Dataset) -> datasets.Dataset:
+    """One item per clip for datasets that list one caption per row (AudioCaps val/test: 5 rows per clip).
+
+    Scored row by row, every clip would be generated 5 times and CIDEr-D would see one reference per item (and
+    duplicated document frequencies) instead of the standard 5. The first row of each group stays, with a
+    `captions` column holding every caption of the group.
+    """
+    columns = benchmark.group_columns
+    if not columns or "caption" not in dataset.column_names or not set(columns) <= set(dataset.column_names):
+        return dataset
+    keys = list(zip(*(dataset[column] for column in columns)))
+    first: dict[tuple, int] = {}
+    captions: dict[tuple, list[str]] = {}
+    for index, (key, caption) in enumerate(zip(keys, dataset["caption"])):
+        first.setdefault(key, index)
+        captions.setdefault(key, []).append(caption)
+    if len(first) == len(keys):
+        return dataset
+    kept = sorted(first.values())
+    logger.info(f"`{benchmark.name}`: {len(keys)} rows are {len(kept)} items (all captions of an item as references).")
+    merged = dataset.select(kept)
+    if "captions" in merged.column_names:
+        merged = merged.remove_columns("captions")
+    return merged.add_column("captions", [captions[keys[index]] for index in kept])
+
+
 def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None) -> dict[str, Any]:
     """Generate the missing predictions for `args.benchmark`, then score all of them; returns the scores.json dict.
 
@@ -217,12 +279,14 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
     subset = args.subset if args.subset is not None else (benchmark.default_subset if args.data is None else None)
     dataset = load_eval_dataset(data, split=split, subset=subset)
     benchmark.check_columns(dataset.column_names)
+    dataset = merge_reference_rows(benchmark, dataset)
     if args.limit is not None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
 
     out_dir = Path(args.output_dir) / benchmark.name
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = out_dir / PREDICTIONS_FILE
+    _check_run(out_dir, predictions_path, args, data, subset, split)
     ids = item_ids(benchmark, dataset)
     done = {record["id"] for record in read_predictions(predictions_path)}
     pending = [i for i, item_id in enumerate(ids) if item_id not in done]

@@ -265,10 +265,20 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         if len(rates) != len(clips):
             raise ValueError(f"Got {len(rates)} sampling rates for {len(clips)} audio clips.")
         mono = [resample(to_mono_float(clip, i), int(sr), target) for i, (clip, sr) in enumerate(zip(clips, rates))]
+        window = self.feature_extractor.nb_max_samples
+        fe = self.feature_extractor
+        if getattr(fe, "truncation", None) == "fusion" and fe.feature_size != 64:
+            # transformers' CLAP extractor fuses long clips at a hard-coded 64 mel bins and fails obscurely otherwise.
+            for i, clip in enumerate(mono):
+                if len(clip) > window:
+                    raise ValueError(
+                        f"Audio clip {i} lasts {len(clip) / target:.1f} s, longer than this feature extractor's "
+                        f"{window / target:g} s window, and its {fe.feature_size} mel bins cannot use CLAP's fusion "
+                        "of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
+                    )
         out = self.feature_extractor(mono, sampling_rate=target, return_tensors="pt")
         # CLAP's extractor marks a RANDOM clip as "longer" when none is, which makes features nondeterministic;
         # mark exactly the clips that exceed the window instead.
-        window = self.feature_extractor.nb_max_samples
         import torch
 
         out["is_longer"] = torch.tensor([[len(clip) > window] for clip in mono], dtype=torch.bool)
