@@ -112,6 +112,30 @@ def push_checkpoint(
     return str(info)
 
 
+def write_outputs(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    record: BuildRecord,
+    save_path: str | Path | None,
+    push_to_hub: str | None,
+    remote_code: bool,
+    max_shard_size: str | int = "5GB",
+    private: bool | None = None,
+    token: str | None = None,
+) -> None:
+    """The last steps of every builder: save to `save_path` and/or upload to the Hub repo `push_to_hub`."""
+    if save_path is not None:
+        logger.info(f"[4/5] Saving to {save_path}")
+        save_checkpoint(model, processor, save_path, record, max_shard_size=max_shard_size, remote_code=remote_code)
+    if push_to_hub is not None:
+        logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
+        push_checkpoint(
+            model, processor, push_to_hub, record, save_path=save_path, remote_code=remote_code, private=private,
+            token=token,
+        )  # fmt: skip
+    logger.info("Done.")
+
+
 def model_card(model: PreTrainedModel, record: BuildRecord, remote_code: bool) -> str:
     """A README.md: base model, encoders, added tokens, initialisation and how to load."""
     config = model.config

@@ -13,7 +13,7 @@ from ..models.llama_vision_audio import (
 )
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
-from .checkpoint import BuildRecord, push_checkpoint, save_checkpoint
+from .checkpoint import BuildRecord, write_outputs
 from .components import (
     AUDIO_TOKEN,
     IMAGE_TOKEN,
@@ -148,20 +148,7 @@ def build_llama_vision_audio(
         num_old_tokens=num_old_tokens,
         seed=seed,
     )
-    if save_path is not None:
-        logger.info(f"[4/5] Saving to {save_path}")
-        save_checkpoint(model, processor, save_path, record, max_shard_size=max_shard_size, remote_code=remote_code)
-    if push_to_hub is not None:
-        logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
-        push_checkpoint(
-            model,
-            processor,
-            push_to_hub,
-            record,
-            save_path=save_path,
-            remote_code=remote_code,
-            private=private,
-            token=token,
-        )
-    logger.info("Done.")
+    write_outputs(
+        model, processor, record, save_path, push_to_hub, remote_code, max_shard_size, private=private, token=token
+    )
     return model, processor

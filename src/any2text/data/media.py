@@ -18,17 +18,15 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping
-from math import gcd
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import soundfile as sf
 
-try:
-    import soxr
-except ImportError:  # soxr is a hard dependency in setup.cfg; scipy keeps a stripped-down install working
-    soxr = None
+# One implementation of PCM scaling, down-mixing and resampling: the processor's (which must stand alone as remote
+# code), so dataset audio and audio handed to the processor directly are treated identically.
+from ..models.llama_vision_audio.processing_llama_vision_audio import resample, to_mono_float
 
 MediaRef = Any
 _MEDIA_ROOT_FIX = "set the dataset's `media_root` to the folder the relative media paths start from"
@@ -127,44 +125,6 @@ def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PI
         raise ValueError(f"Image {name} could not be decoded ({error}). Replace or remove the file.") from error
 
 
-def _to_float_mono(array: np.ndarray, name: str, channels_last: bool | None = None) -> np.ndarray:
-    """Convert integer PCM to float in [-1, 1] and down-mix channels by their mean."""
-    array = np.asarray(array)
-    if np.issubdtype(array.dtype, np.signedinteger):
-        array = array.astype(np.float32) / float(-np.iinfo(array.dtype).min)
-    elif np.issubdtype(array.dtype, np.unsignedinteger):
-        # Unsigned PCM (8-bit WAV) is centred on the middle of its range.
-        middle = (float(np.iinfo(array.dtype).max) + 1.0) / 2.0
-        array = (array.astype(np.float32) - middle) / middle
-    elif not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"Audio {name} has dtype `{array.dtype}`; expected integer PCM or floating point samples.")
-    if array.ndim == 2:
-        if channels_last is None:
-            # Arrays from HF / torchaudio are (channels, samples), soundfile gives (samples, channels): channels are
-            # always the short axis.
-            channels_last = array.shape[1] < array.shape[0]
-        array = array.mean(axis=1 if channels_last else 0)
-    elif array.ndim != 1:
-        raise ValueError(f"Audio {name} has shape {array.shape}; expected (samples,) or a 2-D multi-channel array.")
-    if array.size == 0:
-        raise ValueError(f"Audio {name} is empty (0 samples). Remove the row or replace the file.")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def resample(waveform: np.ndarray, orig_sampling_rate: int, sampling_rate: int) -> np.ndarray:
-    """Resample a mono float32 waveform (soxr high quality; polyphase filtering with scipy as a fallback)."""
-    if orig_sampling_rate == sampling_rate:
-        return waveform
-    if soxr is not None:
-        out = soxr.resample(waveform, orig_sampling_rate, sampling_rate)
-    else:
-        from scipy.signal import resample_poly
-
-        divisor = gcd(int(orig_sampling_rate), int(sampling_rate))
-        out = resample_poly(waveform, sampling_rate // divisor, orig_sampling_rate // divisor)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
 def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike | None = None) -> np.ndarray:
     """Load an audio reference as a mono float32 waveform at `sampling_rate`.
 
@@ -189,7 +149,7 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
     if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
         raise ValueError(f"`sampling_rate` must be a positive integer, got {sampling_rate!r}.")
     if isinstance(ref, np.ndarray):
-        return _to_float_mono(ref, _describe(ref))
+        return to_mono_float(ref, _describe(ref))
     source = _as_path_or_bytes(ref, media_root)
     if source is not None:
         file, name = source
@@ -201,7 +161,7 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
                 f"Audio {name} could not be decoded ({error}). soundfile reads wav/flac/ogg/mp3; "
                 "convert the file or remove the row."
             ) from error
-        waveform = _to_float_mono(array, name, channels_last=True)
+        waveform = to_mono_float(array, name)
     else:
         name = _describe(ref)
         try:
@@ -213,5 +173,5 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
             ) from error
         if hasattr(array, "numpy"):  # a torch tensor, as decoders may return
             array = array.numpy()
-        waveform = _to_float_mono(np.asarray(array), name)
+        waveform = to_mono_float(np.asarray(array), name)
     return resample(waveform, int(orig_rate), int(sampling_rate))

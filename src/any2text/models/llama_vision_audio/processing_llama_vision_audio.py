@@ -64,19 +64,25 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(waveform, target_sr // g, orig_sr // g).astype(np.float32)
 
 
-def to_mono_float(audio, index: int = 0) -> np.ndarray:
-    """numpy / torch / list, int PCM or float, mono or multi-channel -> float32 mono numpy."""
+def to_mono_float(audio, name: int | str = 0) -> np.ndarray:
+    """numpy / torch / list, int PCM or float, mono or multi-channel -> float32 mono numpy.
+
+    `name` identifies the clip in errors: its index in a call, or a file name.
+    """
+    label = f"clip {name}" if isinstance(name, int) else name
     if hasattr(audio, "detach"):  # torch tensor
         audio = audio.detach().cpu().numpy()
     from_list = not isinstance(audio, np.ndarray)
     array = np.asarray(audio)
-    if array.dtype == object or array.size == 0:
-        raise ValueError(f"Audio clip {index} is empty or not numeric (got dtype `{array.dtype}`).")
+    if array.size == 0:
+        raise ValueError(f"Audio {label} is empty (0 samples). Remove the row or replace the file.")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"Audio {label} has dtype `{array.dtype}`; expected integer PCM or floating point samples.")
     if from_list and np.issubdtype(array.dtype, np.integer):
         # A Python list of ints lost its sample width (numpy makes it int64); 16-bit PCM is what such lists hold.
         if array.min() < -(2**15) or array.max() >= 2**15:
             raise ValueError(
-                f"Audio clip {index} is a list of integers outside the 16-bit range: pass a numpy array with its "
+                f"Audio {label} is a list of integers outside the 16-bit range: pass a numpy array with its "
                 "PCM dtype (e.g. `np.int32`) so it can be scaled."
             )
         array = array.astype(np.int16)
@@ -91,8 +97,8 @@ def to_mono_float(audio, index: int = 0) -> np.ndarray:
         channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
         array = array.mean(axis=channel_axis)
     elif array.ndim != 1:
-        raise ValueError(f"Audio clip {index} must be 1-D (mono) or 2-D (multi-channel), got shape {array.shape}.")
-    return array
+        raise ValueError(f"Audio {label} must be 1-D (mono) or 2-D (multi-channel), got shape {array.shape}.")
+    return np.ascontiguousarray(array)
 
 
 class LlamaVisionAudioProcessor(ProcessorMixin):
