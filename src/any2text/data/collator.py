@@ -44,7 +44,7 @@ from PIL import Image
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .media import load_audio, load_image
+from .media import load_audio, load_image, media_refs
 
 logger = logging.get_logger(__name__)
 
@@ -131,6 +131,8 @@ class MultimodalCollator:
             for token in (self.image_token, self.audio_token)
             if token is not None and (token_id := self.tokenizer.convert_tokens_to_ids(token)) is not None
         }
+        # Built once: the masks below run for every sample.
+        self._media_ids = torch.tensor(sorted(self.media_token_ids), dtype=torch.long)
         self.num_dropped = 0
         self._tokens_per_item: dict[str, int] = {}
 
@@ -189,18 +191,12 @@ class MultimodalCollator:
     # Media
 
     def _load_media(self, messages: list[dict]) -> tuple[list[Image.Image], list[np.ndarray]]:
-        images, clips = [], []
-        for message in messages:
-            for item in message["content"] if isinstance(message["content"], list) else []:
-                if item.get("type") == "image":
-                    images.append(load_image(item["image"], self.media_root))
-                elif item.get("type") == "audio":
-                    if self.sampling_rate is None:
-                        # Reported with the sample index by `_check_placeholders`; nothing to resample to here.
-                        clips.append(item["audio"])
-                    else:
-                        clips.append(load_audio(item["audio"], self.sampling_rate, self.media_root))
-        return images, clips
+        image_refs, audio_refs = media_refs(messages)
+        images = [load_image(ref, self.media_root) for ref in image_refs]
+        if self.sampling_rate is None:
+            # Reported with the sample index by `_check_placeholders`; nothing to resample to here.
+            return images, audio_refs
+        return images, [load_audio(ref, self.sampling_rate, self.media_root) for ref in audio_refs]
 
     # -----------------------------------------------------------------------------------------------------------------
     # One sample
@@ -235,17 +231,17 @@ class MultimodalCollator:
         for pos, (start, end) in enumerate(offsets):
             if start < end and any(start < span_end and end > span_start for span_start, span_end in spans):
                 labels[pos] = input_ids[pos]
-        labels[self._media_mask(encoded)] = IGNORE_INDEX
         sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
+        labels[self._media_mask(sample)] = IGNORE_INDEX
         sample["labels"] = labels
         sample["media"] = {key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS}
         return sample
 
-    def _media_mask(self, encoded: dict[str, Any]) -> torch.Tensor:
-        input_ids = encoded["input_ids"][0]
-        mask = torch.isin(input_ids, torch.tensor(sorted(self.media_token_ids), dtype=input_ids.dtype))
-        if "mm_token_type_ids" in encoded:
-            mask |= encoded["mm_token_type_ids"][0] != 0
+    def _media_mask(self, row: dict[str, Any]) -> torch.Tensor:
+        """Media positions of one row (`input_ids` and, when the processor gives them, `mm_token_type_ids`)."""
+        mask = torch.isin(row["input_ids"], self._media_ids.to(row["input_ids"].dtype))
+        if "mm_token_type_ids" in row:
+            mask |= row["mm_token_type_ids"] != 0
         return mask
 
     def _fit(self, sample: dict[str, Any], index: int) -> dict[str, Any] | None:
@@ -253,10 +249,7 @@ class MultimodalCollator:
         length = len(sample["input_ids"])
         if self.max_length is None or length <= self.max_length:
             return sample
-        media = torch.isin(sample["input_ids"], torch.tensor(sorted(self.media_token_ids), dtype=torch.long))
-        if "mm_token_type_ids" in sample:
-            media |= sample["mm_token_type_ids"] != 0
-        cuts_media = bool(media[self.max_length :].any())
+        cuts_media = bool(self._media_mask(sample)[self.max_length :].any())
         if self.truncation == "error":
             raise ValueError(
                 f"Sample {index} of the batch has {length} tokens (media included), more than `max_length="
@@ -355,7 +348,8 @@ class MultimodalCollator:
                 encoded = self._process(self.image_token, [Image.new("RGB", (32, 32))], [])
             else:
                 encoded = self._process(self.audio_token, [], [np.zeros(self.sampling_rate, dtype=np.float32)])
-            self._tokens_per_item[modality] = int(self._media_mask(encoded).sum())
+            row = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
+            self._tokens_per_item[modality] = int(self._media_mask(row).sum())
         return self._tokens_per_item[modality]
 
 

@@ -175,3 +175,16 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
             array = array.numpy()
         waveform = to_mono_float(np.asarray(array), name)
     return resample(waveform, int(orig_rate), int(sampling_rate))
+
+
+def media_refs(messages: list[dict]) -> tuple[list[MediaRef], list[MediaRef]]:
+    """The image and audio references of a conversation, in order of appearance (not loaded)."""
+    images, audio = [], []
+    for message in messages:
+        content = message.get("content")
+        for item in content if isinstance(content, list) else []:
+            if item.get("type") == "image":
+                images.append(item["image"])
+            elif item.get("type") == "audio":
+                audio.append(item["audio"])
+    return images, audio

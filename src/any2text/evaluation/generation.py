@@ -18,23 +18,9 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from any2text.data.media import load_audio, load_image
+from any2text.data.media import load_audio, load_image, media_refs
 
 logger = logging.get_logger(__name__)
-
-
-def _collect_media(messages: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-    images, audios = [], []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            continue
-        for part in content:
-            if part.get("type") == "image":
-                images.append(part["image"])
-            elif part.get("type") == "audio":
-                audios.append(part["audio"])
-    return images, audios
 
 
 def _processor_sampling_rate(processor: Any) -> int:
@@ -83,7 +69,7 @@ def generate_batch(
             texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in chunk]
             images, audios = [], []
             for messages in chunk:
-                chunk_images, chunk_audios = _collect_media(messages)
+                chunk_images, chunk_audios = media_refs(messages)
                 images.extend(chunk_images)
                 audios.extend(chunk_audios)
             kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
