@@ -46,6 +46,7 @@ from any2text.builders.presets import (
     tiny_vision_config,
 )
 from any2text.data.loading import DatasetSpec, load_spec
+from any2text.data.media import resolve_path
 from any2text.data.synthetic import DEFAULT_WEIGHTS, generate_demo_data
 from any2text.data.templates import get_template
 from any2text.evaluation.generation import generate_batch
@@ -235,7 +236,11 @@ def run_demo(
     model = AutoModelForImageTextToText.from_pretrained(final).eval()
     processor = AutoProcessor.from_pretrained(final)
     rows = load_spec(DatasetSpec(path=str(out / "data/llava/test.json"), template="LLAVA"))
-    rows = [dict(r, image=_abs(r.get("image"), out), audio=_abs(r.get("audio"), out)) for r in rows]
+    media_root = out / "data/llava"
+    rows = [
+        {**row, **{key: resolve_path(row[key], media_root) for key in ("image", "audio") if row.get(key)}}
+        for row in rows
+    ]
     per_type, samples = evaluate_questions(model, processor, rows)
     chance = {kind: info["chance"] for kind, info in meta["question_types"].items()}
     for kind, r in per_type.items():
@@ -267,10 +272,6 @@ def run_demo(
     (out / "results.md").write_text(results_markdown(results))
     plot_losses({"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}, out / "loss_curves.png")
     return results
-
-
-def _abs(path: str | None, out: Path) -> str | None:
-    return None if path is None else str(out / "data/llava" / path)
 
 
 def main(argv: list[str] | None = None) -> int:
