@@ -11,7 +11,7 @@ export DS_ACCELERATOR := cpu
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint format demo clean
+.PHONY: setup test conformance lint format demo clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,27 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 
 setup: $(VENV)/.installed
 
-test: setup
+# transformers' own common test mixins, from the sdist of the installed (pinned) version; never committed.
+# Only tests/ is extracted; `parameterized`, which they import, goes to deps/ beside them (a test-only tool). The empty __init__.py and tiny_model_summary.json stand for files of transformers'
+# repository that the sdist lacks (test_configuration_common imports its own folder; the pipeline mixin reads it).
+TF_TESTS := build/transformers-tests
+$(TF_TESTS)/.fetched: $(VENV)/.installed
+	rm -rf $(TF_TESTS) && mkdir -p $(TF_TESTS)/download
+	version=$$($(PY) -c "import transformers; print(transformers.__version__)") && \
+	$(PIP) download -q "transformers==$$version" --no-deps --no-binary :all: -d $(TF_TESTS)/download && \
+	tar -xzf $(TF_TESTS)/download/transformers-$$version.tar.gz -C $(TF_TESTS) --strip-components=1 \
+		"transformers-$$version/tests"
+	rm -rf $(TF_TESTS)/download
+	$(PIP) install -q --target $(TF_TESTS)/deps parameterized==0.9.0
+	touch $(TF_TESTS)/tests/__init__.py
+	mkdir -p $(TF_TESTS)/tests/utils && echo '{}' > $(TF_TESTS)/tests/utils/tiny_model_summary.json
+	touch $@
+
+test: setup $(TF_TESTS)/.fetched
 	$(PY) -m pytest -q tests
+
+conformance: setup $(TF_TESTS)/.fetched
+	$(PY) -m pytest -q tests/conformance
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks

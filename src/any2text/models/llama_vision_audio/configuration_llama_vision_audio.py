@@ -39,6 +39,7 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
 
     The number of tokens one image and one audio clip become is derived from the encoder configs and exposed as
     `image_seq_length` and `audio_seq_length` (576 for CLIP ViT-L/14 at 336 px with `"default"`; 64 for CLAP HTSAT).
+    `audio_config.max_source_positions` repeats `audio_seq_length` for serving engines that size audio by it.
 
     Example:
 
@@ -93,6 +94,10 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
         # Llava does the same: checkpoints record tying on the text config.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        if self.audio_config is not None:
+            # Serving engines size audio by the encoder's max input length (vLLM reads `max_source_positions`): for
+            # CLAP, every clip becomes `audio_seq_length` tokens whatever its length. Derived, so never stale.
+            self.audio_config.max_source_positions = self.audio_seq_length
 
     @property
     def is_seed_format(self) -> bool:

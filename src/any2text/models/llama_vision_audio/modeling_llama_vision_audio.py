@@ -13,7 +13,7 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
 )
 from transformers.models.clap.modeling_clap import ClapAudioModel
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from .configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS, LlamaVisionAudioConfig
 
@@ -44,6 +44,28 @@ def _needs_grad(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def _sub_models(module: nn.Module):
+    """The outermost `PreTrainedModel`s inside `module` (its encoders and language model, or the base model)."""
+    for child in module.children():
+        if isinstance(child, PreTrainedModel):
+            yield child
+        else:
+            yield from _sub_models(child)
+
+
+def _given(**kwargs) -> dict:
+    """The options actually set: an explicit `None` would hide the sub-config's own default from transformers."""
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def _keep_hidden_states(hidden_states: tuple | None, selected: list[int], requested) -> tuple | None:
+    """The encoder's hidden states the caller asked for: all of them, or (as Llava) only those the features use."""
+    if hidden_states is None or requested is True:
+        return hidden_states
+    keep = {index % len(hidden_states) for index in selected}
+    return tuple(state if i in keep else None for i, state in enumerate(hidden_states))
+
+
 class LlamaVisionAudioPreTrainedModel(PreTrainedModel):
     config: LlamaVisionAudioConfig
     config_class = LlamaVisionAudioConfig
@@ -56,6 +78,28 @@ class LlamaVisionAudioPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
     _no_split_modules = ["LlamaVisionAudioProjector"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; saved as remote code, the `auto_map` also maps `AutoModel` to the base
+        model, which vLLM's Transformers backend loads (transformers writes only the saved class's own entry)."""
+        if self._auto_class is not None:
+            module = LlamaVisionAudioModel.__module__.split(".")[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            self.config.auto_map = {**auto_map, "AutoModel": f"{module}.{LlamaVisionAudioModel.__name__}"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """Initialise every sub-model (encoders, language model) with its own scheme, then our own modules.
+
+        transformers' recursive initialisation hands the top model's "custom code" flag down to the sub-models and
+        then skips container modules without parameters of their own, such as CLIP's attention and MLP, whose
+        scheme lives on the container: weights missing at load would get N(0, 0.02) instead of what a fresh model
+        gets. Each sub-model's own `initialize_weights` is the one transformers runs when it is built alone.
+        """
+        for sub_model in _sub_models(self):
+            sub_model.initialize_weights()
+        super().initialize_weights()
 
 
 class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
@@ -97,26 +141,42 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
         """Encode images: vision tower -> feature layer(s) -> strategy -> projector.
 
         Returns the tower's output with `pooler_output` set to the projected features,
-        `(num_images, image_seq_length, text_hidden_size)`.
+        `(num_images, image_seq_length, text_hidden_size)`. As Llava, the tower keeps only the hidden states the
+        features use unless `output_hidden_states` asks for all; `return_dict=False` gives a tuple.
         """
         if self.vision_tower is None:
             raise ValueError(
                 "This model has no vision encoder (`config.vision_config` is None) but got `pixel_values`."
             )
         config = self.config
-        pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
-        # Frozen encoders build no autograd graph: their activations would otherwise be kept for nothing.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.vision_tower)):
-            outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         layers = (
             [config.vision_feature_layer]
             if isinstance(config.vision_feature_layer, int)
-            else config.vision_feature_layer
+            else list(config.vision_feature_layer)
         )
+        if output_hidden_states is None:
+            output_hidden_states = config.vision_config.output_hidden_states or None
+        pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
+        # Frozen encoders build no autograd graph: their activations would otherwise be kept for nothing.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.vision_tower)):
+            outputs = self.vision_tower(
+                pixel_values,
+                # An index (or list) makes transformers' encoders keep only those hidden states.
+                output_hidden_states=True if output_hidden_states else (layers[0] if len(layers) == 1 else layers),
+                return_dict=True,
+                **_given(output_attentions=output_attentions),
+            )
         drop_cls = (
             config.vision_feature_select_strategy == "default"
             and config.vision_config.model_type in VISION_ENCODERS_WITH_CLS
@@ -128,13 +188,20 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         outputs.pooler_output = self.vision_projector(selected)
         return outputs
 
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
+        self,
+        input_features: torch.Tensor,
+        is_longer: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
         """Encode audio clips: CLAP -> hidden state `audio_feature_layer` (a C x H x W grid) -> H*W tokens -> projector.
 
         Returns the tower's output with `pooler_output` set to the projected features,
-        `(num_clips, audio_seq_length, text_hidden_size)`.
+        `(num_clips, audio_seq_length, text_hidden_size)`. CLAP always computes every hidden state; as for images,
+        only the one the features use is returned unless `output_hidden_states` asks for all.
         """
         if self.audio_tower is None:
             raise ValueError(
@@ -142,14 +209,23 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             )
         if is_longer is None:
             is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.audio_config.output_hidden_states or None
         input_features = input_features.to(dtype=self.audio_tower.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.audio_tower)):
             outputs = self.audio_tower(
-                input_features, is_longer=is_longer, output_hidden_states=True, return_dict=True
+                input_features,
+                is_longer=is_longer,
+                output_hidden_states=True,
+                return_dict=True,
+                **_given(output_attentions=output_attentions),
             )
         grid = outputs.hidden_states[self.config.audio_feature_layer]  # (clips, channels, H, W)
         selected = grid.flatten(2).transpose(1, 2)
         outputs.pooler_output = self.audio_projector(selected)
+        outputs.hidden_states = _keep_hidden_states(
+            outputs.hidden_states, [self.config.audio_feature_layer], output_hidden_states
+        )
         return outputs
 
     def get_placeholder_mask(
@@ -225,6 +301,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         # is_longer=True also runs CLAP's fusion branch, so every rank touches the same parameters.
         return features, torch.ones(clips, 1, dtype=torch.bool, device=self.device)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -236,7 +313,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> MultimodalBaseModelOutputWithPast:
+    ) -> tuple | MultimodalBaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -248,7 +325,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         # ZeRO-3 every rank must run the same modules in the same order, whatever its batch holds.
         zero = 0.0
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image_outputs = self.get_image_features(pixel_values)
+            image_outputs = self.get_image_features(pixel_values, return_dict=True)
             image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
         elif self.training:
             zero = zero + self._zero_contribution("image")
@@ -256,7 +333,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             num_clips = input_features.shape[0]
             if self.training:
                 input_features, is_longer = self._with_fusion_clip(input_features, is_longer)
-            audio_outputs = self.get_audio_features(input_features, is_longer=is_longer)
+            audio_outputs = self.get_audio_features(input_features, is_longer=is_longer, return_dict=True)
             audio_features = audio_outputs.pooler_output[:num_clips].to(inputs_embeds.device, inputs_embeds.dtype)
             zero = zero + audio_outputs.pooler_output[num_clips:].sum() * 0.0
         elif self.training:
@@ -265,27 +342,21 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         image_mask, audio_mask = self.get_placeholder_mask(
             input_ids, inputs_embeds, image_features, audio_features, mm_token_type_ids
         )
-        # Decoding steps see only new tokens and the cache; media were merged at prefill.
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        prefill = cache is None or cache.get_seq_length() == 0
+        self._check_media_given(image_mask, audio_mask, image_features, audio_features, kwargs)
         if image_features is not None:
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
-        elif prefill and image_mask.any():
-            raise ValueError(
-                "The inputs hold image tokens but no `pixel_values` were given: pass the images to the processor."
-            )
         if audio_features is not None:
             inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
-        elif prefill and audio_mask.any():
-            raise ValueError(
-                "The inputs hold audio tokens but no `input_features` were given: pass the audio to the processor."
-            )
 
         if self.training:
             inputs_embeds = inputs_embeds + zero
 
         outputs = self.language_model(
-            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
@@ -296,10 +367,51 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             audio_outputs=audio_outputs,
         )
 
+    def _check_media_given(
+        self,
+        image_mask: torch.Tensor,
+        audio_mask: torch.Tensor,
+        image_features: torch.Tensor | None,
+        audio_features: torch.Tensor | None,
+        kwargs: dict,
+    ) -> None:
+        """Placeholders of a modality whose media are missing: an error when other media were given, else text.
+
+        With no media at all the ids are embedded as ordinary tokens, as Llava does: transformers' assisted
+        decoding, for one, never passes media to the assistant model. Decoding steps (a non-empty cache) see only
+        new tokens; media were merged at prefill.
+        """
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and cache.get_seq_length() > 0:
+            return
+        missing = [
+            (modality, argument)
+            for modality, argument, mask, features in (
+                ("image", "pixel_values", image_mask, image_features),
+                ("audio", "input_features", audio_mask, audio_features),
+            )
+            if features is None and mask.any()
+        ]
+        if not missing:
+            return
+        if image_features is not None or audio_features is not None:
+            modality, argument = missing[0]
+            raise ValueError(
+                f"The inputs hold {modality} tokens but no `{argument}` were given while other media were: pass the "
+                f"{modality} items to the processor together with the text."
+            )
+        logger.warning_once(
+            "The inputs hold image/audio placeholder tokens but no media were given: they are embedded as text (as "
+            "Llava does, e.g. for an assistant model in assisted decoding). Pass `pixel_values` / `input_features` "
+            "to fill them."
+        )
+
     def _with_fusion_clip(
         self, input_features: torch.Tensor, is_longer: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Append silent clip(s) marked "longer" when no clip is, so CLAP's fusion branch runs on every rank.
+
+        A trainable CLAP (train mode) needs at least two long clips: its fusion BatchNorm fails on one.
 
         CLAP runs its fusion modules only for clips flagged `is_longer`; a rank whose batch has none would skip
         them while another rank runs them, and ZeRO-3's parameter gathers would stop matching. The extra clips'
@@ -310,10 +422,10 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             return input_features, is_longer
         if is_longer is None:
             is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
-        if bool(is_longer.any()):
+        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one long clip.
+        extra = (2 if self.audio_tower.training else 1) - int(is_longer.sum())
+        if extra <= 0:
             return input_features, is_longer
-        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one clip.
-        extra = 2 if self.audio_tower.training else 1
         silent = torch.zeros_like(input_features[:1]).expand(extra, *input_features.shape[1:])
         flags = torch.ones(extra, *is_longer.shape[1:], dtype=is_longer.dtype, device=is_longer.device)
         return torch.cat([input_features, silent]), torch.cat([is_longer, flags])
@@ -337,6 +449,8 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
     """[`LlamaVisionAudioModel`] with a language modeling head, the loss and `generate`."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As Llava: a tied head is sharded like the embedding it shares weights with (Llama-3.2-1B/3B tie them).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LlamaVisionAudioConfig):
         super().__init__(config)
@@ -371,14 +485,15 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
     def language_model(self) -> nn.Module:
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def get_audio_features(
         self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
+    ) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, is_longer=is_longer, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -392,8 +507,9 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         logits_to_keep: int | torch.Tensor = 0,
         mm_token_type_ids: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        shift_labels: torch.LongTensor | None = None,
         **kwargs,
-    ) -> MultimodalCausalLMOutputWithPast:
+    ) -> tuple | MultimodalCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Token ids to predict; `-100` marks positions without a label (prompt, media, padding). The loss is the
@@ -401,6 +517,9 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
             under gradient accumulation). In training mode, logits are computed only at labelled positions and
             `logits` is returned as `None`: at a 128K vocabulary and hundreds of media tokens per sample, full
             logits are most of the activation memory.
+        shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets already aligned with the positions that predict them (`shift_labels[:, i]` is predicted at
+            position `i`), as sequence/context-parallel trainers pass them; used instead of shifting `labels`.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -411,29 +530,31 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             mm_token_type_ids=mm_token_type_ids,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        has_targets = labels is not None or shift_labels is not None
 
         loss = logits = None
-        if labels is not None and self.training:
-            loss = self._sparse_loss(hidden_states, labels, num_items_in_batch)
+        if has_targets and self.training:
+            loss = self._sparse_loss(hidden_states, labels, shift_labels, num_items_in_batch)
         else:
             if isinstance(logits_to_keep, int):
                 hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
             else:
                 hidden_states = hidden_states[:, logits_to_keep]
             logits = self.lm_head(hidden_states)
-            if labels is not None:
-                shift_labels = labels[:, 1:].to(logits.device)
+            if has_targets:
+                logits_used, targets = self._aligned(logits, labels, shift_labels)
                 loss = self._reduce(
                     nn.functional.cross_entropy(
-                        logits[:, :-1].float().flatten(0, 1),
-                        shift_labels.flatten(),
+                        logits_used.float().flatten(0, 1),
+                        targets.flatten(),
                         ignore_index=self.config.ignore_index,
                         reduction="sum",
                     ),
-                    shift_labels,
+                    targets,
                     num_items_in_batch,
                 )
 
@@ -447,14 +568,28 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
             audio_outputs=outputs.audio_outputs,
         )
 
+    @staticmethod
+    def _aligned(
+        states: torch.Tensor, labels: torch.LongTensor | None, shift_labels: torch.LongTensor | None
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """`states` (hidden states or logits) and the targets they predict: `shift_labels` as given, else
+        `labels` shifted left by one."""
+        if shift_labels is not None:
+            return states, shift_labels.to(states.device)
+        return states[:, :-1], labels[:, 1:].to(states.device)
+
     def _sparse_loss(
-        self, hidden_states: torch.Tensor, labels: torch.LongTensor, num_items_in_batch: torch.Tensor | int | None
+        self,
+        hidden_states: torch.Tensor,
+        labels: torch.LongTensor | None,
+        shift_labels: torch.LongTensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
     ) -> torch.Tensor:
-        shift_labels = labels[:, 1:].to(hidden_states.device)
-        keep = shift_labels != self.config.ignore_index
-        logits = self.lm_head(hidden_states[:, :-1][keep])
-        loss_sum = nn.functional.cross_entropy(logits.float(), shift_labels[keep], reduction="sum")
-        return self._reduce(loss_sum, shift_labels, num_items_in_batch)
+        hidden_states, targets = self._aligned(hidden_states, labels, shift_labels)
+        keep = targets != self.config.ignore_index
+        logits = self.lm_head(hidden_states[keep])
+        loss_sum = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return self._reduce(loss_sum, targets, num_items_in_batch)
 
     def _reduce(
         self, loss_sum: torch.Tensor, shift_labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
