@@ -105,10 +105,15 @@ def test_feature_getters_follow_return_dict_attentions_and_hidden_states(tester,
         assert isinstance(model.get_audio_features(inputs["input_features"], return_dict=False), tuple)
 
 
-def test_tied_lm_head_is_sharded_like_the_embedding():
-    """Defect 5: a tied head must be split along the vocabulary as the embedding it shares is (as Llava)."""
-    assert LlamaVisionAudioForConditionalGeneration._tp_plan == {"lm_head": "colwise_gather_output"}
-
+def test_tied_lm_head_is_sharded_like_the_embedding(tester):
+    """Defect 5: a tied head IS the embedding's parameter, so the TP plan must shard both (as Llava declares)."""
+    config = tester.get_config(tie_word_embeddings=True)
+    config.text_config.tie_word_embeddings = True
+    model = LlamaVisionAudioForConditionalGeneration._from_config(config)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    plan = model.tp_plan
+    assert "model.language_model.embed_tokens" in plan
+    assert plan.get("lm_head") == "colwise_gather_output"
 
 def test_weights_missing_at_load_get_the_same_initialisation_as_a_fresh_model(tester):
     """Defect 6: CLIP's attention/MLP scale (0.088 here) was N(0, 0.02) when the weights were missing at load."""

@@ -20,8 +20,8 @@ from any2text.builders.presets import cheap_audio_config
 from .conftest import listed_as_transformers_model
 
 LLAVA_GC_REASON = (
-    "Skipped as in transformers' Llava test (there `test_training_gradient_checkpointing_use_reentrant`): features "
-    "come from hidden states before the encoders' last norm / stage, so those get no gradient, see "
+    "Skipped as in transformers' Llava test (which names `..._use_reentrant` what 5.24 calls `..._use_reentrant_true`): "
+    "features come from hidden states before the encoders' last norm / stage, so those get no gradient, see "
     "https://github.com/huggingface/transformers/pull/27124"
 )
 
@@ -29,7 +29,7 @@ LLAVA_GC_REASON = (
 class LlamaVisionAudioModelTester:
     """A 2-layer Llama (hidden 32), an 8x8 CLIP image with 2x2 patches (16 tokens), a tiny fused CLAP (16 tokens)."""
 
-    def __init__(self, parent, batch_size: int = 3, text_seq_length: int = 7):
+    def __init__(self, parent, batch_size: int = 2, text_seq_length: int = 7):
         self.parent = parent
         self.batch_size = batch_size
         self.is_training = True
@@ -90,8 +90,8 @@ class LlamaVisionAudioModelTester:
         config = self.get_config()
         pixel_values = floats_tensor([self.batch_size, 3, 8, 8])
         input_features = floats_tensor(self.audio_features_shape())
+        # No long clip: CLAP's fusion branch would double the audio cost of every test; ours cover it.
         is_longer = torch.zeros(self.batch_size, 1, dtype=torch.bool, device=torch_device)
-        is_longer[0] = True  # one long clip: CLAP's fusion branch runs too
         input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 5) + 5
         input_ids[:, 1 : 1 + self.num_image_tokens] = self.image_token_id
         audio_start = 2 + self.num_image_tokens
@@ -151,6 +151,14 @@ class LlamaVisionAudioModelTest(ModelTesterMixin, GenerationTesterMixin, unittes
                     fewer["is_longer"] = inputs["is_longer"][1:]
                 with self.assertRaises(ValueError):
                     model(**fewer)
+
+    @unittest.skip(reason=LLAVA_GC_REASON)
+    def test_training_gradient_checkpointing(self):
+        pass
+
+    @unittest.skip(reason=LLAVA_GC_REASON)
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        pass
 
     @unittest.skip(reason=LLAVA_GC_REASON)
     def test_training_gradient_checkpointing_use_reentrant_true(self):
