@@ -280,7 +280,8 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
                 )
 
     def _merge_kwargs(self, ModelProcessorKwargs=None, tokenizer_init_kwargs=None, **kwargs) -> dict[str, dict]:
-        # The rate promise is per call: given to `from_pretrained`, it would stick to the tokenizer's saved settings.
+        # The rate promise is per call. Given to `from_pretrained` (older vLLM does), it lands in the tokenizer's
+        # settings, which are saved with it: a later user of that folder must not inherit it.
         tokenizer_init_kwargs = {k: v for k, v in (tokenizer_init_kwargs or {}).items() if k != RATE_PROMISE}
         merged = super()._merge_kwargs(ModelProcessorKwargs, tokenizer_init_kwargs, **kwargs)
         # A flat `padding` / `max_length` / `truncation` is about text tokens. The feature extractor reads them in
