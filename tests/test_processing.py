@@ -1,11 +1,22 @@
-"""LlamaVisionAudioProcessor: expansion, audio handling, truncation and the chat template."""
+"""LlamaVisionAudioProcessor: expansion, transformers' kwargs contract, audio handling, truncation, chat template.
+
+transformers' own `ProcessorTesterMixin` runs against this processor in tests/conformance/; the tests here cover what
+we add to it and the defects of issues 9 (item 7) and 10 (item 9), one test each.
+"""
 
 import numpy as np
 import pytest
+import soundfile
 import torch
+from transformers import AutoProcessor, AutoTokenizer
 
-from any2text.models.llama_vision_audio.processing_llama_vision_audio import AUDIO_TYPE, IMAGE_TYPE, TEXT_TYPE
+from any2text.builders.presets import tiny_tokenizer_path
+from any2text.data.media import load_audio
+from any2text.evaluation import chat
+from any2text.models.llama_vision_audio.processing_llama_vision_audio import LlamaVisionAudioProcessor
 from conftest import make_image, make_tone
+
+TEXT, IMAGE, AUDIO = 0, 1, 3  # transformers' `mm_token_type_ids` convention
 
 
 def test_placeholders_expand_and_types_follow_transformers_convention(processor, tester):
@@ -17,40 +28,142 @@ def test_placeholders_expand_and_types_follow_transformers_convention(processor,
         padding=True,
         return_tensors="pt",
     )
-    assert set(out) == {
-        "input_ids",
-        "attention_mask",
-        "mm_token_type_ids",
-        "pixel_values",
-        "input_features",
-        "is_longer",
-    }
+    assert (
+        set(out)
+        == set(processor.model_input_names)
+        == {
+            "input_ids",
+            "attention_mask",
+            "mm_token_type_ids",
+            "pixel_values",
+            "input_features",
+            "is_longer",
+        }
+    )
     ids, types = out["input_ids"][0], out["mm_token_type_ids"][0]
     assert (ids == tester.image_token_id).sum() == processor.image_seq_length == 16
     assert (ids == tester.audio_token_id).sum() == processor.audio_seq_length == 64
-    assert torch.equal(types == IMAGE_TYPE, ids == tester.image_token_id)
-    assert torch.equal(types == AUDIO_TYPE, ids == tester.audio_token_id)
-    assert (out["mm_token_type_ids"][1] == TEXT_TYPE).all()
+    assert torch.equal(types == IMAGE, ids == tester.image_token_id)
+    assert torch.equal(types == AUDIO, ids == tester.audio_token_id)
+    assert (out["mm_token_type_ids"][1] == TEXT).all()
     # The spans are contiguous: one run of 16 image tokens, one run of 64 audio tokens.
-    image_positions = (types == IMAGE_TYPE).nonzero().flatten()
+    image_positions = (types == IMAGE).nonzero().flatten()
     assert (image_positions.diff() == 1).all()
     assert out["pixel_values"].shape == (1, 3, 8, 8)
     assert out["input_features"].shape[0] == 1 and out["is_longer"].tolist() == [[False]]
 
 
-def test_media_count_mismatch_is_a_clear_error(processor):
-    with pytest.raises(ValueError, match=r"1 `<image>` placeholder.*2 images"):
-        processor(text="<image> hi", images=[make_image(), make_image()])
-    with pytest.raises(ValueError, match=r"1 `<audio>` placeholder.*0 audio"):
-        processor(text="<audio> hi")
+def test_per_call_options_reach_the_sub_processors(processor):
+    """Issue 9, defect 7: `rescale_factor=`, `images_kwargs=`, `audio_kwargs=`, `text_kwargs=` used to be ignored."""
+    image, clip = make_image(), make_tone(440.0, 0.5)
+    base = processor(text="<image>", images=[image], return_tensors="pt")["pixel_values"]
+    flat = processor(text="<image>", images=[image], rescale_factor=-1.0, return_tensors="pt")["pixel_values"]
+    nested = processor(text="<image>", images=[image], images_kwargs={"rescale_factor": -1.0}, return_tensors="pt")
+    assert base.mean() > -5 and flat.mean() < -100
+    torch.testing.assert_close(nested["pixel_values"], flat)
+
+    # CLAP repeats a short clip to fill its window by default; `padding="pad"` pads it with silence instead.
+    repeated = processor(text="<audio>", audio=[clip], sampling_rate=48000, return_tensors="pt")["input_features"]
+    padded = processor(
+        text="<audio>", audio=[clip], sampling_rate=48000, audio_kwargs={"padding": "pad"}, return_tensors="pt"
+    )["input_features"]
+    assert not torch.allclose(repeated, padded)
+
+    out = processor(text="hi", text_kwargs={"padding": "max_length", "max_length": 20}, return_tensors="pt")
+    assert out["input_ids"].shape == (1, 20) and out["attention_mask"].sum() < 20
+
+
+def test_the_tokenizers_own_defaults_are_kept(tester):
+    """Issue 9, defect 7: the processor's explicit `padding=False` default overrode the tokenizer's settings."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path(), padding="max_length", max_length=24)
+    tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>", "<audio>"]})
+    processor = LlamaVisionAudioProcessor(
+        tester.get_processor().image_processor,
+        tester.get_processor().feature_extractor,
+        tokenizer,
+        image_seq_length=16,
+    )
+    out = processor(text="hi", return_tensors="pt")
+    assert out["input_ids"].shape == (1, 24) and out["input_ids"][0, -1] == tokenizer.pad_token_id
+    # A call's own option still wins over the tokenizer's.
+    assert processor(text="hi", padding=False, return_tensors="pt")["input_ids"].shape[1] < 24
+
+
+def test_text_sized_options_never_reach_the_feature_extractor(processor):
+    """A flat `padding` / `max_length` is about text tokens; CLAP would read it in samples and shrink its window."""
+    clip = make_tone(440.0, 1.0)
+    plain = processor(text="<audio>", audio=[clip], sampling_rate=48000, return_tensors="pt")
+    padded = processor(
+        text="<audio>", audio=[clip], sampling_rate=48000, padding="max_length", max_length=100, return_tensors="pt"
+    )
+    assert padded["input_ids"].shape == (1, 100)
+    torch.testing.assert_close(padded["input_features"], plain["input_features"])
+
+
+def test_offsets_and_token_counts_for_serving_engines(processor):
+    """vLLM reads `_get_num_multimodal_tokens`, `mm_token_type_ids` and `text_replacement_offsets`."""
+    text = ["<image> and <audio>", "two <image><image>"]
+    out = processor(
+        text=text,
+        images=[make_image()] * 3,
+        audio=[make_tone()],
+        sampling_rate=48000,
+        return_text_replacement_offsets=True,
+    )
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(20, 20)] * 3, audio_lengths=[48000])
+    assert counts.num_image_tokens == [16] * 3 and counts.num_image_patches == [1] * 3
+    assert counts.num_audio_tokens == [64]
+    assert [np.sum(np.array(row) == IMAGE) for row in out["mm_token_type_ids"]] == [16, 32]
+    assert [np.sum(np.array(row) == AUDIO) for row in out["mm_token_type_ids"]] == [64, 0]
+    first = out["text_replacement_offsets"][0]
+    assert [(item["type"], item["span"], item["text"]) for item in first] == [
+        ("image", (0, 7), "<image>"),
+        ("audio", (12, 19), "<audio>"),
+    ]
+    assert first[1]["new_span"] == (16 * 7 + 5, 16 * 7 + 5 + 64 * 7)
 
 
 def test_audio_requires_sampling_rate_and_accepts_raw_speech_alias(processor):
-    with pytest.raises(ValueError, match="sampling_rate"):
+    with pytest.raises(ValueError, match="`sampling_rate` is required"):
         processor(text="<audio>", audio=[make_tone()])
     by_audio = processor(text="<audio>", audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
     by_alias = processor(text="<audio>", raw_speech=[make_tone()], sampling_rate=48000, return_tensors="pt")
     torch.testing.assert_close(by_alias["input_features"], by_audio["input_features"])
+
+
+def test_serving_engines_opt_in_to_the_extractors_rate_and_nobody_else_gets_it(processor, tmp_path):
+    """vLLM resamples to the extractor's rate and calls without a rate; it says so with a documented flag."""
+    clip = make_tone(440.0, 1.0)
+    explicit = processor(text="<audio>", audio=[clip], sampling_rate=48000, return_tensors="pt")
+    # What vLLM's Transformers backend sends, with `--mm-processor-kwargs '{"audio_at_feature_extractor_rate": true}'`.
+    served = processor(
+        text="<audio>",
+        audio=[clip],
+        audio_at_feature_extractor_rate=True,
+        truncation=False,
+        add_special_tokens=False,
+        return_mm_token_type_ids=True,
+        return_tensors="pt",
+    )
+    torch.testing.assert_close(served["input_features"], explicit["input_features"])
+    # An explicit rate still wins over the flag.
+    at_16k = processor(text="<audio>", audio=[make_tone(440.0, 1.0, 16000)], sampling_rate=16000, return_tensors="pt")
+    flagged = processor(
+        text="<audio>",
+        audio=[make_tone(440.0, 1.0, 16000)],
+        sampling_rate=16000,
+        audio_at_feature_extractor_rate=True,
+        return_tensors="pt",
+    )
+    torch.testing.assert_close(flagged["input_features"], at_16k["input_features"])
+    # Older vLLM also passes its processor kwargs to `from_pretrained`: that neither fails nor sticks to the processor.
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, audio_at_feature_extractor_rate=True)
+    with pytest.raises(ValueError, match="`sampling_rate` is required"):
+        loaded(text="<audio>", audio=[clip])
+    loaded.save_pretrained(tmp_path / "again")
+    with pytest.raises(ValueError, match="`sampling_rate` is required"):
+        AutoProcessor.from_pretrained(tmp_path / "again")(text="<audio>", audio=[clip])
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])
@@ -74,33 +187,117 @@ def test_multichannel_int_pcm_torch_and_list_inputs_are_equivalent(processor):
         "stereo (channels, samples)": torch.from_numpy(np.stack([tone, tone])),
         "int16 PCM": pcm16,
         "python list": tone.tolist(),
+        "one clip, not in a list": tone,
     }
     for name, clip in variants.items():
-        features = processor(text="<audio>", audio=[clip], sampling_rate=16000, return_tensors="pt")["input_features"]
+        audio = clip if name == "one clip, not in a list" else [clip]
+        features = processor(text="<audio>", audio=audio, sampling_rate=16000, return_tensors="pt")["input_features"]
         # int16 quantisation noise lifts the near-silent mel bins only: compare the bins within 60 dB of the peak.
         audible = reference > reference.max() - 60
         assert (features - reference)[audible].abs().max() < 0.05, name
 
 
-def test_truncation_never_cuts_a_media_span(processor, tester):
+def test_is_longer_marks_exactly_the_long_clips(processor):
+    """CLAP's extractor marks a random clip "longer" when none is; ours is the same on every call."""
+    short, long = make_tone(440.0, 1.0), make_tone(440.0, 11.0)
+    for seed in range(3):
+        np.random.seed(seed)
+        out = processor(text="<audio> <audio> <audio>", audio=[short, long, short], sampling_rate=48000)
+        assert np.asarray(out["is_longer"]).tolist() == [[False], [True], [False]]
+        np.random.seed(seed)
+        out = processor(text="<audio> <audio>", audio=[short, short], sampling_rate=48000)
+        assert np.asarray(out["is_longer"]).tolist() == [[False], [False]]
+
+
+def test_both_sub_processors_settings_and_the_template_survive_save_and_load(tester, tmp_path):
+    processor = tester.get_processor(sampling_rate=32000, feature_size=64, max_length_s=4)
+    processor.image_processor.crop_size = {"height": 12, "width": 12}
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is LlamaVisionAudioProcessor
+    assert (loaded.feature_extractor.sampling_rate, loaded.feature_extractor.nb_max_samples) == (32000, 4 * 32000)
+    assert loaded.image_processor.crop_size == {"height": 12, "width": 12}
+    assert (loaded.image_seq_length, loaded.audio_seq_length) == (processor.image_seq_length, 64)
+    assert loaded.chat_template == processor.chat_template and "{% generation %}" in loaded.chat_template
+
+
+def test_processor_truncation_is_transformers_and_never_cuts_a_media_span(processor, tester):
     text = "<image> " + "word " * 30
     full = processor(text=text, images=[make_image()])["input_ids"][0]
-    # Cutting text after the image is fine.
     kept = processor(text=text, images=[make_image()], truncation=True, max_length=len(full) - 5)["input_ids"][0]
-    assert kept.count(tester.image_token_id) == 16
-    # Right-side truncation that would cut the image span is an error naming the fix.
-    tester.tokenizer.truncation_side = "left"
-    try:
-        with pytest.raises(ValueError, match="cut through an image or audio span.*text_only"):
-            processor(text=text, images=[make_image()], truncation=True, max_length=20)
-        # Text-only truncation removes text tokens and keeps the whole span.
-        out = processor(text=text, images=[make_image()], truncation="text_only", max_length=20)
-    finally:
-        tester.tokenizer.truncation_side = "right"
-    ids = out["input_ids"][0]
-    assert len(ids) == 20 and ids.count(tester.image_token_id) == 16
-    with pytest.raises(ValueError, match="media spans alone take 16 tokens"):
-        processor(text=text, images=[make_image()], truncation="text_only", max_length=10)
+    assert len(kept) == len(full) - 5 and kept.count(tester.image_token_id) == 16
+    with pytest.raises(ValueError, match="Mismatch in `image` token count.*increase `max_length`"):
+        processor(text=text, images=[make_image()], truncation=True, max_length=10)
+
+
+def test_media_safe_truncation_has_one_home_and_the_clis_vocabulary():
+    """`fit_to_max_length` is what the collator (and `--truncation error|drop|text`) uses."""
+    from any2text.models.llama_vision_audio.processing_llama_vision_audio import fit_to_max_length
+
+    media_then_text = [True] * 4 + [False] * 6
+    text_then_media = [False] * 6 + [True] * 4
+    assert fit_to_max_length(media_then_text, 12, "error") == 10
+    assert fit_to_max_length(media_then_text, 7, "text") == 7
+    assert fit_to_max_length(text_then_media, 7, "text") is None  # cutting would split the media span: drop
+    assert fit_to_max_length(media_then_text, 7, "drop") is None
+    with pytest.raises(ValueError, match="Row 3 has 10 tokens.*`max_length=7`.*'drop'.*'text'"):
+        fit_to_max_length(media_then_text, 7, "error", name="Row 3")
+    with pytest.raises(ValueError, match="must be one of"):
+        fit_to_max_length(media_then_text, 7, "text_only")
+
+
+def test_media_count_mismatch_is_a_clear_error(processor):
+    with pytest.raises(ValueError, match="1 <image> tokens and 2 images"):
+        processor(text="<image> hi", images=[make_image(), make_image()])
+    with pytest.raises(ValueError, match="1 <audio> tokens in the text but no audio"):
+        processor(text="<audio> hi")
+    with pytest.raises(ValueError, match="not videos"):
+        processor(text="hi", videos=[np.zeros((2, 8, 8, 3), dtype=np.uint8)])
+
+
+def test_empty_text_is_a_clear_error_not_a_float_tensor(processor):
+    """Issue 10, item 9: `text=""` returned an empty float tensor that crashed `generate` in the embedding."""
+    with pytest.raises(ValueError, match="Sample 0 of `text` has no tokens"):
+        processor(text="", return_tensors="pt")
+    with pytest.raises(ValueError, match="Sample 1 of `text` has no tokens"):
+        processor(text=["hi", ""], padding=True, return_tensors="pt")
+
+
+def test_empty_text_list_is_a_clear_error(processor):
+    """Issue 10, item 9: `text=[]` raised a raw IndexError."""
+    with pytest.raises(ValueError, match="`text` is an empty list"):
+        processor(text=[])
+
+
+@pytest.mark.parametrize("rate", [22050.5, 0, -16000, "16000"])
+def test_a_sampling_rate_that_is_not_a_whole_number_of_hz_is_refused(processor, rate):
+    """Issue 10, item 9: `sampling_rate=22050.5` was silently truncated to 22050."""
+    with pytest.raises((ValueError, TypeError), match="sampling_rate"):
+        processor(text="<audio>", audio=[make_tone()], sampling_rate=rate)
+    # Integral numbers of other types are fine.
+    out = processor(text="<audio>", audio=[make_tone()], sampling_rate=np.int64(48000), return_tensors="pt")
+    assert out["input_features"].shape[0] == 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_audio_is_a_clear_error_naming_the_clip(processor, bad):
+    """Issue 10, item 9: NaN/inf samples gave NaN logits and an empty answer."""
+    clip = make_tone()
+    clip[100:110] = bad
+    with pytest.raises(ValueError, match="Audio clip 1 holds 10 NaN or infinite sample"):
+        processor(text="<audio> <audio>", audio=[make_tone(), clip], sampling_rate=48000)
+
+
+def test_chat_with_a_nan_wav_fails_naming_the_file(tester, tmp_path):
+    """Issue 10, item 9: `any2text chat --audio nan.wav` printed an empty answer and exited 0."""
+    tester.get_model().save_pretrained(tmp_path)
+    tester.get_processor().save_pretrained(tmp_path)
+    wav = tmp_path / "nan.wav"
+    soundfile.write(wav, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav` holds 16000 NaN or infinite sample"):
+        load_audio(str(wav), 48000)
+    with pytest.raises(ValueError, match="nan.wav` holds 16000 NaN"):
+        chat.main(["--model", str(tmp_path), "--audio", str(wav), "--prompt", "What is it?", "--device", "cpu"])
 
 
 def test_chat_template_multi_turn_with_media(processor):

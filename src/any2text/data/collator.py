@@ -44,12 +44,12 @@ from PIL import Image
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from ..models.llama_vision_audio.processing_llama_vision_audio import TRUNCATION_MODES, fit_to_max_length
 from .media import load_audio, load_image, media_refs
 
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
-TRUNCATION_MODES = ("error", "drop", "text")
 # Keys the processor returns per token (padded here) rather than per media item (concatenated here).
 _PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets")
@@ -249,15 +249,10 @@ class MultimodalCollator:
         length = len(sample["input_ids"])
         if self.max_length is None or length <= self.max_length:
             return sample
-        cuts_media = bool(self._media_mask(sample)[self.max_length :].any())
-        if self.truncation == "error":
-            raise ValueError(
-                f"Sample {index} of the batch has {length} tokens (media included), more than `max_length="
-                f"{self.max_length}`. Raise `max_length`, or set `truncation` to `'drop'` (skip such samples, "
-                "counted and logged) or `'text'` (cut text at the end; media spans stay whole)."
-            )
-        if self.truncation == "text" and not cuts_media:
-            return {key: value[: self.max_length] if key != "media" else value for key, value in sample.items()}
+        media_mask = self._media_mask(sample).tolist()
+        keep = fit_to_max_length(media_mask, self.max_length, self.truncation, name=f"Sample {index} of the batch")
+        if keep is not None:
+            return {key: value[:keep] if key != "media" else value for key, value in sample.items()}
         self.num_dropped += 1
         reason = "a media span would be cut" if self.truncation == "text" else "`truncation='drop'`"
         logger.warning(

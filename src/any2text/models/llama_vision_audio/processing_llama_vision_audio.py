@@ -1,19 +1,20 @@
-"""LlamaVisionAudio processor: tokenizer + image processor + audio feature extractor, with placeholder expansion.
+"""LlamaVisionAudio processor: tokenizer + image processor + audio feature extractor, on `ProcessorMixin`'s hooks.
 
 Only torch/numpy/transformers imports at module level (soxr/scipy are optional and imported lazily), so
 `register_for_auto_class` can ship this file as remote code.
 """
 
+from collections.abc import Sequence
 from math import gcd
 
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
+from transformers.audio_utils import AudioInput
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import AudioKwargs, MultiModalData, ProcessingKwargs, Unpack
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
-
-# transformers' convention for `mm_token_type_ids`.
-TEXT_TYPE, IMAGE_TYPE, AUDIO_TYPE = 0, 1, 3
 
 # Llama-3 header format. Media items render as their placeholder; items of one message are joined by a newline,
 # so [{"type": "image"}, {"type": "text", "text": "What is it?"}] becomes "<image>\nWhat is it?" (LLaVA's layout).
@@ -44,6 +45,37 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+# What to do with a sample longer than `max_length` (the training CLI's `--truncation`). Media spans are never cut.
+TRUNCATION_MODES = ("error", "drop", "text")
+
+
+def fit_to_max_length(
+    media_mask: Sequence[bool], max_length: int, truncation: str, name: str = "The sample"
+) -> int | None:
+    """How many leading tokens of a sample to keep so that it fits `max_length` without cutting a media span.
+
+    The one home of media-safe truncation, for whoever owns a batch (the training collator). Its vocabulary:
+    `"error"` raises (naming `name` and the fix), `"drop"` returns `None` (the caller leaves the sample out and counts
+    it), `"text"` cuts text off the end when every media span lies before the cut, and otherwise returns `None`.
+    The processor's own `truncation=` stays transformers' tokenizer argument: it cuts the expanded text, and a cut
+    through a media span is transformers' token-count error.
+    """
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
+    length = len(media_mask)
+    if length <= max_length:
+        return length
+    if truncation == "error":
+        raise ValueError(
+            f"{name} has {length} tokens (media included), more than `max_length={max_length}`. Raise `max_length`, "
+            "or set `truncation` to `'drop'` (skip such samples, counted and logged) or `'text'` (cut text at the "
+            "end; media spans stay whole)."
+        )
+    if truncation == "text" and not any(media_mask[max_length:]):
+        return max_length
+    return None
+
+
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample a mono float waveform with soxr (high quality), falling back to scipy's polyphase filter."""
     if orig_sr == target_sr:
@@ -65,7 +97,7 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def to_mono_float(audio, name: int | str = 0) -> np.ndarray:
-    """numpy / torch / list, int PCM or float, mono or multi-channel -> float32 mono numpy.
+    """numpy / torch / list, int PCM or float, mono or multi-channel -> finite float32 mono numpy.
 
     `name` identifies the clip in errors: its index in a call, or a file name.
     """
@@ -91,6 +123,13 @@ def to_mono_float(audio, name: int | str = 0) -> np.ndarray:
         # Unsigned PCM (8-bit WAV) is centred on the middle of its range.
         offset = (int(info.max) + 1) / 2 if info.min == 0 else 0.0
         array = (array.astype(np.float64) - offset) / max(abs(info.min), info.max - offset)
+    elif not np.isfinite(array).all():
+        # NaN/inf samples give NaN features, NaN logits and NaN gradients that reach the saved weights silently.
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(
+            f"Audio {label} holds {bad} NaN or infinite sample(s) of {array.size}. Re-export or replace the file, or "
+            "remove the row."
+        )
     array = array.astype(np.float32)
     if array.ndim == 2:
         # soundfile gives (samples, channels), torchaudio (channels, samples): channels are the short axis.
@@ -101,13 +140,47 @@ def to_mono_float(audio, name: int | str = 0) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _positive_int_rate(rate) -> int:
+    """A sampling rate as an `int`; a fractional one is refused rather than truncated."""
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`sampling_rate` must be an integer number of Hz, got `{rate!r}`.")
+    if float(rate) != int(rate) or rate <= 0:
+        raise ValueError(
+            f"`sampling_rate` must be a positive whole number of Hz, got {rate}. Pass the clip's true rate (e.g. "
+            "`22050`); resampling from a rounded rate would shift every pitch."
+        )
+    return int(rate)
+
+
+RATE_PROMISE = "audio_at_feature_extractor_rate"
+
+
+class LlamaVisionAudioAudioKwargs(AudioKwargs, total=False):
+    r"""
+    audio_at_feature_extractor_rate (`bool`, *optional*, defaults to `False`):
+        The caller promises that clips given without `sampling_rate` are already at the feature extractor's rate.
+        For serving engines that resample every clip to that rate before calling the processor (vLLM:
+        `--mm-processor-kwargs '{"audio_at_feature_extractor_rate": true}'`). Without it, a missing rate is an error.
+    """
+
+    audio_at_feature_extractor_rate: bool | None
+
+
+class LlamaVisionAudioProcessorKwargs(ProcessingKwargs, total=False):
+    audio_kwargs: LlamaVisionAudioAudioKwargs
+
+
 class LlamaVisionAudioProcessor(ProcessorMixin):
     r"""
     Tokenizer, image processor (CLIP) and audio feature extractor (CLAP) in one processor.
 
     Each `<image>` in the text becomes `image_seq_length` image tokens and each `<audio>` becomes `audio_seq_length`
-    audio tokens, so that after the processor the sequence length is final. Audio is resampled to the feature
-    extractor's rate (48 kHz for CLAP) and down-mixed to mono.
+    audio tokens (`replace_image_token` / `replace_audio_token`), so that after the processor the sequence length is
+    final. Audio is down-mixed to mono, int PCM is scaled, and clips are resampled from `sampling_rate` (required: a
+    wrong guess silently ruins every clip) to the feature extractor's rate (48 kHz for CLAP). `is_longer` marks
+    exactly the clips longer than the extractor's window. Per-call options follow transformers: flat
+    (`rescale_factor=...`, `padding=...`) or per modality (`images_kwargs=`, `audio_kwargs=`, `text_kwargs=`);
+    `raw_speech=` is an alias of `audio=`.
 
     Args:
         image_processor ([`CLIPImageProcessor`], *optional*): the image processor.
@@ -120,6 +193,9 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         audio_seq_length (`int`, *optional*, defaults to 64): tokens per audio clip (`config.audio_seq_length`).
     """
 
+    valid_processor_kwargs = LlamaVisionAudioProcessorKwargs
+    return_mm_token_type_ids = True
+
     def __init__(
         self,
         image_processor=None,
@@ -130,15 +206,11 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         audio_token: str = "<audio>",
         image_seq_length: int = 576,
         audio_seq_length: int = 64,
-        **kwargs,
     ):
-        self.image_token = image_token
-        self.audio_token = audio_token
-        self.image_seq_length = image_seq_length
-        self.audio_seq_length = audio_seq_length
-        if chat_template is None:
-            chat_template = DEFAULT_CHAT_TEMPLATE
-        super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template, **kwargs)
+        self.image_token, self.audio_token = image_token, audio_token
+        self.image_seq_length, self.audio_seq_length = image_seq_length, audio_seq_length
+        chat_template = DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template
+        super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template)
 
     @property
     def image_token_id(self) -> int | None:
@@ -152,215 +224,124 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         return None if token_id is None or token_id == self.tokenizer.unk_token_id else token_id
 
-    @property
-    def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "input_features", "is_longer"]
-
     def __call__(
         self,
+        images: ImageInput | None = None,
         text: str | list[str] | None = None,
-        images=None,
-        audio=None,
-        sampling_rate: int | None = None,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        raw_speech=None,
-        add_special_tokens: bool = True,
-        return_offsets_mapping: bool = False,
-        padding_side: str | None = None,
-        videos=None,  # transformers' `apply_chat_template` always passes it; this processor takes no video
-        **kwargs,
+        audio: AudioInput | None = None,
+        **kwargs: Unpack[LlamaVisionAudioProcessorKwargs],
     ) -> BatchFeature:
-        r"""
-        Args:
-            text (`str` or `list[str]`): prompts; each `<image>` / `<audio>` holds the place of one item.
-            images (`PIL.Image`, `np.ndarray`, `torch.Tensor` or a (nested) list of them): images in the order their
-                placeholders appear across the batch.
-            audio (`np.ndarray`, `torch.Tensor`, `list[float]` or a list of them): audio clips in the order their
-                placeholders appear; mono or multi-channel, int PCM or float. `raw_speech` is accepted as an alias.
-            sampling_rate (`int`): the rate of the given clips. Required with audio: a wrong guess silently ruins
-                every clip, so it is never guessed.
-            truncation (`bool` or `str`, *optional*): `True` truncates to `max_length` and raises if that would cut
-                through an image or audio span; `"text_only"` removes text tokens only and keeps every media span
-                whole.
-            return_tensors (`str`, *optional*): `"pt"` or `"np"`.
-        """
-        if raw_speech is not None:
+        if "raw_speech" in kwargs:
             if audio is not None:
                 raise ValueError("Pass audio as `audio=` or `raw_speech=`, not both.")
-            audio = raw_speech
-        if text is None:
-            raise ValueError("`text` is required: it says where each `<image>` and `<audio>` goes.")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("`text` must be a string or a list of strings.")
+            audio = kwargs.pop("raw_speech")
+        if kwargs.get("sampling_rate") is not None:
+            kwargs["sampling_rate"] = _positive_int_rate(kwargs["sampling_rate"])
+        outputs = super().__call__(images=images, text=text, audio=audio, **kwargs)
+        mask = outputs.get("attention_mask", outputs["input_ids"])
+        for index, row in enumerate(mask):
+            if len(row) == 0 or ("attention_mask" in outputs and not any(row)):
+                # Without this, `text=""` gives an empty float tensor that crashes `generate` deep in the embedding.
+                raise ValueError(
+                    f"Sample {index} of `text` has no tokens (empty text, no special tokens added): there is nothing "
+                    "to condition on. Pass a prompt, or keep the tokenizer's `add_special_tokens`."
+                )
+        return outputs
 
-        image_list = self._flatten_images(images)
-        audio_list = self._list_audio(audio)
-        self._check_counts(texts, self.image_token, image_list, "image", "images")
-        self._check_counts(texts, self.audio_token, audio_list, "audio", "audio")
-
-        data: dict = {}
-        if image_list:
-            data["pixel_values"] = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
-        if audio_list:
-            data.update(self._process_audio(audio_list, sampling_rate))
-
-        encoded = self.tokenizer(
-            texts, add_special_tokens=add_special_tokens, return_offsets_mapping=return_offsets_mapping, **kwargs
-        )
-        rows = [self._expand(i, encoded, return_offsets_mapping) for i in range(len(texts))]
-        if truncation and max_length is None:
-            # transformers' convention: truncation without `max_length` means the model's maximum length.
-            max_length = self.tokenizer.model_max_length
-        if truncation and max_length is not None:
-            rows = [self._truncate(i, row, max_length, truncation) for i, row in enumerate(rows)]
-        features = {key: [row[key] for row in rows] for key in rows[0]}
-        features["attention_mask"] = [[1] * len(ids) for ids in features["input_ids"]]
-        if padding and padding != "do_not_pad":
-            features = self._pad(features, padding, max_length, padding_side)
-        data.update(features)
-        return BatchFeature(data, tensor_type=return_tensors)
-
-    def _flatten_images(self, images) -> list:
-        if images is None:
-            return []
-        if isinstance(images, (list, tuple)):
-            flat = []
-            for item in images:
-                flat.extend(self._flatten_images(item) if isinstance(item, (list, tuple)) else [item])
-            return flat
-        return [images]
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        images, text, videos, _ = super().prepare_inputs_layout(images=images, text=text, videos=videos, **kwargs)
+        return images, text, videos, self._list_audio(audio)
 
     @staticmethod
-    def _list_audio(audio) -> list:
-        if audio is None:
-            return []
-        if isinstance(audio, np.ndarray) or hasattr(audio, "detach"):
-            # One clip, unless it is a batch of equal-length clips passed as a 2-D array of many rows.
-            return [audio]
+    def _list_audio(audio) -> list | None:
+        """One clip per item; a single 2-D array or a list of numbers is ONE (multi-channel / plain) clip."""
+        if audio is None or isinstance(audio, np.ndarray) or hasattr(audio, "detach"):
+            return None if audio is None else [audio]
         if isinstance(audio, (list, tuple)):
             if len(audio) and all(isinstance(x, (int, float, np.number)) for x in audio[:16]):
                 return [np.asarray(audio)]
             return list(audio)
         raise TypeError(f"`audio` must be a numpy array, torch tensor or list of them, got `{type(audio).__name__}`.")
 
-    def _check_counts(self, texts: list[str], token: str, items: list, name: str, plural: str) -> None:
-        per_sample = [t.count(token) for t in texts]
-        if sum(per_sample) != len(items):
-            raise ValueError(
-                f"The text holds {sum(per_sample)} `{token}` placeholder(s) (per sample: {per_sample}) but "
-                f"{len(items)} {plural} were given. Put exactly one `{token}` in the text for each {name}."
-            )
-        if items and self._token_id(token) is None:
-            raise ValueError(
-                f"The tokenizer does not know `{token}`: add it with `tokenizer.add_special_tokens("
-                f"{{'additional_special_tokens': ['{token}']}})` and resize the model's embeddings (the builders do this)."
-            )
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        if text is None:
+            raise ValueError("`text` is required: it says where each `<image>` and `<audio>` goes.")
+        if isinstance(text, (list, tuple)) and not text:
+            raise ValueError("`text` is an empty list: pass one prompt (a string) per sample.")
+        if videos is not None:
+            raise ValueError(f"`{type(self).__name__}` takes images and audio, not videos.")
+        super().validate_inputs(images=images, text=text, audio=audio, **kwargs)
+        for items, token in ((images, self.image_token), (audio, self.audio_token)):
+            if items is not None and self._token_id(token) is None:
+                raise ValueError(
+                    f"The tokenizer does not know `{token}`: add it with `tokenizer.add_special_tokens("
+                    f"{{'additional_special_tokens': ['{token}']}})` and resize the model's embeddings (the builders "
+                    "do this)."
+                )
 
-    def _process_audio(self, clips: list, sampling_rate: int | None) -> dict:
-        if sampling_rate is None:
+    def _merge_kwargs(self, ModelProcessorKwargs=None, tokenizer_init_kwargs=None, **kwargs) -> dict[str, dict]:
+        # The rate promise is per call. Given to `from_pretrained` (older vLLM does), it lands in the tokenizer's
+        # settings, which are saved with it: a later user of that folder must not inherit it.
+        tokenizer_init_kwargs = {k: v for k, v in (tokenizer_init_kwargs or {}).items() if k != RATE_PROMISE}
+        merged = super()._merge_kwargs(ModelProcessorKwargs, tokenizer_init_kwargs, **kwargs)
+        # A flat `padding` / `max_length` / `truncation` is about text tokens. The feature extractor reads them in
+        # samples and as its window, which the fixed audio token count relies on: only `audio_kwargs=` reaches it.
+        explicit = kwargs.get("audio_kwargs", {})
+        for key in ("padding", "max_length", "truncation", "pad_to_multiple_of"):
+            if key not in explicit:
+                merged["audio_kwargs"].pop(key, None)
+        return merged
+
+    def _process_audio(self, audio: list, **kwargs) -> tuple[dict, list[str]]:
+        extractor = self.feature_extractor
+        target = extractor.sampling_rate
+        rate = kwargs.pop("sampling_rate", None)
+        if kwargs.pop(RATE_PROMISE, None) and rate is None:
+            rate = target
+        if rate is None:
             raise ValueError(
                 "`sampling_rate` is required with audio: pass the rate the clips were recorded at (e.g. "
-                f"`sampling_rate=16000`); they are resampled to {self.feature_extractor.sampling_rate} Hz here."
+                f"`sampling_rate=16000`); they are resampled to {target} Hz here. A serving engine that already "
+                "resampled them passes `audio_at_feature_extractor_rate=True` instead."
             )
-        target = self.feature_extractor.sampling_rate
-        rates = sampling_rate if isinstance(sampling_rate, (list, tuple)) else [sampling_rate] * len(clips)
-        if len(rates) != len(clips):
-            raise ValueError(f"Got {len(rates)} sampling rates for {len(clips)} audio clips.")
-        mono = [resample(to_mono_float(clip, i), int(sr), target) for i, (clip, sr) in enumerate(zip(clips, rates))]
-        window = self.feature_extractor.nb_max_samples
-        fe = self.feature_extractor
-        if getattr(fe, "truncation", None) == "fusion" and fe.feature_size != 64:
+        clips = [resample(to_mono_float(clip, i), rate, target) for i, clip in enumerate(audio)]
+        window = extractor.nb_max_samples
+        if getattr(extractor, "truncation", None) == "fusion" and extractor.feature_size != 64:
             # transformers' CLAP extractor fuses long clips at a hard-coded 64 mel bins and fails obscurely otherwise.
-            for i, clip in enumerate(mono):
+            for i, clip in enumerate(clips):
                 if len(clip) > window:
                     raise ValueError(
                         f"Audio clip {i} lasts {len(clip) / target:.1f} s, longer than this feature extractor's "
-                        f"{window / target:g} s window, and its {fe.feature_size} mel bins cannot use CLAP's fusion "
-                        "of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
+                        f"{window / target:g} s window, and its {extractor.feature_size} mel bins cannot use CLAP's "
+                        "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
                     )
-        out = self.feature_extractor(mono, sampling_rate=target, return_tensors="pt")
-        # CLAP's extractor marks a RANDOM clip as "longer" when none is, which makes features nondeterministic;
-        # mark exactly the clips that exceed the window instead.
-        import torch
+        features = extractor(clips, sampling_rate=target, **kwargs)
+        if "is_longer" in features:
+            # CLAP's extractor marks a RANDOM clip "longer" when none is; mark exactly the clips over the window.
+            features["is_longer"] = np.array([[len(clip) > window] for clip in clips])
+        return features, [self.replace_audio_token(features, i) for i in range(len(clips))]
 
-        out["is_longer"] = torch.tensor([[len(clip) > window] for clip in mono], dtype=torch.bool)
-        return {"input_features": out["input_features"], "is_longer": out["is_longer"]}
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_seq_length
 
-    def _expand(self, index: int, encoded, with_offsets: bool) -> dict:
-        """Replace each single placeholder id by its full run of media tokens, and type every token."""
-        spans = {}
-        if (image_id := self.image_token_id) is not None:
-            spans[image_id] = (self.image_seq_length, IMAGE_TYPE)
-        if (audio_id := self.audio_token_id) is not None:
-            spans[audio_id] = (self.audio_seq_length, AUDIO_TYPE)
-        ids_in = encoded["input_ids"][index]
-        offsets_in = encoded["offset_mapping"][index] if with_offsets else None
-        ids, types, offsets = [], [], []
-        for pos, token_id in enumerate(ids_in):
-            length, token_type = spans.get(token_id, (1, TEXT_TYPE))
-            ids.extend([token_id] * length)
-            types.extend([token_type] * length)
-            if with_offsets:
-                offsets.extend([tuple(offsets_in[pos])] * length)
-        row = {"input_ids": ids, "mm_token_type_ids": types}
-        if with_offsets:
-            row["offset_mapping"] = offsets
-        return row
+    def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
+        return self.audio_token * self.audio_seq_length
 
-    def _truncate(self, index: int, row: dict, max_length: int, truncation: bool | str) -> dict:
-        if len(row["input_ids"]) <= max_length:
-            return row
-        types = row["mm_token_type_ids"]
-        from_left = self.tokenizer.truncation_side == "left"
-        if truncation == "text_only":
-            n_media = sum(t != TEXT_TYPE for t in types)
-            if n_media > max_length:
-                raise ValueError(
-                    f"Sample {index}: its media spans alone take {n_media} tokens, more than `max_length={max_length}`."
-                    " Raise `max_length` or pass fewer images/clips."
-                )
-            drop = len(types) - max_length
-            order = range(len(types)) if from_left else range(len(types) - 1, -1, -1)
-            removed = set()
-            for pos in order:
-                if len(removed) == drop:
-                    break
-                if types[pos] == TEXT_TYPE:
-                    removed.add(pos)
-            return {key: [v for pos, v in enumerate(values) if pos not in removed] for key, values in row.items()}
-        keep = slice(len(types) - max_length, None) if from_left else slice(0, max_length)
-        cut = types[: len(types) - max_length] if from_left else types[max_length:]
-        if any(t != TEXT_TYPE for t in cut):
-            raise ValueError(
-                f"Sample {index} has {len(types)} tokens; truncating it to `max_length={max_length}` would cut through "
-                "an image or audio span, leaving the model fewer media tokens than features. Raise `max_length`, "
-                "shorten the text, or pass `truncation='text_only'` to remove text tokens only."
-            )
-        return {key: values[keep] for key, values in row.items()}
+    def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
+        """Tokens each image / clip becomes (fixed: one resized image, one extractor window), for vLLM."""
+        data = {}
+        if image_sizes is not None:
+            data["num_image_tokens"] = [self.image_seq_length] * len(image_sizes)
+            data["num_image_patches"] = [1] * len(image_sizes)
+        if audio_lengths is not None:
+            data["num_audio_tokens"] = [self.audio_seq_length] * len(audio_lengths)
+        return MultiModalData(**data)
 
-    def _pad(self, features: dict, padding: bool | str, max_length: int | None, padding_side: str | None) -> dict:
-        lengths = [len(ids) for ids in features["input_ids"]]
-        target = max(lengths)
-        if padding == "max_length":
-            if max_length is None:
-                raise ValueError("`padding='max_length'` needs `max_length`.")
-            target = max(target, max_length)
-        side = padding_side or self.tokenizer.padding_side
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            raise ValueError("The tokenizer has no pad token: set `tokenizer.pad_token` (the builders add `<pad>`).")
-        fill = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": TEXT_TYPE, "offset_mapping": (0, 0)}
-        padded = {}
-        for key, rows in features.items():
-            padded[key] = [
-                ([fill[key]] * (target - len(r)) + r) if side == "left" else (r + [fill[key]] * (target - len(r)))
-                for r in rows
-            ]
-        return padded
+    @property
+    def model_input_names(self) -> list[str]:
+        names = self.tokenizer.model_input_names + ["mm_token_type_ids"]
+        names += self.image_processor.model_input_names + self.feature_extractor.model_input_names
+        return list(dict.fromkeys(names))
 
     def apply_chat_template(self, conversation, *args, sampling_rate: int | None = None, **kwargs):
         """transformers' `apply_chat_template`, plus: audio given as arrays in the messages needs its rate.
@@ -375,10 +356,9 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
 
     def _resample_audio_items(self, conversation, sampling_rate: int | None):
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = conversation if batched else [conversation]
         target = self.feature_extractor.sampling_rate
         out = []
-        for messages in conversations:
+        for messages in conversation if batched else [conversation]:
             new_messages = []
             for message in messages:
                 content = message.get("content")
@@ -400,18 +380,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
                 "`sampling_rate=RATE` to `apply_chat_template` (it is never guessed)."
             )
         clean = {key: value for key, value in item.items() if key != "sampling_rate"}
-        return {**clean, "audio": resample(to_mono_float(audio), int(rate), target)}
-
-    def batch_decode(self, *args, **kwargs) -> list[str]:
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs) -> str:
-        return self.tokenizer.decode(*args, **kwargs)
-
-    def post_process_image_text_to_text(
-        self, generated_outputs, skip_special_tokens: bool = True, **kwargs
-    ) -> list[str] | str:
-        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+        return {**clean, "audio": resample(to_mono_float(audio), _positive_int_rate(rate), target)}
 
 
 __all__ = ["LlamaVisionAudioProcessor"]
