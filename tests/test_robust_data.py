@@ -339,3 +339,33 @@ def test_embedded_bytes_are_read_whatever_the_media_root():
     PIL.Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, format="PNG")
     # A row's `path` next to embedded bytes is only a name: it is never opened, so it is not checked.
     assert load_image({"bytes": buffer.getvalue(), "path": "../../x.png"}, media_root="/nowhere").size == (4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The train entry point end to end
+
+
+@pytest.mark.slow
+def test_train_skips_bad_rows_once_each_and_stops_on_a_wrong_media_root(tmp_path, caplog):
+    from any2text.training.train import main
+    from test_train_helpers import build_tiny_checkpoint, write_llava_data
+
+    data = write_llava_data(tmp_path / "data", ["image", "text"] * 4)
+    rows = json.loads(data.read_text())
+    rows[2]["image"] = "gone.png"  # one missing file: skipped, however often it is drawn
+    data.write_text(json.dumps(rows))
+    base = build_tiny_checkpoint(tmp_path / "base")
+    args = ["--model_name_or_path", str(base), "--train_datasets", str(data), "--train_template", "LLaVA"]
+    args += ["--per_device_train_batch_size", "2", "--num_train_epochs", "3", "--save_strategy", "no"]
+    args += ["--use_cpu", "True", "--report_to", "none", "--skip_bad_rows", "True", "--disable_tqdm", "True"]
+
+    with caplog.at_level(logging.WARNING):
+        main([*args, "--output_dir", str(tmp_path / "ok"), "--max_bad_rows", "1"])
+    records = [json.loads(line) for line in (tmp_path / "ok" / "bad_rows.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["id"], r["cause"]) for r in records] == [(2, "2", "missing_media")]
+    assert "Skipped 1 bad row (each counted once)" in caplog.text
+
+    # Every image row fails: training stops at the cap (default 1% of 8 rows: none) and names the likely cause.
+    with pytest.raises(TooManyBadRowsError, match=r"`missing_media`.*--media_root.*elsewhere"):
+        main([*args, "--output_dir", str(tmp_path / "wrong"), "--media_root", str(tmp_path / "elsewhere")])
+    assert (tmp_path / "wrong" / "bad_rows.jsonl").is_file()
