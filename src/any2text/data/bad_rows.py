@@ -61,13 +61,21 @@ class BadRowError(ValueError):
     Args:
         message: the full message (dataset, row, what is wrong, the fix).
         dataset: the dataset's name (`str(DatasetSpec)`).
-        index: the row's index in that dataset.
+        index: the row's index in that dataset (`None` for a sample that does not say which row it is).
+
+    Everything but the message has a default so that the error survives the trip from a DataLoader worker, which
+    re-creates it from its message alone.
         row_id: the row's `id` (or `question_id`...), when it has one.
         cause: a short name for what is wrong (see `cause_of`); taken from the error it was raised from if `None`.
     """
 
     def __init__(
-        self, message: str, dataset: str, index: int, row_id: str | None = None, cause: str | None = None
+        self,
+        message: str,
+        dataset: str | None = None,
+        index: int | None = None,
+        row_id: str | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(message)
         self.dataset = dataset

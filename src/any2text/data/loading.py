@@ -338,7 +338,7 @@ def _load_file(spec: DatasetSpec, path: str) -> datasets.Dataset:
     else:
         try:
             if suffix == ".parquet":
-                pq.ParquetFile(path)  # checks the magic bytes and footer, in a moment
+                pq.read_metadata(path)  # checks the magic bytes and footer, in a moment
             dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files={"train": path}, split="train")
         except (pa.ArrowException, datasets.exceptions.DatasetGenerationError, OSError, UnicodeDecodeError) as error:
             raise ValueError(
@@ -564,11 +564,6 @@ class MultimodalDataset(torch.utils.data.Dataset):
         summary = self.bad_rows.summary()
         if summary:
             logger.warning(summary)
-
-    def source(self, index: int) -> dict[str, Any]:
-        """Which row sample `index` comes from: `{"dataset": str, "index": int, "id": str | None}`."""
-        dataset_id, row = int(self._dataset_index[index]), int(self._row_index[index])
-        return {"dataset": str(self.specs[dataset_id]), "index": row, "id": row_id(self.datasets[dataset_id][row])}
 
     def messages(self, index: int, decode_media: bool | None = None) -> list[Message]:
         """The messages of sample `index`; raises `BadRowError` for a bad row, whatever `skip_bad_rows` says."""

@@ -199,7 +199,7 @@ def load_image(
         (6, 4)
     """
     if isinstance(ref, PIL.Image.Image):
-        return ref if ref.mode == "RGB" else image_to_rgb(ref)
+        return ref if ref.mode == "RGB" else image_to_rgb(ref, _describe(ref))
     if isinstance(ref, np.ndarray):
         if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
             raise ValueError(
