@@ -212,16 +212,21 @@ class _WronglyTypedRow(ValueError):
     cause = "wrongly_typed_value"
 
 
-def _storable(column: str, values: list[Any]) -> dict[int, str]:
-    """Rows whose value of `column` cannot share one Arrow type with the other rows, with why.
+def _short(error: Exception, limit: int = 160) -> str:
+    text = str(error)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _column_array(column: str, values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
+    """`values` as one Arrow array, and the rows whose value had to be left out of it, with why.
 
     Arrow gives a column one type, and one row with `"value": 123` among strings (or a string where the other rows
-    hold lists) makes the whole file fail to load. Each row's type is inferred alone; the types are then admitted
-    most common first, as long as the column stays storable, and the rows of the types left over are bad rows.
+    hold lists) makes the whole file fail to load. Then each row's type is inferred alone; the types are admitted
+    most common first, as long as the column stays storable, and the rows of the types left over are bad rows (their
+    value becomes null).
     """
     try:
-        pa.array(values)
-        return {}
+        return pa.array(values), {}
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
     bad: dict[int, str] = {}
@@ -232,7 +237,9 @@ def _storable(column: str, values: list[Any]) -> dict[int, str]:
         try:
             groups.setdefault(str(pa.array([value]).type), []).append(index)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            bad[index] = f"its `{column}` mixes values of different kinds ({error}); fix the row's value types."
+            bad[index] = (
+                f"its `{column}` mixes values of different types ({_short(error)}); fix the row's value types."
+            )
     admitted: list[int] = []
     reference = None
     for kind, rows in sorted(groups.items(), key=lambda item: -len(item[1])):
@@ -247,7 +254,7 @@ def _storable(column: str, values: list[Any]) -> dict[int, str]:
             continue
         admitted += rows
         reference = reference or kind
-    return bad
+    return pa.array([None if index in bad else value for index, value in enumerate(values)]), bad
 
 
 def _read_json_rows(path: str) -> datasets.Dataset:
@@ -277,18 +284,20 @@ def _read_json_rows(path: str) -> datasets.Dataset:
     columns = {key: [row.get(key) for row in rows] for key in keys}
     if "id" in columns:
         columns["id"] = [None if value is None else str(value) for value in columns["id"]]
+    arrays = {}
     for key, values in columns.items():
-        for index, reason in _storable(key, values).items():
+        # Arrow arrays built here are handed over as they are: converting once is faster than `from_dict` on lists.
+        arrays[key], bad = _column_array(key, values)
+        for index, reason in bad.items():
             reasons.setdefault(index, reason)
-            values[index] = None
     if reasons:
-        columns[BAD_ROW_COLUMN] = [reasons.get(index) for index in range(len(rows))]
+        arrays[BAD_ROW_COLUMN] = pa.array([reasons.get(index) for index in range(len(rows))], type=pa.string())
         first = min(reasons)
         logger.warning(
             f"`{path}`: {len(reasons)} row(s) cannot be stored with the types of the other rows, e.g. row {first}: "
             f"{reasons[first]} They are bad rows (see `skip_bad_rows`)."
         )
-    return datasets.Dataset.from_dict(columns)
+    return datasets.Dataset.from_dict(arrays)
 
 
 def _local_file(spec: DatasetSpec) -> str | None:
