@@ -146,11 +146,13 @@ def test_truncation_drop_counts_and_never_returns_partial_media(processor):
 @pytest.mark.parametrize("media_first", [True, False])
 def test_truncation_text_cuts_text_but_never_a_media_span(processor, media_first):
     collator = MultimodalCollator(processor, max_length=40, truncation="text")
-    batch = collator([long_sample(media_first=media_first)])
+    # A long answer: the cut falls inside it, so labelled tokens remain.
+    sample = {"messages": [user(image(), "Describe."), assistant(" ".join(["word"] * 60))]}
+    batch = collator([sample if media_first else long_sample(media_first=False)])
     image_tokens = int((batch["input_ids"] == processor.image_token_id).sum())
     if media_first:  # the image lies before the cut: kept whole, text cut to fit
         assert batch["input_ids"].shape[1] == 40 and image_tokens == 16 and batch["pixel_values"].shape[0] == 1
-        assert collator.num_dropped == 0
+        assert collator.num_dropped == 0 and (batch["labels"] != IGNORE_INDEX).any()
     else:  # the cut would go through the image: the sample is dropped instead
         assert image_tokens == 0 and "pixel_values" not in batch and collator.num_dropped == 1
 

@@ -244,11 +244,11 @@ def test_skip_bad_rows_counts_and_logs(tmp_path):
         },
     ]
     spec = DatasetSpec(str(llava_json(tmp_path, rows)), "LLaVA", media_root=str(tmp_path / "images"))
-    dataset = MultimodalDataset(spec, skip_bad_rows=True)
+    dataset = MultimodalDataset(spec, skip_bad_rows=True, max_bad_rows=1)
     assert dataset[1]["messages"][0]["content"][1] == {"type": "text", "text": "a"}  # fell through to row 0
     assert dataset.num_skipped == 1 and dataset.skipped == {str(spec): 1}
 
-    validated = MultimodalDataset(spec, skip_bad_rows=True, validate_rows=True)
+    validated = MultimodalDataset(spec, skip_bad_rows=True, validate_rows=True, max_bad_rows=1)
     assert len(validated) == 1 and validated.num_skipped == 1
 
 

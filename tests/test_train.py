@@ -244,7 +244,10 @@ def test_stock_llava_checkpoint_trains(workdir, tmp_path):
 
 @pytest.mark.slow
 def test_group_by_length_checks_lengths_before_training(workdir, tmp_path):
-    with pytest.raises(ValueError, match=r"samples are longer than `max_length=20`.*--truncation"):
+    # Named by dataset row (and id), before the first step.
+    with pytest.raises(
+        ValueError, match=r"Row 0 of dataset .*data\.json.* \(id `0`.*more than `max_length=20`.*truncation"
+    ):
         main(
             ["--model_name_or_path", str(workdir / "base"), "--output_dir", str(tmp_path)]
             + common_args(workdir, train_sampling_strategy="group_by_length", max_length="20")

@@ -1,20 +1,21 @@
 """Data layer: templates (row -> messages), media loading, dataset loading and mixing."""
 
+from .bad_rows import BadRowError, BadRowLog, TooManyBadRowsError
 from .loading import (
-    BadRowError,
     DatasetSpec,
     MultimodalDataset,
     default_media_root,
     load_spec,
     parse_dataset_specs,
 )
-from .media import load_audio, load_image, resample, resolve_path
+from .media import image_to_rgb, load_audio, load_image, resample, resolve_path
 from .templates import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
     Template,
     assistant_message,
     available_templates,
+    check_conversation,
     get_template,
     register_template,
     split_placeholders,
@@ -25,13 +26,17 @@ __all__ = [
     "AUDIO_PLACEHOLDER",
     "IMAGE_PLACEHOLDER",
     "BadRowError",
+    "BadRowLog",
     "DatasetSpec",
     "MultimodalDataset",
     "Template",
+    "TooManyBadRowsError",
     "assistant_message",
     "available_templates",
+    "check_conversation",
     "default_media_root",
     "get_template",
+    "image_to_rgb",
     "load_audio",
     "load_image",
     "load_spec",

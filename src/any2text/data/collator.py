@@ -45,6 +45,7 @@ from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..models.llama_vision_audio.processing_llama_vision_audio import TRUNCATION_MODES, fit_to_max_length
+from .bad_rows import BadRowError, BadRowLog, cause_of
 from .media import load_audio, load_image, media_refs
 
 logger = logging.get_logger(__name__)
@@ -53,6 +54,15 @@ IGNORE_INDEX = -100
 # Keys the processor returns per token (padded here) rather than per media item (concatenated here).
 _PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets")
+# Errors that mean "this sample is bad" (as in `loading._BAD_ROW_ERRORS`): named after its row, skippable.
+_BAD_SAMPLE_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError)
+_NO_SOURCE = "(samples without a `source`)"
+
+
+class SampleTooLongError(ValueError):
+    """A sample longer than `max_length` under `truncation="error"`."""
+
+    cause = "too_long"
 
 
 class MultimodalCollator:
@@ -84,6 +94,19 @@ class MultimodalCollator:
             no labels (its loss and gradients are exactly zero). Under DeepSpeed ZeRO-3 every rank must run the vision
             tower every step; LlamaVisionAudio models do that themselves, a stock `LlavaForConditionalGeneration`
             does not, so `any2text.train` turns this on for stock models under ZeRO-3.
+        skip_bad_rows (`bool`, *optional*, defaults to `False`):
+            A sample that fails (a media file that cannot be read, a clip the feature extractor refuses, a sample
+            over `max_length` under `truncation="error"`) is left out of the batch and recorded once in `bad_rows`,
+            instead of stopping with an error. Either way the error names the dataset row (from the sample's
+            `source`, which `MultimodalDataset` adds), not the sample's place in the batch.
+        bad_rows (`BadRowLog`, *optional*):
+            Where skipped samples are recorded (and capped); share the dataset's (`dataset.bad_rows`) so one count
+            and one `bad_rows.jsonl` cover both. A fresh log with the default cap when not given.
+        allow_media_outside_root (`bool`, *optional*, defaults to `False`):
+            Read media paths that lead outside `media_root` (refused otherwise).
+        return_sources (`bool`, *optional*, defaults to `False`):
+            Add `"sources"` to the batch: the `source` of each sample kept, in row order (`None` for samples without
+            one). A training loop that reports a bad step by row pops it before calling the model.
 
     A batch where every sample was dropped holds one placeholder row without labels (a zero loss), so a run never
     crashes on it. `sample_length(messages)` gives a sample's exact length without loading its media, for
@@ -99,6 +122,10 @@ class MultimodalCollator:
         padding_side: Literal["right", "left"] = "right",
         pad_to_multiple_of: int | None = None,
         ensure_image: bool = False,
+        skip_bad_rows: bool = False,
+        bad_rows: BadRowLog | None = None,
+        allow_media_outside_root: bool = False,
+        return_sources: bool = False,
     ):
         if truncation not in TRUNCATION_MODES:
             raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
@@ -122,6 +149,10 @@ class MultimodalCollator:
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.ensure_image = ensure_image
+        self.skip_bad_rows = skip_bad_rows
+        self.bad_rows = bad_rows if bad_rows is not None else BadRowLog()
+        self.allow_media_outside_root = allow_media_outside_root
+        self.return_sources = return_sources
         self.image_token = getattr(processor, "image_token", None)
         self.audio_token = getattr(processor, "audio_token", None)
         feature_extractor = getattr(processor, "feature_extractor", None)
@@ -192,11 +223,14 @@ class MultimodalCollator:
 
     def _load_media(self, messages: list[dict]) -> tuple[list[Image.Image], list[np.ndarray]]:
         image_refs, audio_refs = media_refs(messages)
-        images = [load_image(ref, self.media_root) for ref in image_refs]
+        outside = self.allow_media_outside_root
+        images = [load_image(ref, self.media_root, allow_outside_root=outside) for ref in image_refs]
         if self.sampling_rate is None:
             # Reported with the sample index by `_check_placeholders`; nothing to resample to here.
             return images, audio_refs
-        return images, [load_audio(ref, self.sampling_rate, self.media_root) for ref in audio_refs]
+        return images, [
+            load_audio(ref, self.sampling_rate, self.media_root, allow_outside_root=outside) for ref in audio_refs
+        ]
 
     # -----------------------------------------------------------------------------------------------------------------
     # One sample
@@ -249,37 +283,94 @@ class MultimodalCollator:
         length = len(sample["input_ids"])
         if self.max_length is None or length <= self.max_length:
             return sample
-        media_mask = self._media_mask(sample).tolist()
-        keep = fit_to_max_length(media_mask, self.max_length, self.truncation, name=f"Sample {index} of the batch")
-        if keep is not None:
-            return {key: value[:keep] if key != "media" else value for key, value in sample.items()}
-        self.num_dropped += 1
+        if self.truncation == "error":
+            raise SampleTooLongError(self._too_long(length))
+        keep = fit_to_max_length(self._media_mask(sample).tolist(), self.max_length, self.truncation)
         reason = "a media span would be cut" if self.truncation == "text" else "`truncation='drop'`"
+        if keep is not None:
+            cut = {key: value[:keep] if key != "media" else value for key, value in sample.items()}
+            if (cut["labels"] != IGNORE_INDEX).any():
+                return cut
+            # Every labelled token lies past the cut: such a sample would train at loss 0.
+            reason = "cutting the text would leave no labelled token"
+        self.num_dropped += 1
         logger.warning(
             f"Dropped a sample of {length} tokens (> `max_length={self.max_length}`; {reason}); "
             f"{self.num_dropped} dropped so far."
         )
         return None
 
+    def _too_long(self, length: int) -> str:
+        return (
+            f"The sample has {length} tokens (media included), more than `max_length={self.max_length}`. Raise "
+            "`max_length`, or set `truncation` to `'drop'` (skip such samples, counted and logged) or `'text'` (cut "
+            "text at the end; media spans stay whole)."
+        )
+
+    def check_sample(self, messages: list[dict]) -> int:
+        """The sample's exact length (see `sample_length`), checked against `max_length` under `truncation="error"`.
+
+        Cheap (no media are loaded), so it can run as the row is read: `MultimodalDataset(check_sample=...)`.
+
+        Raises:
+            SampleTooLongError: (a `ValueError`) the sample is longer than `max_length` and `truncation="error"`.
+        """
+        length = self.sample_length(messages)
+        if self.max_length is not None and self.truncation == "error" and length > self.max_length:
+            raise SampleTooLongError(self._too_long(length))
+        return length
+
     # -----------------------------------------------------------------------------------------------------------------
     # The batch
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        encoded = []
+        encoded, sources = [], []
         for index, sample in enumerate(samples):
             if "messages" not in sample:
                 raise ValueError(
                     f"Sample {index} has keys {sorted(sample)}; expected `messages` (what `MultimodalDataset` "
                     "yields). With the Trainer, set `remove_unused_columns=False` so `messages` reaches the collator."
                 )
-            fitted = self._fit(self._encode(sample["messages"], index), index)
+            try:
+                fitted = self._fit(self._encode(sample["messages"], index), index)
+            except _BAD_SAMPLE_ERRORS as error:
+                bad = self._bad_sample(sample, index, error)
+                if not self.skip_bad_rows:
+                    raise bad from error
+                self.bad_rows.record(bad)
+                continue
             if fitted is not None:
                 encoded.append(fitted)
+                sources.append(sample.get("source"))
         if not encoded:
             encoded = [self._empty_sample()]
         if self.ensure_image and not any("pixel_values" in sample["media"] for sample in encoded):
             encoded.append(self._blank_image_sample())
-        return self._pad(encoded)
+        batch = self._pad(encoded)
+        if self.return_sources:
+            batch["sources"] = sources
+        return batch
+
+    def _bad_sample(self, sample: Mapping[str, Any], index: int, error: BaseException) -> BadRowError:
+        """`error` as a `BadRowError` naming the sample's dataset row (its `source`), or its place in the batch."""
+        source = sample.get("source") or {}
+        fix = (
+            "Fix or drop the row, or pass `skip_bad_rows=True` to skip bad rows (each counted once, logged, and "
+            "capped by `max_bad_rows`)."
+        )
+        if source.get("dataset") is None:
+            return BadRowError(
+                f"Sample {index} of the batch cannot be used: {error} {fix}", _NO_SOURCE, None, cause=cause_of(error)
+            )
+        named = f"id `{source['id']}`, " if source.get("id") is not None else ""
+        return BadRowError(
+            f"Row {source['index']} of dataset {source['dataset']} ({named}sample {index} of the batch) cannot be "
+            f"used: {error} {fix}",
+            dataset=source["dataset"],
+            index=source.get("index"),
+            row_id=source.get("id"),
+            cause=cause_of(error),
+        )
 
     def _blank_image_sample(self) -> dict[str, Any]:
         """A row of one blank image and nothing to learn: it runs the vision tower without touching the loss."""
@@ -366,4 +457,4 @@ def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list
     return [tuple(char + gained[bisect.bisect_right(ends, char)] for char in span) for span in spans]
 
 
-__all__ = ["IGNORE_INDEX", "MultimodalCollator"]
+__all__ = ["IGNORE_INDEX", "MultimodalCollator", "SampleTooLongError"]

@@ -12,22 +12,27 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from transformers.utils import logging
 
+from .bad_rows import DEFAULT_MAX_BAD_ROWS, BadRowError, BadRowLog
 from .media import load_audio, load_image, resolve_path
-from .templates import Message, Template, get_template
+from .templates import Message, Template, check_conversation, get_template, row_id
 
 logger = logging.get_logger(__name__)
 
 _JSON_SUFFIXES = (".json", ".jsonl")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+# Set on rows of a JSON file that could not be stored with the other rows' types: the reason (else null).
+BAD_ROW_COLUMN = "__bad_row__"
 # Errors that mean "this row is bad" (not "the code is broken"): the only ones `skip_bad_rows` may skip.
 _BAD_ROW_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError)
 
@@ -170,27 +175,129 @@ def parse_dataset_specs(
 # Loading one dataset
 
 
+def _parse_json_file(path: str) -> Any:
+    """The parsed content of a `.json` / `.jsonl` file; a syntax error names the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if not path.endswith(".jsonl"):
+                try:
+                    return json.load(f)
+                except json.JSONDecodeError as error:
+                    hint = (
+                        " It holds more than one JSON value: if it has one object per line, name it `.jsonl`."
+                        if error.msg == "Extra data"
+                        else ""
+                    )
+                    raise ValueError(
+                        f"`{path}` is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.{hint} "
+                        "Fix the file (e.g. `python -m json.tool` shows the spot)."
+                    ) from error
+            rows = []
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"`{path}` line {number} is not valid JSON ({error.msg} at column {error.colno}); each line of "
+                        "a `.jsonl` file must hold one JSON object. Fix or remove the line."
+                    ) from error
+            return rows
+    except UnicodeDecodeError as error:
+        raise ValueError(f"`{path}` is not UTF-8 text ({error}); is it really a JSON file?") from error
+
+
+class _WronglyTypedRow(ValueError):
+    cause = "wrongly_typed_value"
+
+
+def _short(error: Exception, limit: int = 160) -> str:
+    text = str(error)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _column_array(column: str, values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
+    """`values` as one Arrow array, and the rows whose value had to be left out of it, with why.
+
+    Arrow gives a column one type, and one row with `"value": 123` among strings (or a string where the other rows
+    hold lists) makes the whole file fail to load. Then each row's type is inferred alone; the types are admitted
+    most common first, as long as the column stays storable, and the rows of the types left over are bad rows (their
+    value becomes null).
+    """
+    try:
+        return pa.array(values), {}
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    bad: dict[int, str] = {}
+    groups: dict[str, list[int]] = {}
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        try:
+            groups.setdefault(str(pa.array([value]).type), []).append(index)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            bad[index] = (
+                f"its `{column}` mixes values of different types ({_short(error)}); fix the row's value types."
+            )
+    admitted: list[int] = []
+    reference = None
+    for kind, rows in sorted(groups.items(), key=lambda item: -len(item[1])):
+        try:
+            pa.array([values[i] for i in admitted + rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            for index in rows:
+                bad[index] = (
+                    f"its `{column}` is `{kind}` but `{reference}` in the other rows (e.g. a number where text is "
+                    "expected); fix the row's value types."
+                )
+            continue
+        admitted += rows
+        reference = reference or kind
+    return pa.array([None if index in bad else value for index, value in enumerate(values)]), bad
+
+
 def _read_json_rows(path: str) -> datasets.Dataset:
     """Read a JSON list / JSON-lines file with `json`, not the `datasets` json builder.
 
     LLaVA-Instruct mixes int and str `id`s, which Arrow's type inference rejects; ids are normalised to str. The
     columns are the union of all rows' keys (text-only LLaVA rows have no `image` key; `Dataset.from_list` would
-    only look at the first row).
+    only look at the first row). A row that is not an object, or whose values cannot share a column's type with the
+    other rows, is kept as a *bad row*: its values are emptied and the reason goes into the `BAD_ROW_COLUMN` column,
+    so reading it raises a `BadRowError` naming the file and row (skippable like any other bad row) instead of the
+    whole file failing to load.
     """
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".jsonl"):
-            rows = [json.loads(line) for line in f if line.strip()]
-        else:
-            rows = json.load(f)
-    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+    rows = _parse_json_file(path)
+    if not isinstance(rows, list) or not any(isinstance(row, dict) for row in rows):
+        if isinstance(rows, list) and not rows:
+            raise ValueError(f"`{path}` has no rows; point the dataset at a file with data.")
         raise ValueError(f"`{path}` must hold a JSON list of objects (one object per row, as LLaVA-Instruct does).")
+    reasons = {
+        i: f"it is a JSON {type(row).__name__}, not an object."
+        for i, row in enumerate(rows)
+        if not isinstance(row, dict)
+    }
+    rows = [row if isinstance(row, dict) else {} for row in rows]
     keys: dict[str, None] = {}
     for row in rows:
         keys.update(dict.fromkeys(row))
     columns = {key: [row.get(key) for row in rows] for key in keys}
     if "id" in columns:
         columns["id"] = [None if value is None else str(value) for value in columns["id"]]
-    return datasets.Dataset.from_dict(columns)
+    arrays = {}
+    for key, values in columns.items():
+        # Arrow arrays built here are handed over as they are: converting once is faster than `from_dict` on lists.
+        arrays[key], bad = _column_array(key, values)
+        for index, reason in bad.items():
+            reasons.setdefault(index, reason)
+    if reasons:
+        arrays[BAD_ROW_COLUMN] = pa.array([reasons.get(index) for index in range(len(rows))], type=pa.string())
+        first = min(reasons)
+        logger.warning(
+            f"`{path}`: {len(reasons)} row(s) cannot be stored with the types of the other rows, e.g. row {first}: "
+            f"{reasons[first]} They are bad rows (see `skip_bad_rows`)."
+        )
+    return datasets.Dataset.from_dict(arrays)
 
 
 def _local_file(spec: DatasetSpec) -> str | None:
@@ -221,18 +328,41 @@ def _without_media_decoding(feature: Any) -> Any:
     return feature
 
 
+def _load_file(spec: DatasetSpec, path: str) -> datasets.Dataset:
+    """One local data file; a file that is not what its extension says names the file."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _FILE_BUILDERS:
+        raise ValueError(
+            f"Dataset file `{path}` has an unsupported extension; use one of "
+            f"{', '.join(f'`{s}`' for s in _FILE_BUILDERS)}, or a dataset folder / Hub id."
+        )
+    if spec.split != "train":
+        # A file is one table: there is no other split to pick, and saying nothing would hide a wrong `split`.
+        logger.warning(
+            f"Dataset file `{path}` has no splits; `split={spec.split}` does not select anything and the whole file "
+            "is used. Point the dataset at the file that holds that split if this is not what you meant."
+        )
+    if suffix in _JSON_SUFFIXES:
+        dataset = _read_json_rows(path)
+    else:
+        try:
+            if suffix == ".parquet":
+                pq.read_metadata(path)  # checks the magic bytes and footer, in a moment
+            dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files={"train": path}, split="train")
+        except (pa.ArrowException, datasets.exceptions.DatasetGenerationError, OSError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"Dataset file `{path}` could not be read as {suffix[1:]} ({type(error).__name__}: {error}). Is it "
+                f"really a {suffix[1:]} file? Convert it, or rename it to its real extension."
+            ) from error
+    if len(dataset) == 0:
+        raise ValueError(f"Dataset file `{path}` has no rows; point the dataset at a file with data.")
+    return dataset
+
+
 def _load_raw(spec: DatasetSpec) -> datasets.Dataset:
     local_file = _local_file(spec)
     if local_file is not None:
-        suffix = os.path.splitext(local_file)[1].lower()
-        if suffix in _JSON_SUFFIXES:
-            return _read_json_rows(local_file)
-        if suffix not in _FILE_BUILDERS:
-            raise ValueError(
-                f"Dataset file `{local_file}` has an unsupported extension; use one of "
-                f"{', '.join(f'`{s}`' for s in _FILE_BUILDERS)}, or a dataset folder / Hub id."
-            )
-        return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files={spec.split: local_file}, split=spec.split)
+        return _load_file(spec, local_file)
     saved_markers = (
         "state.json",
         "dataset_dict.json",
@@ -316,15 +446,6 @@ def _iter_rows(dataset: datasets.Dataset, batch_size: int = 1024) -> Any:
         yield from (dict(zip(columns, values)) for values in zip(*batch.values()))
 
 
-class BadRowError(ValueError):
-    """A row that cannot become a training sample; names the dataset, the row index and the fix."""
-
-    def __init__(self, message: str, dataset: str, index: int):
-        super().__init__(message)
-        self.dataset = dataset
-        self.index = index
-
-
 class MultimodalDataset(torch.utils.data.Dataset):
     """Messages from one or many datasets, concatenated or mixed by weight, with media loaded on access.
 
@@ -338,12 +459,23 @@ class MultimodalDataset(torch.utils.data.Dataset):
         loaded: already loaded datasets, one per spec (skips `load_spec`; useful for in-memory data).
         sampling_rate: rate audio is resampled to (the audio encoder's; CLAP: 48000). Needed when decoding audio.
         decode_media: decode media in `__getitem__` (see above).
-        skip_bad_rows: instead of raising on a bad row, skip it (using the next row), count it in `skipped` and log
-            it. Counts are per process (each DataLoader worker keeps its own).
+        skip_bad_rows: instead of raising on a bad row, skip it (using the next row) and record it once in
+            `bad_rows`, which stops training when a dataset has more than `max_bad_rows` of them.
         num_samples: length of the weighted mix (only with weights); defaults to the total number of rows.
         seed: seed for `size` subsets and the weighted mix.
-        validate_rows: run every row's template (and check that media files exist) at construction, so bad rows
-            fail (or, with `skip_bad_rows`, are dropped) before training starts. Costs one pass over the rows.
+        validate_rows: check every row at construction (see `validate`), so bad rows fail (or, with
+            `skip_bad_rows`, are dropped) before training starts. Costs one pass over the rows.
+        max_bad_rows: the cap of the `BadRowLog` made when `bad_rows` is not given: per dataset, a count (`100`) or
+            a fraction of its rows (`0.01`, the default).
+        bad_rows: a `BadRowLog` to record skipped rows in (one log can serve several datasets and the collator).
+        allow_media_outside_root: read media paths that lead outside the dataset's media root (refused otherwise).
+        check_sample: called with each sample's messages (media not decoded) as the row is read; a `ValueError`
+            makes the row a bad row. Returns the sample's length in tokens (see `validate`). The train entry point
+            passes `MultimodalCollator.check_sample`, so a sample longer than `max_length` under
+            `truncation="error"` is found when its row is read, not in the middle of a batch.
+
+    Items are `{"messages": [...], "source": {"dataset": ..., "index": ..., "id": ...}}`: `source` names the row the
+    sample came from, so that errors raised later (in the collator, in the training step) can name it too.
 
     Mixing: without weights the datasets are concatenated. With weights (on every spec) each dataset gets
     `round(num_samples * weight / sum(weights))` samples, drawn without replacement and cycling through the rows
@@ -351,6 +483,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
 
     Raises:
         BadRowError: (in `__getitem__`) a row's template or media failed; names dataset, row index and fix.
+        TooManyBadRowsError: (with `skip_bad_rows`) a dataset has more bad rows than `max_bad_rows` allows.
     """
 
     def __init__(
@@ -364,6 +497,10 @@ class MultimodalDataset(torch.utils.data.Dataset):
         num_samples: int | None = None,
         seed: int = 42,
         validate_rows: bool = False,
+        max_bad_rows: float | int | str = DEFAULT_MAX_BAD_ROWS,
+        bad_rows: BadRowLog | None = None,
+        allow_media_outside_root: bool = False,
+        check_sample: Callable[[list[Message]], int] | None = None,
     ):
         self.specs = [specs] if isinstance(specs, DatasetSpec) else list(specs)
         if not self.specs:
@@ -376,10 +513,16 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.sampling_rate = sampling_rate
         self.decode_media = decode_media
         self.skip_bad_rows = skip_bad_rows
-        self.skipped: Counter[str] = Counter()
+        self.allow_media_outside_root = allow_media_outside_root
+        self.check_sample = check_sample
+        self.bad_rows = bad_rows if bad_rows is not None else BadRowLog(max_bad_rows)
+        for spec, dataset, media_root in zip(self.specs, self.datasets, self.media_roots):
+            self.bad_rows.add_dataset(str(spec), len(dataset), media_root)
+        # Exact sample lengths, in index order, once `validate(length_fn=...)` has measured them.
+        self.lengths: list[int] | None = None
         self._dataset_index, self._row_index = self._build_index(num_samples, seed)
         if validate_rows:
-            self._validate_rows()
+            self.validate()
         sizes = ", ".join(f"{spec} x{int((self._dataset_index == i).sum())}" for i, spec in enumerate(self.specs))
         logger.info(f"MultimodalDataset: {len(self)} samples from {sizes}.")
 
@@ -416,40 +559,70 @@ class MultimodalDataset(torch.utils.data.Dataset):
         return len(self._row_index)
 
     @property
+    def skipped(self) -> Counter[str]:
+        """Bad rows skipped so far in this process, per dataset, each row counted once."""
+        names = {str(spec) for spec in self.specs}
+        return Counter(dataset for dataset, _ in self.bad_rows.rows if dataset in names)
+
+    @property
     def num_skipped(self) -> int:
         return sum(self.skipped.values())
 
     def log_skip_summary(self) -> None:
-        """Log how many bad rows were skipped, per dataset (call it at the end of training, for example)."""
-        if self.skipped:
-            per_dataset = ", ".join(f"{name}: {count}" for name, count in self.skipped.items())
-            logger.warning(f"Skipped {self.num_skipped} bad rows ({per_dataset}).")
+        """Log the bad rows skipped, per dataset and cause (call it at the end of training, for example)."""
+        summary = self.bad_rows.summary()
+        if summary:
+            logger.warning(summary)
 
     def messages(self, index: int, decode_media: bool | None = None) -> list[Message]:
         """The messages of sample `index`; raises `BadRowError` for a bad row, whatever `skip_bad_rows` says."""
+        return self._sample(index, decode_media)[0]
+
+    def _sample(self, index: int, decode_media: bool | None = None) -> tuple[list[Message], dict[str, Any]]:
         decode = self.decode_media if decode_media is None else decode_media
         dataset_id, row = int(self._dataset_index[index]), int(self._row_index[index])
+        return self._row_messages(dataset_id, row, self.datasets[dataset_id][row], decode)
+
+    def _row_messages(
+        self, dataset_id: int, row: int, data: dict[str, Any], decode: bool
+    ) -> tuple[list[Message], dict[str, Any]]:
+        """Template, conversation rules, `check_sample`, then media, for one row; a `BadRowError` names the row."""
         spec = self.specs[dataset_id]
+        source = {"dataset": str(spec), "index": row, "id": row_id(data)}
         try:
-            messages = self.templates[dataset_id](self.datasets[dataset_id][row])
-            return self._resolve_media(messages, self.media_roots[dataset_id], decode)
+            reason = data.get(BAD_ROW_COLUMN)
+            if reason is not None:
+                raise _WronglyTypedRow(reason)
+            messages = self.templates[dataset_id](data)
+            check_conversation(messages)
+            if self.check_sample is not None:
+                self.check_sample(messages)
+            return self._resolve_media(messages, self.media_roots[dataset_id], decode), source
         except _BAD_ROW_ERRORS as error:
+            named = f"id `{source['id']}`, " if source["id"] is not None else ""
             raise BadRowError(
-                f"Row {row} of dataset {spec} (template `{spec.template}`) cannot be used: {error} "
-                "Fix or drop the row, or pass `skip_bad_rows=True` to skip bad rows (counted and logged).",
+                f"Row {row} of dataset {spec} ({named}template `{spec.template}`) cannot be used: {error} "
+                "Fix or drop the row, or pass `skip_bad_rows=True` to skip bad rows (each counted once, logged, and "
+                "capped by `max_bad_rows`).",
                 dataset=str(spec),
                 index=row,
+                row_id=source["id"],
             ) from error
 
-    def __getitem__(self, index: int) -> dict[str, list[Message]]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.skip_bad_rows:
-            return {"messages": self.messages(index)}
+            messages, source = self._sample(index)
+            return {"messages": messages, "source": source}
         for attempt in range(len(self)):
+            position = (index + attempt) % len(self)
+            key = (str(self.specs[int(self._dataset_index[position])]), int(self._row_index[position]))
+            if key in self.bad_rows.rows:
+                continue  # known bad: not read (nor its media decoded) again
             try:
-                return {"messages": self.messages((index + attempt) % len(self))}
+                messages, source = self._sample(position)
+                return {"messages": messages, "source": source}
             except BadRowError as error:
-                self.skipped[error.dataset] += 1
-                logger.warning(f"Skipping bad row ({self.num_skipped} skipped so far): {error}")
+                self.bad_rows.record(error)
         raise ValueError("Every row of the dataset is bad; see the warnings above.")
 
     def _resolve_media(self, messages: list[Message], media_root: str | None, decode: bool) -> list[Message]:
@@ -461,7 +634,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 kind = item["type"]
                 if kind == "image":
                     ref = (
-                        load_image(item["image"], media_root) if decode else self._absolute(item["image"], media_root)
+                        load_image(item["image"], media_root, allow_outside_root=self.allow_media_outside_root)
+                        if decode
+                        else self._absolute(item["image"], media_root, self.allow_media_outside_root)
                     )
                     item = {"type": "image", "image": ref}
                 elif kind == "audio":
@@ -470,9 +645,14 @@ class MultimodalDataset(torch.utils.data.Dataset):
                             "`MultimodalDataset` needs `sampling_rate` (the audio encoder's rate) to decode audio."
                         )
                     ref = (
-                        load_audio(item["audio"], self.sampling_rate, media_root)
+                        load_audio(
+                            item["audio"],
+                            self.sampling_rate,
+                            media_root,
+                            allow_outside_root=self.allow_media_outside_root,
+                        )
                         if decode
-                        else self._absolute(item["audio"], media_root)
+                        else self._absolute(item["audio"], media_root, self.allow_media_outside_root)
                     )
                     item = {"type": "audio", "audio": ref}
                 content.append(item)
@@ -480,37 +660,49 @@ class MultimodalDataset(torch.utils.data.Dataset):
         return resolved
 
     @staticmethod
-    def _absolute(ref: Any, media_root: str | None) -> Any:
+    def _absolute(ref: Any, media_root: str | None, allow_outside_root: bool = False) -> Any:
         """Make a path ref (or a bytes-less `{"bytes", "path"}` ref) absolute and check that the file exists."""
         if isinstance(ref, str | os.PathLike):
-            return resolve_path(ref, media_root)
+            return resolve_path(ref, media_root, allow_outside_root=allow_outside_root)
         if isinstance(ref, dict) and ref.get("bytes") is None and ref.get("path"):
-            return {**ref, "path": resolve_path(ref["path"], media_root)}
+            return {**ref, "path": resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root)}
         return ref
 
-    def _validate_rows(self) -> None:
-        """Run every row's template and check media files exist, without decoding; drop or raise on bad rows."""
-        bad: set[tuple[int, int]] = set()
-        for dataset_id, (spec, dataset) in enumerate(zip(self.specs, self.datasets)):
-            template, media_root = self.templates[dataset_id], self.media_roots[dataset_id]
+    def validate(self, length_fn: Callable[[list[Message]], int] | None = None) -> list[int] | None:
+        """Check every row now, before training: template, conversation rules, `check_sample`, media files exist.
+
+        Media are not decoded (a corrupt file is still found when read). Bad rows raise a `BadRowError`, or with
+        `skip_bad_rows` are recorded in `bad_rows` and leave the index. With `length_fn` (e.g.
+        `MultimodalCollator.sample_length`) the exact length of every remaining sample is measured in the same pass,
+        kept in `lengths` and returned (index order). Costs one pass over the rows.
+        """
+        wanted = {(int(d), int(r)) for d, r in zip(self._dataset_index, self._row_index)}
+        measured: dict[tuple[int, int], int] = {}
+        for dataset_id, dataset in enumerate(self.datasets):
             # Batched reads: one `dataset[i]` per row costs a table lookup each; batches are ~10x faster.
-            for row_id, row in enumerate(_iter_rows(dataset)):
+            for row, data in enumerate(_iter_rows(dataset)):
+                if (dataset_id, row) not in wanted:
+                    continue
                 try:
-                    self._resolve_media(template(row), media_root, decode=False)
-                except _BAD_ROW_ERRORS as error:
+                    messages, _ = self._row_messages(dataset_id, row, data, decode=False)
+                except BadRowError as error:
                     if not self.skip_bad_rows:
-                        raise BadRowError(
-                            f"Row {row_id} of dataset {spec} (template `{spec.template}`) cannot be used: {error} "
-                            "Fix or drop the row, or pass `skip_bad_rows=True` to drop bad rows (counted and logged).",
-                            dataset=str(spec),
-                            index=row_id,
-                        ) from error
-                    self.skipped[str(spec)] += 1
-                    bad.add((dataset_id, row_id))
-                    logger.warning(f"Dropping row {row_id} of dataset {spec}: {error}")
-        if bad:
-            keep = np.array(
-                [(int(d), int(r)) not in bad for d, r in zip(self._dataset_index, self._row_index)], dtype=bool
-            )
+                        raise
+                    self.bad_rows.record(error)
+                    continue
+                if length_fn is not None:
+                    measured[(dataset_id, row)] = length_fn(messages)
+        known_bad = set(self.bad_rows.rows)
+        keep = np.array(
+            [(str(self.specs[int(d)]), int(r)) not in known_bad for d, r in zip(self._dataset_index, self._row_index)],
+            dtype=bool,
+        )
+        if not keep.all():
             self._dataset_index, self._row_index = self._dataset_index[keep], self._row_index[keep]
             self.log_skip_summary()
+        if not len(self):
+            raise ValueError("Every row of the dataset is bad; see the warnings above.")
+        if length_fn is None:
+            return None
+        self.lengths = [measured[(int(d), int(r))] for d, r in zip(self._dataset_index, self._row_index)]
+        return self.lengths

@@ -32,6 +32,24 @@ MediaRef = Any
 _MEDIA_ROOT_FIX = "set the dataset's `media_root` to the folder the relative media paths start from"
 
 
+class MediaOutsideRootError(ValueError):
+    """A media path that leads out of the dataset's media root (`../../x.png`, `/etc/x.png`)."""
+
+    cause = "media_outside_root"
+
+
+class NonFiniteMediaError(ValueError):
+    """Media holding NaN or infinite values, which would make the loss (and then every weight) NaN."""
+
+    cause = "non_finite_media"
+
+
+class MediaDecodeError(ValueError):
+    """A media file or embedded bytes that cannot be decoded."""
+
+    cause = "undecodable_media"
+
+
 def _describe(ref: MediaRef) -> str:
     """A short, human-readable name for a reference, for error messages (never dumps raw bytes)."""
     if isinstance(ref, str | os.PathLike):
@@ -46,11 +64,29 @@ def _describe(ref: MediaRef) -> str:
     return f"<{type(ref).__name__}>"
 
 
-def resolve_path(path: str | os.PathLike, media_root: str | os.PathLike | None = None) -> str:
+def _inside(path: str, root: str) -> bool:
+    """Whether `path` lies inside `root`, judged on the normalised names (as archive tools judge members).
+
+    Names, not `realpath`s: a media root whose sub-folders are symlinks to another disk stays usable.
+    """
+    root, path = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([root, path]) == root
+
+
+def resolve_path(
+    path: str | os.PathLike,
+    media_root: str | os.PathLike | None = None,
+    *,
+    allow_outside_root: bool = False,
+) -> str:
     """Resolve `path` against `media_root` (when relative) and check that the file exists.
+
+    With a `media_root`, a path that leads out of it (`../../x.png`, or an absolute path elsewhere) is refused unless
+    `allow_outside_root=True`: a dataset row should not be able to make training read any file on the machine.
 
     Raises:
         FileNotFoundError: naming the path that was tried and how to fix it.
+        MediaOutsideRootError: the path escapes `media_root` (a `ValueError`).
         ValueError: for remote URLs, which are never fetched during training.
     """
     path = os.path.expanduser(os.fspath(path))
@@ -59,8 +95,16 @@ def resolve_path(path: str | os.PathLike, media_root: str | os.PathLike | None =
             f"Media reference `{path}` is a URL; remote media are not fetched while training. "
             "Download the files and point the dataset at the local copies."
         )
-    if not os.path.isabs(path) and media_root is not None:
-        path = os.path.join(os.path.expanduser(os.fspath(media_root)), path)
+    if media_root is not None:
+        root = os.path.expanduser(os.fspath(media_root))
+        joined = path if os.path.isabs(path) else os.path.join(root, path)
+        if not allow_outside_root and not _inside(joined, root):
+            raise MediaOutsideRootError(
+                f"Media path `{path}` leads outside `media_root={root}`. Media are only read from inside the media "
+                "root; move the file there, or pass `--allow_media_outside_root True` (`allow_outside_root=True`) "
+                "if the dataset is trusted."
+            )
+        path = joined
     if not os.path.isfile(path):
         if media_root is None and not os.path.isabs(path):
             fix = f"the path is relative and no `media_root` was given: {_MEDIA_ROOT_FIX}"
@@ -72,29 +116,81 @@ def resolve_path(path: str | os.PathLike, media_root: str | os.PathLike | None =
     return path
 
 
-def _as_path_or_bytes(ref: MediaRef, media_root: str | os.PathLike | None) -> tuple[str | io.BytesIO, str] | None:
+def _as_path_or_bytes(
+    ref: MediaRef, media_root: str | os.PathLike | None, allow_outside_root: bool = False
+) -> tuple[str | io.BytesIO, str] | None:
     """For file-like references return `(path or BytesIO, description)`; `None` for decoded objects."""
     if isinstance(ref, str | os.PathLike):
-        return resolve_path(ref, media_root), _describe(ref)
+        return resolve_path(ref, media_root, allow_outside_root=allow_outside_root), _describe(ref)
     if isinstance(ref, Mapping) and "array" not in ref and ("bytes" in ref or "path" in ref):
         if ref.get("bytes") is not None:
             return io.BytesIO(ref["bytes"]), _describe(ref)
         if ref.get("path"):
-            return resolve_path(ref["path"], media_root), _describe(ref)
+            return resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root), _describe(ref)
         raise ValueError(f"Media reference {ref!r} has neither `bytes` nor `path`; the row holds no media.")
     return None
 
 
-def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PIL.Image.Image:
-    """Load an image reference as an RGB `PIL.Image.Image`.
+def image_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
+    """`image` as 8-bit RGB, with 16-bit and 32-bit (`I;16`, `I`, `F`) grayscale scaled down, not clipped.
+
+    `convert("RGB")` clips high-depth grayscale at 255, so a 16-bit PNG comes out almost all white. Here the values are
+    scaled from the range their type implies: 16-bit PNGs from 0-65535; `I` / `F` images from 0-255 or 0-65535 (`F`
+    also 0-1) when their values fit, else from their own min-max.
+
+    Only numpy and PIL: the processor (which must stand alone as remote code) can carry a copy of this function.
+
+    Raises:
+        NonFiniteMediaError: an `F` image holding NaN or infinite values.
+    """
+    mode = image.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise NonFiniteMediaError(
+            f"Image {name} holds {int((~np.isfinite(values)).sum())} non-finite pixel values (NaN or inf). "
+            "Replace or remove the file."
+        )
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        bottom, top = 0.0, 65535.0
+    elif low >= 0 and high <= (1.0 if mode == "F" else 255.0):
+        bottom, top = 0.0, 1.0 if mode == "F" else 255.0
+    elif low >= 0 and high <= 255.0:
+        bottom, top = 0.0, 255.0
+    elif low >= 0 and high <= 65535.0:
+        bottom, top = 0.0, 65535.0
+    else:
+        bottom, top = low, high
+    scaled = (values - bottom) * (255.0 / (top - bottom)) if top > bottom else np.zeros_like(values)
+    return PIL.Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _check_finite(waveform: np.ndarray, name: str) -> np.ndarray:
+    bad = int((~np.isfinite(waveform)).sum())
+    if bad:
+        raise NonFiniteMediaError(
+            f"Audio {name} holds {bad} non-finite samples (NaN or inf) out of {waveform.size}; it would make the "
+            "loss NaN. Replace or remove the file."
+        )
+    return waveform
+
+
+def load_image(
+    ref: MediaRef, media_root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+) -> PIL.Image.Image:
+    """Load an image reference as an RGB `PIL.Image.Image` (high-depth grayscale scaled, see `image_to_rgb`).
 
     Args:
         ref: a path, a `{"bytes", "path"}` dict, a `PIL.Image.Image` or a `uint8` numpy array (H, W[, C]).
         media_root: folder that relative paths are resolved against.
+        allow_outside_root: read paths that lead outside `media_root` (see `resolve_path`).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file or bytes are not a readable image.
+        MediaOutsideRootError: the path leads outside `media_root`.
+        ValueError: the file or bytes are not a readable image, or it holds non-finite values.
         TypeError: the reference is of an unsupported type.
 
     Example:
@@ -103,7 +199,7 @@ def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PI
         (6, 4)
     """
     if isinstance(ref, PIL.Image.Image):
-        return ref if ref.mode == "RGB" else ref.convert("RGB")
+        return ref if ref.mode == "RGB" else image_to_rgb(ref, _describe(ref))
     if isinstance(ref, np.ndarray):
         if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
             raise ValueError(
@@ -111,7 +207,7 @@ def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PI
                 "(H, W, C). Convert it with `(array * 255).astype(np.uint8)` or pass a PIL image."
             )
         return PIL.Image.fromarray(ref).convert("RGB")
-    source = _as_path_or_bytes(ref, media_root)
+    source = _as_path_or_bytes(ref, media_root, allow_outside_root)
     if source is None:
         raise TypeError(
             f"Unsupported image reference {_describe(ref)}: expected a path, a `{{'bytes', 'path'}}` dict, "
@@ -120,12 +216,18 @@ def load_image(ref: MediaRef, media_root: str | os.PathLike | None = None) -> PI
     file, name = source
     try:
         with PIL.Image.open(file) as image:
-            return image.convert("RGB")
+            return image_to_rgb(image, name)
     except (PIL.UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Image {name} could not be decoded ({error}). Replace or remove the file.") from error
+        raise MediaDecodeError(f"Image {name} could not be decoded ({error}). Replace or remove the file.") from error
 
 
-def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike | None = None) -> np.ndarray:
+def load_audio(
+    ref: MediaRef,
+    sampling_rate: int,
+    media_root: str | os.PathLike | None = None,
+    *,
+    allow_outside_root: bool = False,
+) -> np.ndarray:
     """Load an audio reference as a mono float32 waveform at `sampling_rate`.
 
     Args:
@@ -134,9 +236,12 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
             to be at `sampling_rate` already; a 2-D array is down-mixed over its shorter axis (the channels).
         sampling_rate: the rate the audio encoder expects (CLAP: 48000).
         media_root: folder that relative paths are resolved against.
+        allow_outside_root: read paths that lead outside `media_root` (see `resolve_path`).
 
     Raises:
         FileNotFoundError: the file does not exist.
+        MediaOutsideRootError: the path leads outside `media_root`.
+        NonFiniteMediaError: the audio holds NaN or infinite samples (a `ValueError`).
         ValueError: the file or bytes are not readable audio, or the audio is empty.
         TypeError: the reference is of an unsupported type.
 
@@ -149,19 +254,19 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
     if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
         raise ValueError(f"`sampling_rate` must be a positive integer, got {sampling_rate!r}.")
     if isinstance(ref, np.ndarray):
-        return to_mono_float(ref, _describe(ref))
-    source = _as_path_or_bytes(ref, media_root)
+        return _check_finite(to_mono_float(ref, _describe(ref)), _describe(ref))
+    source = _as_path_or_bytes(ref, media_root, allow_outside_root)
     if source is not None:
         file, name = source
         try:
             # soundfile converts integer PCM to float itself; always_2d gives (frames, channels) for every file.
             array, orig_rate = sf.read(file, dtype="float32", always_2d=True)
         except (sf.SoundFileError, RuntimeError) as error:
-            raise ValueError(
+            raise MediaDecodeError(
                 f"Audio {name} could not be decoded ({error}). soundfile reads wav/flac/ogg/mp3; "
                 "convert the file or remove the row."
             ) from error
-        waveform = to_mono_float(array, name)
+        waveform = _check_finite(to_mono_float(array, name), name)
     else:
         name = _describe(ref)
         try:
@@ -173,7 +278,7 @@ def load_audio(ref: MediaRef, sampling_rate: int, media_root: str | os.PathLike 
             ) from error
         if hasattr(array, "numpy"):  # a torch tensor, as decoders may return
             array = array.numpy()
-        waveform = to_mono_float(np.asarray(array), name)
+        waveform = _check_finite(to_mono_float(np.asarray(array), name), name)
     return resample(waveform, int(orig_rate), int(sampling_rate))
 
 

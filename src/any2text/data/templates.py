@@ -146,12 +146,79 @@ def get_template(name: str) -> Template:
 # Building blocks
 
 
+_ID_KEYS = ("id", "question_id", "index")
+
+
+def row_id(row: dict[str, Any]) -> str | None:
+    """A row's own identifier (`id`, `question_id` or `index`), as a string; `None` when it has none."""
+    for key in _ID_KEYS:
+        if row.get(key) is not None:
+            return str(row[key])
+    return None
+
+
 def row_name(row: dict[str, Any]) -> str:
     """How errors refer to a row: by its `id` / `question_id` when it has one."""
-    for key in ("id", "question_id", "index"):
+    for key in _ID_KEYS:
         if row.get(key) is not None:
             return f"row `{key}={row[key]}`"
     return "row"
+
+
+class ConversationError(ValueError):
+    """Messages that break the conversation rules of `check_conversation`."""
+
+    cause = "invalid_conversation"
+
+
+def check_conversation(messages: list[Message]) -> None:
+    """Refuse conversations that would train the wrong thing, whatever template made them.
+
+    Wanted: optional system turns first, then user and assistant turns alternating, starting with the user and ending
+    with the assistant, and every assistant turn holding some text. An empty answer trains the model to stop at once;
+    a conversation that starts with the assistant, or has two user turns in a row, is a sign of a broken row (a lost
+    turn, swapped roles), not a conversation to learn from.
+
+    Raises:
+        ConversationError: (a `ValueError`) saying which turn breaks which rule.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError("The template produced no messages.")
+    roles = [message.get("role") if isinstance(message, dict) else None for message in messages]
+    start = 0
+    while start < len(roles) and roles[start] == "system":
+        start += 1
+    turns = roles[start:]
+    if not turns or "assistant" not in turns:
+        raise ConversationError("The conversation has no assistant turn, so there is nothing to train on.")
+    if turns[0] != "user":
+        raise ConversationError(
+            f"The conversation starts with {'the assistant' if turns[0] == 'assistant' else f'a `{turns[0]}` turn'} "
+            "(after any system turns); it must start with a user turn. A turn was probably lost or mislabelled."
+        )
+    for position, (previous, role) in enumerate(zip(turns, turns[1:]), start=start + 1):
+        if role not in ("user", "assistant"):
+            raise ConversationError(
+                f"Turn {position} has role `{role}`; after the first turn only user/assistant alternate."
+            )
+        if role == previous:
+            raise ConversationError(
+                f"Turns {position - 1} and {position} are both `{role}` turns; user and assistant turns must "
+                "alternate (merge the two turns, or fix the roles)."
+            )
+    if turns[-1] != "assistant":
+        raise ConversationError(
+            "The conversation ends with a user turn that has no answer; drop that turn or answer it."
+        )
+    for position, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        content = message.get("content")
+        items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        if not any(item.get("type") == "text" and str(item.get("text") or "").strip() for item in items):
+            raise ConversationError(
+                f"Assistant turn {position} is empty; an empty answer teaches the model to say nothing."
+            )
 
 
 def split_placeholders(text: str, media: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -227,9 +294,19 @@ def llava(row: dict[str, Any]) -> list[Message]:
     gets them prepended to the first user turn (the LLaVA convention); any other count mismatch is an error.
     """
     turns = _field(row, "conversations")
+    if not isinstance(turns, list | tuple):
+        raise ValueError(
+            f"{row_name(row)} has `conversations` of type {type(turns).__name__}; expected a list of turns "
+            '(`[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]`).'
+        )
     media = {"image": _media_of(row, "image", "images"), "audio": _media_of(row, "audio", "audios")}
     roles_and_texts = []
-    for turn in turns:
+    for position, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(
+                f"{row_name(row)} has turn {position} of type {type(turn).__name__}; expected an object "
+                '`{"from": ..., "value": ...}`.'
+            )
         speaker = turn.get("from", turn.get("role"))
         text = turn.get("value", turn.get("content"))
         role = _ROLES.get(str(speaker).lower())

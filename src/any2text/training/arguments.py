@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.bad_rows import BAD_ROWS_FILE, DEFAULT_MAX_BAD_ROWS, check_max_bad_rows
 from ..data.collator import TRUNCATION_MODES
 
 
@@ -120,11 +121,32 @@ class DataArguments:
     )
     skip_bad_rows: bool = field(
         default=False,
-        metadata={"help": "Skip rows whose template or media fail (counted, logged) instead of stopping."},
+        metadata={
+            "help": "Skip bad rows (a template, media file or length check fails) instead of stopping: each is counted "
+            f"once per dataset and cause, logged, and listed in `output_dir/{BAD_ROWS_FILE}`."
+        },
+    )
+    max_bad_rows: float = field(
+        default=DEFAULT_MAX_BAD_ROWS,
+        metadata={
+            "help": "With `--skip_bad_rows`: training stops, with a summary of the likely cause, once a dataset has "
+            "more bad rows than this: a count (`100`), a fraction of the dataset's rows (`0.01`, the default), `0` or "
+            "`inf` (no cap)."
+        },
     )
     validate_rows: bool = field(
         default=False,
-        metadata={"help": "Check every row (template, media files exist) before training starts."},
+        metadata={
+            "help": "Check every row before training starts (template, conversation rules, media files exist, length "
+            "under `--truncation error`)."
+        },
+    )
+    allow_media_outside_root: bool = field(
+        default=False,
+        metadata={
+            "help": "Read media paths that lead outside the media root (`../x.png`, absolute paths elsewhere); "
+            "refused by default."
+        },
     )
 
     def __post_init__(self):
@@ -134,6 +156,7 @@ class DataArguments:
             )
         if self.eval_datasets and not self.eval_template:
             raise ValueError("`--eval_datasets` needs `--eval_template` (one per dataset).")
+        self.max_bad_rows = check_max_bad_rows(self.max_bad_rows)
 
 
 @dataclass

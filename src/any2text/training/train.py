@@ -38,6 +38,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from ..data.bad_rows import BAD_ROWS_FILE, BadRowLog
 from ..data.collator import MultimodalCollator
 from ..data.loading import MultimodalDataset, parse_dataset_specs
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
@@ -45,7 +46,7 @@ from .arguments import DataArguments, LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
-from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
+from .trainer import DataReportCallback, MultimodalTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -196,8 +197,20 @@ def mark_zero3_leaf_towers(model: torch.nn.Module) -> list[str]:
     return marked
 
 
-def build_dataset(data_args: DataArguments, split: str, processor, seed: int) -> MultimodalDataset | None:
-    """The `train` or `eval` dataset the comma-list arguments describe (`None` when none is given)."""
+def build_dataset(
+    data_args: DataArguments,
+    split: str,
+    processor,
+    seed: int,
+    bad_rows: BadRowLog | None = None,
+    check_sample=None,
+    validate: bool | None = None,
+) -> MultimodalDataset | None:
+    """The `train` or `eval` dataset the comma-list arguments describe (`None` when none is given).
+
+    `bad_rows` (shared with the collator) records skipped rows; `check_sample` runs on each row as it is read (the
+    collator's length check); `validate` (default `--validate_rows`) checks every row now.
+    """
     prefix = "train" if split == "train" else "eval"
     datasets_ = getattr(data_args, f"{prefix}_datasets")
     if not datasets_:
@@ -219,7 +232,11 @@ def build_dataset(data_args: DataArguments, split: str, processor, seed: int) ->
         skip_bad_rows=data_args.skip_bad_rows,
         num_samples=data_args.train_num_samples if prefix == "train" else None,
         seed=seed,
-        validate_rows=data_args.validate_rows,
+        validate_rows=data_args.validate_rows if validate is None else validate,
+        max_bad_rows=data_args.max_bad_rows,
+        bad_rows=bad_rows,
+        allow_media_outside_root=data_args.allow_media_outside_root,
+        check_sample=check_sample,
     )
 
 
@@ -292,14 +309,27 @@ def build_trainer(
         model = apply_lora(model, lora_args, model_args)
     logger.info(f"Parameters per component:\n{parameter_table(model)}")
 
+    # One record of bad rows for the datasets and the collator: each row counted once, one cap, one file.
+    bad_rows = BadRowLog(data_args.max_bad_rows, path=os.path.join(training_args.output_dir, BAD_ROWS_FILE))
     collator = MultimodalCollator(
-        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
+        processor,
+        max_length=data_args.max_length,
+        truncation=data_args.truncation,
+        ensure_image=ensure_image,
+        skip_bad_rows=data_args.skip_bad_rows,
+        bad_rows=bad_rows,
+        allow_media_outside_root=data_args.allow_media_outside_root,
     )
-    train_dataset = build_dataset(data_args, "train", processor, training_args.seed)
-    eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed)
+    # Lengths are known as soon as a row is read: a sample too long under `--truncation error` is a bad row then.
+    check = collator.check_sample if data_args.max_length is not None and data_args.truncation == "error" else None
+    group_by_length = training_args.train_sampling_strategy == "group_by_length"
+    train_dataset = build_dataset(data_args, "train", processor, training_args.seed, bad_rows, check, validate=False)
+    eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed, bad_rows, check)
     train_lengths = None
-    if train_dataset is not None and training_args.train_sampling_strategy == "group_by_length":
-        train_lengths = sample_lengths(train_dataset, collator)
+    if train_dataset is not None and (data_args.validate_rows or group_by_length):
+        # One pass before step 1: bad rows found (or dropped) now, and with group_by_length the lengths measured.
+        train_lengths = train_dataset.validate(length_fn=collator.sample_length if group_by_length else None)
+    if train_lengths is not None:
         _check_lengths(train_lengths, collator)
 
     return MultimodalTrainer(
