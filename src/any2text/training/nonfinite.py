@@ -57,7 +57,10 @@ def describe_rows(rows: Sequence[Mapping[str, Any] | None]) -> str:
         if row is None:
             parts.append("an unnamed sample")
             continue
-        text = f"row {row.get('index')}" + (f" of dataset `{row['dataset']}`" if row.get("dataset") else "")
+        dataset = row.get("dataset")
+        if dataset and not str(dataset).startswith("`"):
+            dataset = f"`{dataset}`"
+        text = f"row {row.get('index')}" + (f" of dataset {dataset}" if dataset else "")
         parts.append(text + (f" (id `{row['id']}`)" if row.get("id") is not None else ""))
     return ", ".join(parts)
 

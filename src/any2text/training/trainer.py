@@ -149,7 +149,7 @@ class MultimodalTrainer(Trainer):
 
     def _nonfinite_message(self, what: str, rows: Sequence[Any] | None) -> str:
         return (
-            f"Training stopped at step {self.state.global_step + 1} (epoch {self.state.epoch or 0:.2f}) on {what}. "
+            f"Training stopped at step {self.state.global_step + 1} on {what}. "
             f"The batch held {describe_rows(rows)}. Nothing from this step was saved. Likely causes: a row with "
             "non-finite media (check the rows above), a learning rate too high for this model, or fp16 overflow "
             "(try `--bf16`). Fix or drop the rows, lower `--learning_rate`, or pass `--skip_nonfinite_steps True` to "
