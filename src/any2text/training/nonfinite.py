@@ -28,12 +28,16 @@ class NonFiniteError(RuntimeError):
     """Training met a non-finite loss, gradient or weight; the message names the step, the rows and the fix."""
 
 
-def row_identity(dataset: Any, index: int) -> dict[str, Any]:
+_ID_COLUMNS = ("id", "question_id", "sample_id")
+
+
+def row_identity(dataset: Any, index: int, _id_views: dict[int, Any] | None = None) -> dict[str, Any]:
     """`{"dataset", "index", "id"}` of sample `index` of `dataset`: which source row it came from.
 
     Uses `dataset.row_identity(index)` when the dataset provides it. For a `MultimodalDataset` that does not (yet), the
-    row is found through its sample index (`specs`, `datasets` and the sample -> (dataset, row) map), and `id` is the
-    row's `id` column when it has one. Any other dataset is named by the sample index alone.
+    row is found through its sample -> (dataset, row) map, and `id` is the row's `id` (or `question_id`) column when it
+    has one, read from a one-column view (`_id_views` caches them) so no media bytes are read. Any other dataset is
+    named by the sample index alone.
     """
     describe = getattr(dataset, "row_identity", None)
     if callable(describe):
@@ -43,8 +47,12 @@ def row_identity(dataset: Any, index: int) -> dict[str, Any]:
     if dataset_index is None or row_index is None:
         return {"dataset": None, "index": int(index), "id": None}
     source, row = int(dataset_index[index]), int(row_index[index])
-    raw = dataset.datasets[source][row]
-    row_id = next((raw[key] for key in ("id", "question_id", "sample_id") if raw.get(key) is not None), None)
+    views = {} if _id_views is None else _id_views
+    if source not in views:
+        raw = dataset.datasets[source]
+        column = next((c for c in _ID_COLUMNS if c in getattr(raw, "column_names", ())), None)
+        views[source] = (raw.select_columns([column]), column) if column else None
+    row_id = views[source][0][row][views[source][1]] if views[source] else None
     return {"dataset": str(dataset.specs[source]), "index": row, "id": row_id}
 
 
@@ -73,6 +81,7 @@ class RowIdentityDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
+        self._id_views: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -80,11 +89,14 @@ class RowIdentityDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         sample = self.dataset[index]
         if isinstance(sample, Mapping) and ROW_ID_KEY not in sample:
-            sample = {**sample, ROW_ID_KEY: row_identity(self.dataset, index)}
+            sample = {**sample, ROW_ID_KEY: row_identity(self.dataset, index, self._id_views)}
         return sample
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "dataset":  # keeps pickling (DataLoader workers) from recursing
+        if name.startswith("__") or name in (
+            "dataset",
+            "_id_views",
+        ):  # keeps pickling (DataLoader workers) from recursing
             raise AttributeError(name)
         return getattr(self.dataset, name)
 

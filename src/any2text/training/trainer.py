@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import datasets
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -65,8 +66,9 @@ class MultimodalTrainer(Trainer):
     """
 
     def __init__(self, *args, train_lengths: Sequence[int] | None = None, **kwargs):
-        if kwargs.get("train_dataset") is not None and not isinstance(kwargs["train_dataset"], RowIdentityDataset):
-            kwargs["train_dataset"] = RowIdentityDataset(kwargs["train_dataset"])
+        train_dataset = kwargs.get("train_dataset")
+        if _is_map_style(train_dataset) and not isinstance(train_dataset, RowIdentityDataset):
+            kwargs["train_dataset"] = RowIdentityDataset(train_dataset)
         if kwargs.get("data_collator") is not None and not isinstance(kwargs["data_collator"], RowIdCollator):
             kwargs["data_collator"] = RowIdCollator(kwargs["data_collator"])
         super().__init__(*args, **kwargs)
@@ -177,6 +179,15 @@ class MultimodalTrainer(Trainer):
                 "check the data for non-finite media, or pass `--skip_nonfinite_steps True`."
             )
         super().save_model(output_dir, _internal_call=_internal_call)
+
+
+def _is_map_style(dataset: Any) -> bool:
+    """A dataset indexed by sample (what `RowIdentityDataset` can wrap); not an iterable or a `datasets.Dataset`."""
+    return (
+        dataset is not None
+        and hasattr(dataset, "__getitem__")
+        and not isinstance(dataset, torch.utils.data.IterableDataset | datasets.Dataset | datasets.IterableDataset)
+    )
 
 
 class _NonFiniteGuard(TrainerCallback):
