@@ -153,7 +153,9 @@ def test_manifest_catches_files_cut_after_the_save(tmp_path):
     }
     data = (folder / "optimizer.pt").read_bytes()
     (folder / "optimizer.pt").write_bytes(data[: len(data) // 2])  # e.g. an interrupted copy of the folder
-    assert checkpoint_problems(str(folder)) == [f"`optimizer.pt` differ from `{MANIFEST_NAME}`"]
+    assert checkpoint_problems(str(folder)) == [f"`optimizer.pt` not the size `{MANIFEST_NAME}` records"]
+    (folder / "optimizer.pt").unlink()
+    assert checkpoint_problems(str(folder)) == [f"`optimizer.pt` listed in `{MANIFEST_NAME}` missing"]
     half_state = make_checkpoint(tmp_path / "checkpoint-6", 6, manifest=False)
     (half_state / "trainer_state.json").write_text('{"global_step": 6, "log_hi')
     assert "`trainer_state.json` cannot be read" in checkpoint_problems(str(half_state))[0]

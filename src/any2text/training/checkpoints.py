@@ -134,9 +134,12 @@ def checkpoint_problems(folder: str) -> list[str]:
                 listed = json.load(f)["files"]
         except (OSError, ValueError, KeyError) as error:
             return problems + [f"`{MANIFEST_NAME}` cannot be read ({error})"]
-        changed = sorted(name for name, size in listed.items() if files.get(name) != size)
+        missing = sorted(name for name in listed if name not in files and name != TRAINER_STATE_NAME)
+        if missing:
+            problems.append(f"{', '.join(f'`{name}`' for name in missing)} listed in `{MANIFEST_NAME}` missing")
+        changed = sorted(name for name, size in listed.items() if name in files and files[name] != size)
         if changed:
-            problems.append(f"{', '.join(f'`{name}`' for name in changed)} differ from `{MANIFEST_NAME}`")
+            problems.append(f"{', '.join(f'`{name}`' for name in changed)} not the size `{MANIFEST_NAME}` records")
     return problems
 
 
