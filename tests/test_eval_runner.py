@@ -217,6 +217,80 @@ def test_runner_rejects_wrong_dataset(tiny_llava, mme_parquet, tmp_path):
         main(_argv(tiny_llava, mme_parquet, tmp_path, "--benchmark", "nope"))
 
 
+# ------------------------------------------------------------------------------------------------------- bad items
+
+
+@pytest.fixture
+def mme_with_a_corrupt_image(tmp_path):
+    """The six MME rows, row 3's image replaced by 12 bytes that are not an image."""
+    rows = []
+    for i, category in enumerate(["existence", "count", "code_reasoning"]):
+        for answer in ("Yes", "No"):
+            buffer = io.BytesIO()
+            _image(i).save(buffer, format="PNG")
+            rows.append(
+                {
+                    "question_id": f"{category}/{i:04d}.png",
+                    "image": {"bytes": b"not an image" if len(rows) == 3 else buffer.getvalue(), "path": None},
+                    "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
+                    "answer": answer,
+                    "category": category,
+                }
+            )
+    features = datasets.Features(
+        {
+            "question_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "category": datasets.Value("string"),
+        }
+    )
+    path = tmp_path / "mme_bad.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return path
+
+
+def test_corrupt_image_names_the_item_and_can_be_skipped(tiny_llava, mme_with_a_corrupt_image, tmp_path):
+    out = tmp_path / "out"
+    argv = _argv(tiny_llava, mme_with_a_corrupt_image, out, "--batch_size", "2", "--max_new_tokens", "2")
+    # Every rerun stops at the same item, with its id, and keeps the good items of the bad item's batch (rows 2, 4).
+    for expected in (["0", "1", "2"], ["0", "1", "2", "4"]):
+        with pytest.raises(runner.BadItemError, match=r"Benchmark `mme`: item `3` \(row 3\) cannot be evaluated: Image "
+                           r"<12 embedded bytes> could not be decoded.*--skip_bad_items True") as error:  # fmt: skip
+            main(argv)
+        assert (error.value.item_id, error.value.row) == ("3", 3)
+        ids = [record["id"] for record in read_predictions(out / "mme" / "predictions.jsonl")]
+        assert ids == expected
+
+    result = main(argv + ["--skip_bad_items", "True"])
+    assert result["num_items"] == 5 and result["num_skipped"] == 1
+    [skipped] = result["skipped_items"]
+    assert skipped["id"] == "3" and skipped["row"] == 3 and "<12 embedded bytes>" in skipped["error"]
+    assert json.loads((out / "mme" / "scores.json").read_text())["skipped_items"] == [skipped]
+    assert "1 bad item(s) skipped" in (out / "mme" / "scores.md").read_text()
+    ids = [record["id"] for record in read_predictions(out / "mme" / "predictions.jsonl")]
+    assert sorted(ids) == ["0", "1", "2", "4", "5"]
+
+
+def test_item_failing_in_the_processor_is_found_in_its_batch(tiny_llava, mme_parquet, tmp_path, monkeypatch):
+    calls = []
+
+    def fails_on_a_prompt(model, processor, batch_of_messages, **kwargs):
+        calls.append(len(batch_of_messages))
+        if any("aaa thing" in m[-1]["content"][-1]["text"] for m in batch_of_messages):
+            raise ValueError("audio holds NaN")  # e.g. the processor refusing one item's media
+        return ["Yes"] * len(batch_of_messages)
+
+    monkeypatch.setattr(runner, "generate_batch", fails_on_a_prompt)
+    with pytest.raises(runner.BadItemError, match=r"item `4` \(row 4\) cannot be evaluated: audio holds NaN\. Fix"):
+        main(_argv(tiny_llava, mme_parquet, tmp_path / "a", "--batch_size", "4"))
+    calls.clear()
+    result = main(_argv(tiny_llava, mme_parquet, tmp_path / "b", "--batch_size", "4", "--skip_bad_items", "True"))
+    assert calls == [4, 2, 1, 1]  # the second batch failed, then its items one by one
+    assert [item["id"] for item in result["skipped_items"]] == ["4", "5"] and result["num_items"] == 4
+
+
 # ----------------------------------------------------------------------------------------------------------- audio
 
 

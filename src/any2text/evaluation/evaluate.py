@@ -4,7 +4,9 @@
 
 writes ``eval/mme/predictions.jsonl`` (one object per item: id, prompt, prediction, references, meta), appended and
 flushed after every batch, then ``eval/mme/scores.json`` and ``eval/mme/scores.md``. Rerunning the same command
-resumes: ids already in predictions.jsonl are not generated again. `--data` takes a Hub id, a local dataset folder,
+resumes: ids already in predictions.jsonl are not generated again. An item that cannot be evaluated (a corrupt image,
+an unreadable row) stops the run with an error naming its id; with `--skip_bad_items True` it is skipped instead,
+counted and listed in scores.json (a rerun tries it again). `--data` takes a Hub id, a local dataset folder,
 or a single .parquet / .json / .jsonl file; it defaults to the benchmark's lmms-eval source.
 """
 
@@ -14,7 +16,7 @@ import json
 import logging as pylogging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
+from ..data.media import load_audio, load_image
 from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
-from .generation import generate_batch
+from .generation import _processor_sampling_rate, generate_batch
 
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
 logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
@@ -35,6 +38,18 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
 _FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+# What a bad row or medium raises (media decoding, row readers, processors); anything else is a real failure.
+_BAD_ITEM_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+class BadItemError(ValueError):
+    """An item that cannot be evaluated; names the benchmark, the item id, its row and the fix."""
+
+    def __init__(self, message: str, item_id: str, row: int, reason: str):
+        super().__init__(message)
+        self.item_id = item_id
+        self.row = row
+        self.reason = reason
 
 
 @dataclass
@@ -62,6 +77,13 @@ class EvalArguments:
         default=False,
         metadata={"help": "Start over: delete earlier predictions (otherwise a rerun resumes where it stopped)."},
     )
+    skip_bad_items: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip items whose row or media cannot be read (counted, logged, listed in scores.json under "
+            "`skipped_items`) instead of stopping with an error naming the item."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
@@ -79,8 +101,9 @@ class EvalArguments:
 def load_eval_dataset(data: str, split: str | None = None, subset: str | None = None) -> datasets.Dataset:
     """Load `data` (Hub id, folder, or one file) as a `Dataset`, with audio kept as raw bytes.
 
-    Audio columns are cast to `Audio(decode=False)`: decoding happens later with soundfile (torchcodec, datasets'
-    decoder, is not usable everywhere) and only for rows that are actually generated.
+    Image and audio columns are cast to `decode=False`: decoding happens later, item by item, with
+    `any2text.data.media` (torchcodec, datasets' audio decoder, is not usable everywhere) and only for rows that are
+    actually generated, so a corrupt medium is reported as that item's error rather than breaking a whole batch read.
     """
     path = Path(data)
     if path.is_file():
@@ -96,6 +119,8 @@ def load_eval_dataset(data: str, split: str | None = None, subset: str | None = 
     for name, feature in dataset.features.items():
         if isinstance(feature, datasets.Audio) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Audio(decode=False))
+        elif isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
     return dataset
 
 
@@ -158,16 +183,78 @@ def _append_predictions(path: Path, records: Sequence[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def _batches(
+def _bad_item(benchmark: Benchmark, item_id: str, row: int, error: Exception) -> BadItemError:
+    reason = str(error).strip().rstrip(".") or type(error).__name__
+    return BadItemError(
+        f"Benchmark `{benchmark.name}`: item `{item_id}` (row {row}) cannot be evaluated: {reason}. Fix or drop that "
+        "row, or pass `--skip_bad_items True` to skip such items (counted, and listed in scores.json).",
+        item_id=item_id,
+        row=row,
+        reason=reason,
+    )
+
+
+def _decode_media(messages: list[dict[str, Any]], processor: Any) -> list[dict[str, Any]]:
+    """`messages` with every image / audio reference decoded (so a bad medium fails here, for this item alone)."""
+    decoded = []
+    for message in messages:
+        content = []
+        for part in message["content"]:
+            if part["type"] == "image":
+                part = {**part, "image": load_image(part["image"])}
+            elif part["type"] == "audio":
+                part = {**part, "audio": load_audio(part["audio"], _processor_sampling_rate(processor))}
+            content.append(part)
+        decoded.append({**message, "content": content})
+    return decoded
+
+
+def _prepare_items(
     benchmark: Benchmark,
     dataset: datasets.Dataset,
     indices: Sequence[int],
-    batch_size: int,
+    ids: Sequence[str],
+    processor: Any,
     prompt_suffix: str | None,
-) -> Iterator[list[EvalItem]]:
-    for start in range(0, len(indices), batch_size):
-        rows = dataset.select(indices[start : start + batch_size])
-        yield [benchmark.build_item(row, idx, prompt_suffix) for row, idx in zip(rows, indices[start:])]
+) -> tuple[list[EvalItem], list[BadItemError]]:
+    """The items of rows `indices` with their media decoded, and an error for each row that could not be prepared."""
+    items, bad = [], []
+    for row, index in zip(dataset.select(indices), indices):
+        try:
+            item = benchmark.build_item(row, index, prompt_suffix)
+            item.messages = _decode_media(item.messages, processor)
+            items.append(item)
+        except _BAD_ITEM_ERRORS as error:
+            bad.append(_bad_item(benchmark, ids[index], index, error))
+    return items, bad
+
+
+def _generate(
+    benchmark: Benchmark,
+    model: Any,
+    processor: Any,
+    items: list[EvalItem],
+    rows: dict[str, int],
+    max_new_tokens: int,
+    batch_size: int,
+) -> tuple[list[tuple[EvalItem, str]], list[BadItemError]]:
+    """Answers of `items`; when the batch fails on its data, the items are retried one by one to find the bad ones."""
+    if not items:
+        return [], []
+    kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if len(items) > 1:
+        try:
+            answers = generate_batch(model, processor, [item.messages for item in items], **kwargs)
+            return list(zip(items, answers)), []
+        except _BAD_ITEM_ERRORS:
+            pass  # found item by item below
+    done, bad = [], []
+    for item in items:
+        try:
+            done.append((item, generate_batch(model, processor, [item.messages], **kwargs)[0]))
+        except _BAD_ITEM_ERRORS as error:
+            bad.append(_bad_item(benchmark, item.id, rows[item.id], error))
+    return done, bad
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -295,19 +382,20 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
         f"{len(pending)} to generate."
     )
 
+    skipped: list[dict[str, Any]] = []
     if pending:
         if model is None or processor is None:
             model, processor = load_model_and_processor(args.model, args.dtype, args.device)
         max_new_tokens = args.max_new_tokens or benchmark.max_new_tokens
+        rows = {ids[index]: index for index in pending}
         with tqdm(total=len(pending), desc=benchmark.name, unit="item") as progress:
-            for items in _batches(benchmark, dataset, pending, args.batch_size, args.prompt_suffix):
-                answers = generate_batch(
-                    model,
-                    processor,
-                    [item.messages for item in items],
-                    max_new_tokens=max_new_tokens,
-                    batch_size=args.batch_size,
+            for start in range(0, len(pending), args.batch_size):
+                chunk = pending[start : start + args.batch_size]
+                items, bad = _prepare_items(benchmark, dataset, chunk, ids, processor, args.prompt_suffix)
+                answered, failed = _generate(
+                    benchmark, model, processor, items, rows, max_new_tokens, batch_size=args.batch_size
                 )
+                # The good items of the batch are kept before a bad one stops the run.
                 _append_predictions(
                     predictions_path,
                     [
@@ -318,20 +406,36 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
                             "references": item.references,
                             "meta": item.meta,
                         }
-                        for item, answer in zip(items, answers)
+                        for item, answer in answered
                     ],
                 )
-                progress.update(len(items))
+                for error in sorted(bad + failed, key=lambda e: e.row):
+                    if not args.skip_bad_items:
+                        raise error
+                    skipped.append({"id": error.item_id, "row": error.row, "error": error.reason})
+                    logger.warning(f"Skipping item `{error.item_id}` ({len(skipped)} skipped so far): {error}")
+                progress.update(len(chunk))
+        if skipped:
+            logger.warning(
+                f"`{benchmark.name}`: skipped {len(skipped)} bad item(s) of {len(pending)}; see scores.json."
+            )
 
     # Score exactly the selected rows, in dataset order, even if the file holds more (an earlier larger --limit).
     by_id = {record["id"]: record for record in read_predictions(predictions_path)}
     records = [by_id[item_id] for item_id in ids if item_id in by_id]
+    if skipped and not records:
+        raise ValueError(
+            f"Benchmark `{benchmark.name}`: every one of the {len(skipped)} items was bad (first: {skipped[0]['error']}); "
+            "nothing to score. Check `--data`."
+        )
     scores = score_predictions(benchmark, records)
     result = {
         "benchmark": benchmark.name,
         "metric": benchmark.metric,
         "primary_score": benchmark.primary_score,
         "num_items": len(records),
+        "num_skipped": len(skipped),
+        "skipped_items": skipped,
         "scores": scores,
         "model": args.model,
         "data": data,
@@ -340,7 +444,12 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
         "arguments": asdict(args),
     }
     (out_dir / SCORES_JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / SCORES_MD).write_text(scores_markdown(benchmark, scores, len(records)), encoding="utf-8")
+    markdown = scores_markdown(benchmark, scores, len(records))
+    if skipped:
+        markdown += (
+            f"\n{len(skipped)} bad item(s) skipped (`--skip_bad_items`); see `skipped_items` in {SCORES_JSON}.\n"
+        )
+    (out_dir / SCORES_MD).write_text(markdown, encoding="utf-8")
     logger.info(f"`{benchmark.name}` scores written to {out_dir / SCORES_JSON}")
     return result
 

@@ -1,6 +1,6 @@
 """Training on the stock `Trainer`: argument groups, the freezing policy, LoRA, the entry point and LoRA merging."""
 
-from .arguments import DataArguments, LoraArguments, ModelArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora, lora_target_regex
 from .merge import merge_lora, merge_lora_main
@@ -13,6 +13,7 @@ __all__ = [
     "LoraArguments",
     "ModelArguments",
     "MultimodalTrainer",
+    "MultimodalTrainingArguments",
     "apply_freezing",
     "apply_lora",
     "build_trainer",

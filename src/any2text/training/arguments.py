@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers import TrainingArguments
+
 from ..data.bad_rows import BAD_ROWS_FILE, DEFAULT_MAX_BAD_ROWS, check_max_bad_rows
 from ..data.collator import TRUNCATION_MODES
 
@@ -178,4 +180,21 @@ class LoraArguments:
     use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
 
 
-__all__ = ["DataArguments", "LoraArguments", "ModelArguments"]
+@dataclass
+class MultimodalTrainingArguments(TrainingArguments):
+    """The stock `TrainingArguments` (every flag as transformers spells it) plus how training meets non-finite values.
+
+    A subclass, as TRL's `SFTConfig` is, so the argument groups stay four and nothing stock is declared again.
+    """
+
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={
+            "help": "On a non-finite loss or gradient norm, skip that optimizer update (logged with the batch's rows, "
+            "counted) instead of stopping with an error naming the step and the rows. Not the stock "
+            "`--logging_nan_inf_filter`, which only keeps NaN losses out of the logged average. Not under DeepSpeed."
+        },
+    )
+
+
+__all__ = ["DataArguments", "LoraArguments", "ModelArguments", "MultimodalTrainingArguments"]

@@ -35,22 +35,23 @@ import transformers
 import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from ..data.bad_rows import BAD_ROWS_FILE, BadRowLog
 from ..data.collator import MultimodalCollator
 from ..data.loading import MultimodalDataset, parse_dataset_specs
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
-from .arguments import DataArguments, LoraArguments, ModelArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
+from .checkpoints import resolve_resume_checkpoint
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
+from .nonfinite import NonFiniteError
 from .trainer import DataReportCallback, MultimodalTrainer
 
 logger = logging.get_logger(__name__)
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, MultimodalTrainingArguments)
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -241,21 +242,12 @@ def build_dataset(
 
 
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint` as a path; `True` / `last` means the newest checkpoint in `--output_dir`."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none"):
-        return None
-    if str(value).lower() in ("true", "last", "latest"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(
-                f"`--resume_from_checkpoint {value}` but `{training_args.output_dir}` holds no `checkpoint-*` folder. "
-                "Pass a checkpoint path, or leave the flag out to start from scratch."
-            )
-        return last
-    if not os.path.isdir(value):
-        raise ValueError(f"`--resume_from_checkpoint {value}` is not a folder; pass a `checkpoint-*` folder.")
-    return value
+    """`--resume_from_checkpoint` as a path; `True` / `last` means the newest COMPLETE checkpoint in `--output_dir`.
+
+    Torn checkpoints (a save cut by a kill or a full disk) are passed over with a warning and left in place; an
+    explicit torn path is an error (see `checkpoints.resolve_resume_checkpoint`).
+    """
+    return resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
 
 def _check_lengths(lengths: list[int], collator: MultimodalCollator) -> None:
@@ -354,6 +346,7 @@ def train(
     transformers.set_seed(training_args.seed)
     trainer = build_trainer(model_args, data_args, lora_args, training_args)
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    _report_skipped_steps(trainer, result.metrics)
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
@@ -370,6 +363,21 @@ def train(
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     return trainer
+
+
+def _report_skipped_steps(trainer: MultimodalTrainer, metrics: dict) -> None:
+    """Count the steps `--skip_nonfinite_steps` skipped in the metrics; a run that skipped every step is an error."""
+    skipped = trainer.num_nonfinite_steps_skipped
+    if not skipped:
+        return
+    metrics["train_nonfinite_steps_skipped"] = skipped
+    steps_run = trainer.state.global_step
+    logger.warning(f"Skipped {skipped} of {steps_run} optimizer steps on non-finite losses or gradients (see above).")
+    if skipped >= steps_run:
+        raise NonFiniteError(
+            f"Every one of the {steps_run} optimizer steps of this run was non-finite and skipped: nothing was learned, "
+            "so nothing is saved. Check the data for non-finite media and lower `--learning_rate`."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
