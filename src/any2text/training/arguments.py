@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.collator import TRUNCATION_MODES
+from ..data.packing import PACKING_STRATEGIES
 
 
 @dataclass
@@ -125,6 +126,28 @@ class DataArguments:
     validate_rows: bool = field(
         default=False,
         metadata={"help": "Check every row (template, media files exist) before training starts."},
+    )
+    # Throughput (TRL's names; see `any2text.data.packing`).
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
+            "attention never crosses samples. Loss and gradients equal the padded batch's."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
+            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
+        },
+    )
+    packing_strategy: str = field(
+        default="bfd",
+        metadata={
+            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
+            "choices": list(PACKING_STRATEGIES),
+        },
     )
 
     def __post_init__(self):

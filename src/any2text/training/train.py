@@ -45,6 +45,7 @@ from .arguments import DataArguments, LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
+from .throughput import ThroughputCallback, apply_liger_kernel, prepare_packing, warn_if_data_in_main_process
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
@@ -257,6 +258,11 @@ def _check_lengths(lengths: list[int], collator: MultimodalCollator) -> None:
     logger.warning(f"{message} They are handled with `--truncation {collator.truncation}`.")
 
 
+def _checked_lengths(lengths: list[int], collator: MultimodalCollator) -> list[int]:
+    _check_lengths(lengths, collator)
+    return lengths
+
+
 def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -285,6 +291,7 @@ def build_trainer(
             logger.info("ZeRO-3: dropping the load-time weight-conversion record so the saved keys stay ours.")
             model._weight_conversions = None
     apply_freezing(model, model_args, use_peft=lora_args.use_peft)
+    apply_liger_kernel(model, training_args)  # --use_liger_kernel, on the language model (training/throughput.py)
     if training_args.gradient_checkpointing:
         # Frozen input embeddings give checkpointed blocks inputs without grad; this keeps gradients flowing.
         model.enable_input_require_grads()
@@ -292,11 +299,22 @@ def build_trainer(
         model = apply_lora(model, lora_args, model_args)
     logger.info(f"Parameters per component:\n{parameter_table(model)}")
 
+    flat = data_args.padding_free or data_args.packing  # the packing wrapper adds the blank image row itself
     collator = MultimodalCollator(
-        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
+        processor,
+        max_length=data_args.max_length,
+        truncation=data_args.truncation,
+        ensure_image=ensure_image and not flat,
     )
     train_dataset = build_dataset(data_args, "train", processor, training_args.seed)
     eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed)
+    # --padding_free / --packing (training/throughput.py): datasets of bins and a flattening collator.
+    packed = prepare_packing(
+        data_args, collator, train_dataset, eval_dataset, ensure_image,
+        lengths_of=lambda dataset: _checked_lengths(sample_lengths(dataset, collator), collator),
+    )  # fmt: skip
+    train_dataset, eval_dataset = packed.train_dataset, packed.eval_dataset
+    warn_if_data_in_main_process(training_args)
     train_lengths = None
     if train_dataset is not None and training_args.train_sampling_strategy == "group_by_length":
         train_lengths = sample_lengths(train_dataset, collator)
@@ -307,9 +325,9 @@ def build_trainer(
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
+        data_collator=packed.collator,
         processing_class=processor,
-        callbacks=[DataReportCallback(collator, train_dataset)],
+        callbacks=[DataReportCallback(collator, train_dataset), ThroughputCallback(packed.samples_per_item)],
         train_lengths=train_lengths,
     )
 
