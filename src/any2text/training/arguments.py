@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from ..data.bad_rows import BAD_ROWS_FILE, DEFAULT_MAX_BAD_ROWS, check_max_bad_rows
 from ..data.collator import TRUNCATION_MODES
+from ..data.packing import PACKING_STRATEGIES
 
 
 @dataclass
@@ -148,6 +149,28 @@ class DataArguments:
         metadata={
             "help": "Read media paths that lead outside the media root (`../x.png`, absolute paths elsewhere); "
             "refused by default."
+        },
+    )
+    # Throughput (TRL's names; see `any2text.data.packing`).
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
+            "attention never crosses samples. Loss and gradients equal the padded batch's."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
+            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
+        },
+    )
+    packing_strategy: str = field(
+        default="bfd",
+        metadata={
+            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
+            "choices": list(PACKING_STRATEGIES),
         },
     )
 

@@ -47,7 +47,8 @@ from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
 from .nonfinite import NonFiniteError
-from .trainer import DataReportCallback, MultimodalTrainer
+from .throughput import ThroughputCallback, apply_liger_kernel, prepare_packing, warn_if_data_in_main_process
+from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
 
@@ -266,6 +267,11 @@ def _check_lengths(lengths: list[int], collator: MultimodalCollator) -> None:
     logger.warning(f"{message} They are handled with `--truncation {collator.truncation}`.")
 
 
+def _checked_lengths(lengths: list[int], collator: MultimodalCollator) -> list[int]:
+    _check_lengths(lengths, collator)
+    return lengths
+
+
 def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -294,6 +300,7 @@ def build_trainer(
             logger.info("ZeRO-3: dropping the load-time weight-conversion record so the saved keys stay ours.")
             model._weight_conversions = None
     apply_freezing(model, model_args, use_peft=lora_args.use_peft)
+    apply_liger_kernel(model, training_args)  # --use_liger_kernel, on the language model (training/throughput.py)
     if training_args.gradient_checkpointing:
         # Frozen input embeddings give checkpointed blocks inputs without grad; this keeps gradients flowing.
         model.enable_input_require_grads()
@@ -303,11 +310,12 @@ def build_trainer(
 
     # One record of bad rows for the datasets and the collator: each row counted once, one cap, one file.
     bad_rows = BadRowLog(data_args.max_bad_rows, path=os.path.join(training_args.output_dir, BAD_ROWS_FILE))
+    flat = data_args.padding_free or data_args.packing  # the packing wrapper adds the blank image row itself
     collator = MultimodalCollator(
         processor,
         max_length=data_args.max_length,
         truncation=data_args.truncation,
-        ensure_image=ensure_image,
+        ensure_image=ensure_image and not flat,
         skip_bad_rows=data_args.skip_bad_rows,
         bad_rows=bad_rows,
         allow_media_outside_root=data_args.allow_media_outside_root,
@@ -317,21 +325,30 @@ def build_trainer(
     group_by_length = training_args.train_sampling_strategy == "group_by_length"
     train_dataset = build_dataset(data_args, "train", processor, training_args.seed, bad_rows, check, validate=False)
     eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed, bad_rows, check)
-    train_lengths = None
-    if train_dataset is not None and (data_args.validate_rows or group_by_length):
-        # One pass before step 1: bad rows found (or dropped) now, and with group_by_length the lengths measured.
-        train_lengths = train_dataset.validate(length_fn=collator.sample_length if group_by_length else None)
-    if train_lengths is not None:
-        _check_lengths(train_lengths, collator)
+    measure = group_by_length or data_args.packing
+    if train_dataset is not None and (data_args.validate_rows or measure):
+        # One pass before step 1: bad rows found (or dropped) now, and lengths measured for grouping / packing.
+        lengths = train_dataset.validate(length_fn=collator.sample_length if measure else None)
+        if lengths is not None:
+            _check_lengths(lengths, collator)
+    # --padding_free / --packing (training/throughput.py): datasets of bins and a flattening collator.
+    packed = prepare_packing(
+        data_args, collator, train_dataset, eval_dataset, ensure_image,
+        lengths_of=lambda dataset: _checked_lengths(sample_lengths(dataset, collator), collator),
+    )  # fmt: skip
+    train_dataset, eval_dataset = packed.train_dataset, packed.eval_dataset
+    warn_if_data_in_main_process(training_args)
+    # Lengths of what the sampler sees (samples, or packed rows); both datasets keep them, so this reads a list.
+    train_lengths = sample_lengths(train_dataset, collator) if train_dataset is not None and group_by_length else None
 
     return MultimodalTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collator,
+        data_collator=packed.collator,
         processing_class=processor,
-        callbacks=[DataReportCallback(collator, train_dataset)],
+        callbacks=[DataReportCallback(collator, train_dataset), ThroughputCallback(packed.samples_per_item)],
         train_lengths=train_lengths,
     )
 

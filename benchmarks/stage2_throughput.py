@@ -1,0 +1,333 @@
+"""Stage-2 training throughput on long-tailed answers: any2text padded vs padding-free vs packed, and TRL + stock Llava.
+
+    /work/bin/wtpy -m pip install --no-deps --target build/trl trl     # the peer only; never a project dependency
+    python benchmarks/stage2_throughput.py [--samples 96] [--steps 6] [--repeats 3] [--batch 8]
+
+The data: LLaVA-format rows, each one 224 px image (256 tokens after CLIP-14's CLS is dropped), a short prompt and an
+answer of long-tailed length (log-normal, median ≈ 60 tokens, capped), like LLaVA-Instruct. The model: a random
+2-layer Llama (hidden 256, vocabulary 32,000) and a 2-layer CLIP ViT (224 px, patch 14), both checkpoints written by
+our builders from the same saved parts: `build_llama_vision_audio` (ours) and `build_llama_vision` (stock
+`LlavaForConditionalGeneration`, the peer's). Stage 2: vision tower frozen, projector + language model train.
+
+Variants (each run in its own process, interleaved over `--repeats` rounds; the figure is the median round):
+- `padded`: `any2text.train` as shipped (batches of `--batch` samples, right-padded);
+- `padding_free`: `--padding_free True` (the same batches as one row: same loss, see tests/test_packing.py);
+- `packed`: `--packing True --max_length M` (best-fit-decreasing rows; rows per step chosen so a step holds about
+  `--batch` samples on average);
+- `trl`: TRL's `SFTTrainer` (vision path; TRL refuses padding-free / packing for vision data) on the stock Llava.
+
+Every variant runs the Trainer's loop with `dataloader_num_workers=0`, so a step's time includes its data
+(collation, image processing). Reported: samples/s and real (non-pad) tokens/s over the steps after the first,
+the mean training loss of those steps, and peak RSS. Writes benchmarks/results/stage2_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("padded", "padding_free", "packed", "trl")
+WORDS = (
+    "the a cat dog sky red blue green house tree car road sun light man woman child sits runs looks left right".split()
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Setup (parent process)
+
+
+def prepare(workdir: Path, samples: int, seed: int) -> dict:
+    """Write the LM, CLIP, both checkpoints and the dataset into `workdir` (once)."""
+    import torch
+    from PIL import Image
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    from any2text.builders.llama_vision import build_llama_vision
+    from any2text.builders.llama_vision_audio import build_llama_vision_audio
+    from any2text.builders.presets import tiny_tokenizer_path
+
+    if (workdir / "done.json").is_file():
+        return json.loads((workdir / "done.json").read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    text = LlamaConfig(
+        vocab_size=32000, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(text).save_pretrained(workdir / "lm")
+    tokenizer.save_pretrained(workdir / "lm")
+    vision = CLIPVisionConfig(
+        image_size=224,
+        patch_size=14,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    CLIPVisionModel(vision).save_pretrained(workdir / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(
+        workdir / "clip"
+    )
+    build_llama_vision_audio(workdir / "lm", workdir / "clip", None, workdir / "ours", dtype="float32")
+    build_llama_vision(workdir / "lm", workdir / "clip", workdir / "llava", dtype="float32")
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    (workdir / "images").mkdir(exist_ok=True)
+    for i in range(samples):
+        pixels = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(workdir / "images" / f"{i}.png")
+        words = int(min(np.exp(rng.normal(3.6, 1.0)), 900))  # median ≈ 37 words ≈ 60 tokens, a long tail
+        answer = " ".join(rng.choice(WORDS, size=max(words, 1)))
+        rows.append(
+            {
+                "id": str(i),
+                "image": f"images/{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the picture."},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
+    (workdir / "data.json").write_text(json.dumps(rows))
+    info = {"samples": samples}
+    (workdir / "done.json").write_text(json.dumps(info))
+    return info
+
+
+def packing_plan(workdir: Path, batch: int) -> tuple[int, int, list[int]]:
+    """`max_length` (the longest sample, rounded up to a multiple of 64) and rows per step that hold about `batch` samples."""
+    from transformers import AutoProcessor
+
+    from any2text.data.collator import MultimodalCollator
+    from any2text.data.loading import MultimodalDataset, parse_dataset_specs
+    from any2text.data.packing import bfd_bins
+
+    collator = MultimodalCollator(AutoProcessor.from_pretrained(workdir / "ours"))
+    dataset = MultimodalDataset(parse_dataset_specs(f"{workdir / 'data.json'},", templates="LLaVA,"))
+    lengths = [collator.sample_length(dataset.messages(i, decode_media=False)) for i in range(len(dataset))]
+    max_length = -(-max(lengths) // 64) * 64
+    bins = bfd_bins(lengths, max_length)
+    rows = max(1, round(batch * len(bins) / len(lengths)))
+    return max_length, rows, lengths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One variant (child process)
+
+
+class StepClock:
+    """A `TrainerCallback`: wall time between consecutive step ends (data included) and the loss of each step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.last = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                now = time.perf_counter()
+                clock.times.append(now - clock.last)
+                clock.last = now
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    clock.losses.append(float(logs["loss"]))
+
+        self.times: list[float] = []
+        self.losses: list[float] = []
+        self.last = 0.0
+        self.callback = _Callback()
+
+
+class Counting:
+    """Wraps a data collator: counts the samples and the real (non-pad) tokens of each batch."""
+
+    def __init__(self, collator, pad_token_id: int):
+        self.collator = collator
+        self.pad_token_id = pad_token_id
+        self.samples: list[int] = []
+        self.tokens: list[int] = []
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.samples.append(sum(len(f["packed"]) if "packed" in f else 1 for f in features))
+        if "attention_mask" in batch:
+            self.tokens.append(int(batch["attention_mask"].sum()))
+        else:
+            self.tokens.append(int((batch["input_ids"] != self.pad_token_id).sum()))
+        return batch
+
+
+def run_any2text(variant: str, workdir: Path, args: argparse.Namespace, max_length: int, rows: int) -> dict:
+    from any2text.training.train import build_trainer, parse_args
+
+    flags = [
+        "--model_name_or_path", str(workdir / "ours"), "--output_dir", str(workdir / "out" / variant),
+        "--train_datasets", f"{workdir / 'data.json'},", "--train_template", "LLaVA,",
+        "--freeze_language_model", "False", "--per_device_train_batch_size", str(args.batch),
+        "--max_steps", str(args.steps), "--learning_rate", "1e-4", "--logging_steps", "1", "--save_strategy", "no",
+        "--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0",
+        "--log_level", "error", "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+    if variant == "padding_free":
+        flags += ["--padding_free", "True"]
+    if variant == "packed":
+        flags += ["--packing", "True", "--max_length", str(max_length), "--per_device_train_batch_size", str(rows)]
+    trainer = build_trainer(*parse_args(flags))
+    return _train(trainer, trainer.processing_class.tokenizer.pad_token_id)
+
+
+def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(REPO / "build" / "trl"))
+    import datasets
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
+    rows = json.loads((workdir / "data.json").read_text())
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the picture."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": row["conversations"][1]["value"]}]},
+            ],
+            "images": [Image.open(workdir / row["image"]).convert("RGB")],
+        }
+        for row in rows
+    ]
+    dataset = datasets.Dataset.from_list(records)
+    model = AutoModelForImageTextToText.from_pretrained(workdir / "llava", dtype="float32")
+    model.model.vision_tower.requires_grad_(False)
+    processor = AutoProcessor.from_pretrained(workdir / "llava")
+    config = SFTConfig(
+        output_dir=str(workdir / "out" / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        learning_rate=1e-4, logging_steps=1, save_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True,
+        seed=0, max_length=None, dataloader_num_workers=0, log_level="error",
+    )  # fmt: skip
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
+    return _train(trainer, processor.tokenizer.pad_token_id)
+
+
+def _train(trainer, pad_token_id: int) -> dict:
+    counting = Counting(trainer.data_collator, pad_token_id)
+    trainer.data_collator = counting
+    clock = StepClock()
+    trainer.add_callback(clock.callback)
+    trainer.train()
+    # Step 0 warms up (allocations, first-call overheads); the rest are timed. Batch i is step i (no workers, GA 1).
+    times, samples, tokens = (
+        clock.times[1:],
+        counting.samples[1 : len(clock.times)],
+        counting.tokens[1 : len(clock.times)],
+    )
+    return {
+        "samples_per_s": sum(samples) / sum(times),
+        "tokens_per_s": sum(tokens) / sum(times),
+        "step_s": statistics.median(times),
+        "samples_per_step": sum(samples) / len(samples),
+        "loss": statistics.mean(clock.losses[1:]),
+        "first_loss": clock.losses[0],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Driver
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--workdir", default=str(REPO / "build" / "bench_stage2"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max_length", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+
+    if args.worker:
+        if args.worker == "trl":
+            result = run_trl(workdir, args)
+        else:
+            result = run_any2text(args.worker, workdir, args, args.max_length, args.rows)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    prepare(workdir, args.samples, args.seed)
+    max_length, rows, lengths = packing_plan(workdir, args.batch)
+    padded_share = _padding_share(lengths, args.batch)
+    print(f"{len(lengths)} samples, lengths median {int(np.median(lengths))} max {max(lengths)}; padded batches of "
+          f"{args.batch} are {padded_share:.0%} padding; packed: max_length {max_length}, {rows} rows/step")  # fmt: skip
+    variants = args.variants.split(",")
+    runs: dict[str, list[dict]] = {variant: [] for variant in variants}
+    for round_ in range(args.repeats):
+        for variant in variants:  # interleaved: each round runs every variant once, so load drifts hit all alike
+            command = [
+                sys.executable, __file__, "--worker", variant, "--workdir", str(workdir), "--steps", str(args.steps),
+                "--batch", str(args.batch), "--max_length", str(max_length), "--rows", str(rows),
+            ]  # fmt: skip
+            env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise RuntimeError(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+            runs[variant].append(json.loads(line[len("RESULT ") :]))
+            print(f"round {round_}: {variant}: {runs[variant][-1]}", flush=True)
+
+    summary = {}
+    for variant, results in runs.items():
+        summary[variant] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+    base = summary.get("padded")
+    print(
+        "\n| variant | samples/s | tokens/s | samples/step | step (s) | loss | peak RSS (MB) | samples/s vs padded |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for variant, s in summary.items():
+        ratio = f"x{s['samples_per_s'] / base['samples_per_s']:.2f}" if base else "-"
+        print(
+            f"| {variant} | {s['samples_per_s']:.2f} | {s['tokens_per_s']:.0f} | {s['samples_per_step']:.1f} | "
+            f"{s['step_s']:.2f} | {s['loss']:.3f} | {s['peak_rss_mb']:.0f} | {ratio} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = {"args": {k: v for k, v in vars(args).items() if k not in ("worker",)}, "max_length": max_length,
+           "rows_per_step": rows, "padding_share": padded_share, "runs": runs, "median": summary}  # fmt: skip
+    (RESULTS / "stage2_throughput.json").write_text(json.dumps(out, indent=1))
+
+
+def _padding_share(lengths: list[int], batch: int) -> float:
+    """Pad share of padded batches of `batch` consecutive samples (what the sequential order would give)."""
+    padded = sum(max(lengths[i : i + batch]) * len(lengths[i : i + batch]) for i in range(0, len(lengths), batch))
+    return 1 - sum(lengths) / padded
+
+
+if __name__ == "__main__":
+    main()
