@@ -167,14 +167,17 @@ def image_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image
     return PIL.Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
 
 
-def _check_finite(waveform: np.ndarray, name: str) -> np.ndarray:
-    bad = int((~np.isfinite(waveform)).sum())
-    if bad:
-        raise NonFiniteMediaError(
-            f"Audio {name} holds {bad} non-finite samples (NaN or inf) out of {waveform.size}; it would make the "
-            "loss NaN. Replace or remove the file."
-        )
-    return waveform
+def _finite_mono(array, name: str) -> np.ndarray:
+    """`to_mono_float`, after refusing NaN / inf samples as a `NonFiniteMediaError` (a bad row with its own cause)."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise NonFiniteMediaError(
+                f"Audio {name} holds {bad} non-finite samples (NaN or inf) out of {array.size}; it would make the "
+                "loss NaN. Replace or remove the file."
+            )
+    return to_mono_float(array, name)
 
 
 def load_image(
@@ -254,7 +257,7 @@ def load_audio(
     if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
         raise ValueError(f"`sampling_rate` must be a positive integer, got {sampling_rate!r}.")
     if isinstance(ref, np.ndarray):
-        return _check_finite(to_mono_float(ref, _describe(ref)), _describe(ref))
+        return _finite_mono(ref, _describe(ref))
     source = _as_path_or_bytes(ref, media_root, allow_outside_root)
     if source is not None:
         file, name = source
@@ -266,7 +269,7 @@ def load_audio(
                 f"Audio {name} could not be decoded ({error}). soundfile reads wav/flac/ogg/mp3; "
                 "convert the file or remove the row."
             ) from error
-        waveform = _check_finite(to_mono_float(array, name), name)
+        waveform = _finite_mono(array, name)
     else:
         name = _describe(ref)
         try:
@@ -278,7 +281,7 @@ def load_audio(
             ) from error
         if hasattr(array, "numpy"):  # a torch tensor, as decoders may return
             array = array.numpy()
-        waveform = _check_finite(to_mono_float(np.asarray(array), name), name)
+        waveform = _finite_mono(array, name)
     return resample(waveform, int(orig_rate), int(sampling_rate))
 
 
