@@ -7,7 +7,7 @@ fake kernels for `nms` / `qnms` without checking that the ops loaded (https://gi
 the fix, https://github.com/pytorch/vision/pull/9649, guards them with `torchvision.extension._has_ops()`).
 This applies that guard to the copy installed under `build/` for the vLLM tests only (never to a user's install):
 
-    python tests/vllm/guard_torchvision_ops.py build/vllm-torchvision/torchvision
+    python tests/vllm_e2e/guard_torchvision_ops.py build/vllm-torchvision/torchvision
 """
 
 import sys

@@ -4,7 +4,7 @@
 in-process engine spinning instead of exiting. One engine serves all prompts of a checkpoint (starting one takes
 most of a minute); each prompt is generated on its own and reports its own result or error. Usage:
 
-    python tests/vllm/vllm_case.py RUN.json
+    python tests/vllm_e2e/vllm_case.py RUN.json
 
 RUN.json: {"model": DIR, "model_impl": "transformers" | "auto", "max_model_len": INT, "max_tokens": INT,
 "prompts": [{"name": STR, "prompt": TEXT, "image": PNG | null, "audio": NPY | null, "sampling_rate": INT | null}],
