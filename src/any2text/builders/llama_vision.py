@@ -3,15 +3,20 @@
 The result runs on plain transformers with nothing of any2text installed; it is what the seed recipe produces.
 """
 
+import json
+import re
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.utils import logging
 
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
-from .checkpoint import BuildRecord, write_outputs
+from .checkpoint import BuildRecord, push_checkpoint, save_checkpoint
 from .components import (
     IMAGE_TOKEN,
     add_placeholder_tokens,
@@ -111,7 +116,57 @@ def build_llama_vision(
         num_old_tokens=num_old_tokens,
         seed=seed,
     )
-    write_outputs(
-        model, processor, record, save_path, push_to_hub, False, max_shard_size, private=private, token=token
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # Uploading without `save_path` still uploads the folder as written here, nested CLIP keys included.
+        folder = save_path if save_path is not None else (tmp if push_to_hub is not None else None)
+        if folder is not None:
+            logger.info(f"[4/5] Saving to {folder}")
+            save_checkpoint(model, processor, folder, record, max_shard_size=max_shard_size, remote_code=False)
+            if vision_config.model_type == "clip_vision_model":
+                nest_clip_vision_keys(folder)
+        if push_to_hub is not None:
+            logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
+            push_checkpoint(
+                model,
+                processor,
+                push_to_hub,
+                record,
+                save_path=folder,
+                remote_code=False,
+                private=private,
+                token=token,
+            )
+    logger.info("Done.")
     return model, processor
+
+
+# A CLIP tower key saved without the `vision_model.` level, in the legacy (`vision_tower.`) or the new
+# (`model.vision_tower.`) Llava layout.
+_FLAT_CLIP_KEY = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
+
+
+def nest_clip_vision_keys(folder: str | Path) -> None:
+    """Rewrite a saved Llava checkpoint's CLIP tower keys as `vision_tower.vision_model.*`, in place.
+
+    transformers >= 5.19 keeps `CLIPVisionModel`'s layers directly under the tower and saves a freshly built Llava's
+    CLIP keys without the `vision_model.` level (`vision_tower.encoder...`), a layout only those versions read.
+    The nested layout (`vision_tower.vision_model.encoder...`) is the one every Llava checkpoint on the Hub uses: vLLM's
+    native Llava and older transformers (vLLM pins one) require it, and transformers >= 5.19 loads it into the same
+    modules (its `CLIPVisionModel` weight conversion strips the level). Only the shards holding tower keys are
+    rewritten; their safetensors metadata and the shard index are kept.
+    """
+    folder = Path(folder)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else None
+    if index is not None:
+        shards = sorted({shard for key, shard in index["weight_map"].items() if _FLAT_CLIP_KEY.match(key)})
+    else:
+        shards = ["model.safetensors"]
+    for shard in shards:
+        with safe_open(folder / shard, framework="pt") as f:
+            metadata = f.metadata()
+            tensors = {_FLAT_CLIP_KEY.sub(r"\1vision_model.", key): f.get_tensor(key) for key in f.keys()}
+        save_file(tensors, folder / shard, metadata=metadata)
+    if index is not None:
+        index["weight_map"] = {_FLAT_CLIP_KEY.sub(r"\1vision_model.", k): v for k, v in index["weight_map"].items()}
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
