@@ -8,6 +8,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("any2text.builders.cli", "main", "compose a checkpoint from a text LLM and pretrained encoders"),
     "convert-seed": ("any2text.builders.seed", "main", "convert a seed (align-anything) checkpoint"),
     "train": ("any2text.training.train", "main", "train (stage 1 / stage 2, LoRA, DeepSpeed) on the Trainer"),
+    "dpo": ("any2text.training.dpo", "main", "align (stage 3: DPO on image / audio / mixed preference pairs)"),
     "merge-lora": ("any2text.training.merge", "merge_lora_main", "merge a LoRA stage-2 output into a checkpoint"),
     "eval": ("any2text.evaluation.evaluate", "main", "score a checkpoint on a benchmark"),
     "chat": ("any2text.evaluation.chat", "main", "chat with a checkpoint about an image and/or audio clip"),

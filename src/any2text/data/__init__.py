@@ -9,6 +9,7 @@ from .loading import (
     parse_dataset_specs,
 )
 from .media import load_audio, load_image, resample, resolve_path
+from .preference import PreferenceCollator, PreferenceDataset, PreferenceMessages  # registers preference templates
 from .templates import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
@@ -27,6 +28,9 @@ __all__ = [
     "BadRowError",
     "DatasetSpec",
     "MultimodalDataset",
+    "PreferenceCollator",
+    "PreferenceDataset",
+    "PreferenceMessages",
     "Template",
     "assistant_message",
     "available_templates",
