@@ -311,3 +311,23 @@ def test_dpo_example_scripts_parse(script, monkeypatch):
                                 media_roots=data_args.media_root)  # fmt: skip
     assert all(spec.template in ("RLAIF-V", "AA_TI2T", "AA_TA2T", "TRL-Preference") for spec in specs)
     assert dpo_args.loss_type == ["sigmoid"] and training_args.deepspeed
+
+
+def test_stock_llava_pair_logps_equal_separate_forwards(tmp_path):
+    from test_train_helpers import build_tiny_llava
+
+    path = build_tiny_llava(tmp_path / "llava")
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    pairs = [_mixed_pairs()[0], _mixed_pairs()[2]]
+    with torch.no_grad():
+        got = pair_logps(model, PreferenceCollator(processor)([{"messages": pair} for pair in pairs]))
+    sft = MultimodalCollator(processor)
+    for i, pair in enumerate(pairs):
+        for side, conversation in (("chosen", list(pair)), ("rejected", [*pair.prompt, *pair.rejected])):
+            single = sft([{"messages": conversation}])
+            labels = single.pop("labels")
+            with torch.no_grad():
+                logits = model(**single).logits
+            expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
+            torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
