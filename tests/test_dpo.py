@@ -331,3 +331,20 @@ def test_stock_llava_pair_logps_equal_separate_forwards(tmp_path):
                 logits = model(**single).logits
             expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
             torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_file, tmp_path):
+    from any2text.cli import main as cli_main
+
+    assert cli_main(["eval", "--benchmark", "preference", "--model", str(checkpoint), "--ref_model", str(checkpoint),
+                     "--data", str(pairs_file), "--output_dir", str(tmp_path), "--limit", "6"]) == 0  # fmt: skip
+    out = tmp_path / "preference"
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and {"id", "chosen_logp", "rejected_logp", "ref_chosen_logp", "correct"} <= set(
+        records[0]
+    )
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    # The policy is its own reference: every implicit reward is 0, so no pair is "preferred" (TRL's strict `>`).
+    assert scores["reward_accuracy"] == 0.0
+    assert scores["logp_accuracy"] == sum(r["chosen_logp"] > r["rejected_logp"] for r in records) / 6
+    assert (out / "scores.md").is_file()

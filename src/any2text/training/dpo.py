@@ -514,6 +514,11 @@ def build_dpo_trainer(
             "With `--use_peft` the reference is the model with its adapters disabled; leave "
             "`--ref_model_name_or_path` unset (or train without LoRA)."
         )
+    if training_args.train_sampling_strategy == "group_by_length":
+        raise ValueError(
+            "`--train_sampling_strategy group_by_length` is not supported by `any2text.dpo` yet (pair lengths are not "
+            "precomputed); use `random` or `sequential`."
+        )
     training_args.remove_unused_columns = False
     training_args.label_names = ["chosen_labels"]
 
