@@ -74,7 +74,7 @@ def test_zero3_two_ranks_mixed_modality_dpo(tmp_path, reference):
         "--freeze_language_model", "False", "--use_cpu", "True",
         "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "True", *extra,
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert sum("rewards/accuracies" in h for h in history) == 2
