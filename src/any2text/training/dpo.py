@@ -299,7 +299,11 @@ class DPOTrainer(MultimodalTrainer):
             table = self._ref_tables.get(mode)
             if table is None:
                 table = self._ref_tables[mode] = self._precompute(model, mode)
-            pairs = [table[int(i)] for i in inputs["index"]]
+            # A padding row (`pair_mask` False, see `ensure_image`) has no pair and no entry.
+            pairs = [
+                table[int(i)] if keep else (0.0, 0.0)
+                for i, keep in zip(inputs["index"].tolist(), inputs["pair_mask"].tolist())
+            ]
             device = inputs["chosen_labels"].device
             return (
                 torch.tensor([c for c, _ in pairs], device=device),
