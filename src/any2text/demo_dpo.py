@@ -62,7 +62,7 @@ def _by_kind(kinds: list[str], values: list[bool]) -> dict[str, float]:
 
 
 def run_dpo_stage(
-    out: Path, model_dir: Path, n_train: int = 400, n_test: int = 100, epochs: float = 3.0, lr: float = 2e-3,
+    out: Path, model_dir: Path, n_train: int = 400, n_test: int = 100, epochs: float = 3.0, lr: float = 4e-3,
     seed: int = 0, image_size: int = 32, sampling_rate: int = 16000,
 ) -> dict:  # fmt: skip
     """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results."""
