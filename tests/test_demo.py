@@ -19,6 +19,12 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
         assert r["accuracy"] >= r["chance"] + 0.3, (modality, r)
         assert r["blind_accuracy"] <= r["chance"] + 0.15, (modality, r)
 
+    # Stage 3: DPO on a preference task stage 2 never taught; the preferred answer depends on the image / clip.
+    dpo = results["dpo"]
+    assert dpo["logp_accuracy_after"]["all"] >= dpo["logp_accuracy_before"]["all"] + 0.25, dpo
+    assert dpo["reward_accuracy_after"]["all"] >= 0.75, dpo
+    assert dpo["blind_logp_accuracy_after"]["all"] <= 0.7, dpo  # the media, not the wording, decide
+
     out = tmp_path / "demo"
     for name in ("results.json", "results.md", "loss_curves.png", "stage2/trainer_state.json"):
         assert (out / name).is_file(), name

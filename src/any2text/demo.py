@@ -10,7 +10,9 @@
    both through `any2text.train`;
 4. held-out accuracy per question type for the trained model, the same model with the media withheld ("blind"),
    and chance; the model is reloaded with `AutoModelForImageTextToText` / `AutoProcessor` for this;
-5. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
+5. stage 3, DPO (`any2text.dpo`, LoRA) on a preference task stage 2 never taught, whose preferred answer depends on
+   the image or clip: held-out preference accuracy before and after, blind, and greedy answers (see `demo_dpo`);
+6. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
 """
 
 import argparse
@@ -180,6 +182,10 @@ def results_markdown(results: dict) -> str:
         lines.append(
             f"| **all {name}** | **{r['accuracy']:.1%}** | {r['blind_accuracy']:.1%} | {r['chance']:.1%} | {r['n']} |"
         )
+    if results.get("dpo"):
+        from any2text.demo_dpo import dpo_markdown
+
+        lines += ["", dpo_markdown(results["dpo"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -191,6 +197,8 @@ def run_demo(
     stage2_epochs: float = 10.0,
     use_peft: bool = False,
     seed: int = 0,
+    dpo_pairs: int = 256,
+    dpo_epochs: float = 3.0,
 ) -> dict:
     out = Path(output_dir)
     if out.exists():
@@ -199,18 +207,18 @@ def run_demo(
     start = time.perf_counter()
     timings = {}
 
-    logger.warning("[1/6] writing synthetic data")
+    logger.warning("[1/7] writing synthetic data")
     meta = generate_demo_data(
         out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS
     )
-    logger.warning("[2/6] saving tiny pretrained parts and building the model with the real builder")
+    logger.warning("[2/7] saving tiny pretrained parts and building the model with the real builder")
     parts = save_tiny_parts(out / "parts", seed=seed)
     build_llama_vision_audio(
         parts["language_model"], parts["clip"], parts["clap"], save_path=out / "model", dtype="float32", seed=seed
     )
     timings["data_and_build_s"] = time.perf_counter() - start
 
-    logger.warning("[3/6] stage 1: projectors only (LLaVA JSON data)")
+    logger.warning("[3/7] stage 1: projectors only (LLaVA JSON data)")
     stage1, stage2 = out / "stage1", out / "stage2"
     _train(
         _stage_args(out / "model", stage1, str(out / "data/llava/train.json"), stage1_epochs, 1e-3, 16)
@@ -218,7 +226,7 @@ def run_demo(
     )
     timings["stage1_s"] = time.perf_counter() - start - sum(timings.values())
 
-    logger.warning("[4/6] stage 2: language model + projectors (parquet data)")
+    logger.warning("[4/7] stage 2: language model + projectors (parquet data)")
     stage2_args = _stage_args(stage1, stage2, str(out / "data/parquet/train.parquet"), stage2_epochs, 1e-3, 16)
     stage2_args += ["--freeze_mm_proj", "False", "--freeze_language_model", "False"]
     if use_peft:
@@ -232,7 +240,7 @@ def run_demo(
         final = out / "stage2_merged"
     timings["stage2_s"] = time.perf_counter() - start - sum(timings.values())
 
-    logger.warning("[5/6] held-out evaluation: trained vs blind vs chance")
+    logger.warning("[5/7] held-out evaluation: trained vs blind vs chance")
     model = AutoModelForImageTextToText.from_pretrained(final).eval()
     processor = AutoProcessor.from_pretrained(final)
     rows = load_spec(DatasetSpec(path=str(out / "data/llava/test.json"), template="LLAVA"))
@@ -255,6 +263,15 @@ def run_demo(
                 for key in ("accuracy", "blind_accuracy", "chance")
             } | {"n": n}
     timings["eval_s"] = time.perf_counter() - start - sum(timings.values())
+
+    dpo_results = None
+    if dpo_pairs:
+        from any2text.demo_dpo import run_dpo_stage
+
+        logger.warning("[6/7] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
+        dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=max(n_test // 3, 32), epochs=dpo_epochs,
+                                    seed=seed, image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
+        timings["dpo_s"] = time.perf_counter() - start - sum(timings.values())
     timings["total_s"] = time.perf_counter() - start
 
     results = {
@@ -266,11 +283,15 @@ def run_demo(
         "examples": [
             {"question_type": k, "question": q, "prediction": p, "truth": t} for k, q, p, t in samples[:8]
         ],
+        "dpo": dpo_results,
     }  # fmt: skip
-    logger.warning("[6/6] writing results")
+    logger.warning("[7/7] writing results")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
-    plot_losses({"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}, out / "loss_curves.png")
+    stages = {"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}
+    if dpo_results is not None:
+        stages["stage 3 (DPO, LoRA)"] = out / "dpo"
+    plot_losses(stages, out / "loss_curves.png")
     return results
 
 
@@ -283,15 +304,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2_epochs", type=float, default=10.0)
     parser.add_argument("--use_peft", action="store_true", help="stage 2 with LoRA, then merge-lora")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dpo_pairs", type=int, default=256, help="preference pairs for stage 3 (0: no DPO stage)")
+    parser.add_argument("--dpo_epochs", type=float, default=3.0)
     args = parser.parse_args(argv)
     logging.set_verbosity_warning()
     results = run_demo(
-        args.output_dir, args.n_train, args.n_test, args.stage1_epochs, args.stage2_epochs, args.use_peft, args.seed
+        args.output_dir,
+        args.n_train,
+        args.n_test,
+        args.stage1_epochs,
+        args.stage2_epochs,
+        args.use_peft,
+        args.seed,
+        args.dpo_pairs,
+        args.dpo_epochs,
     )
     print("\n" + results_markdown(results))
     print("A few held-out answers:")
     for ex in results["examples"]:
         print(f"  [{ex['question_type']}] {ex['question']!r} -> {ex['prediction']!r} (truth: {ex['truth']!r})")
+    if results["dpo"]:
+        print("Preference task, greedy answers before -> after DPO:")
+        for ex in results["dpo"]["examples"]:
+            print(
+                f"  [{ex['kind']}] {ex['prompt']!r}: {ex['before']!r} -> {ex['after']!r} (preferred: {ex['preferred']!r})"
+            )
     print(
         f"\nTotal {results['timings']['total_s']:.0f} s. Results, loss curves and the models are in {args.output_dir}/"
     )

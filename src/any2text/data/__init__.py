@@ -9,6 +9,7 @@ from .loading import (
     parse_dataset_specs,
 )
 from .media import image_to_rgb, load_audio, load_image, resample, resolve_path
+from .preference import PreferenceCollator, PreferenceDataset, PreferenceMessages  # registers preference templates
 from .templates import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
@@ -29,6 +30,9 @@ __all__ = [
     "BadRowLog",
     "DatasetSpec",
     "MultimodalDataset",
+    "PreferenceCollator",
+    "PreferenceDataset",
+    "PreferenceMessages",
     "Template",
     "TooManyBadRowsError",
     "assistant_message",

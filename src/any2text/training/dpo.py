@@ -1,0 +1,613 @@
+"""Stage 3: preference alignment (DPO) of image, audio and mixed any-to-text models on the stock `Trainer`.
+
+From stage 2's output, LoRA on the language model (the reference is the same model with its adapters disabled)::
+
+    deepspeed --module any2text.dpo --model_name_or_path out/stage2 --deepspeed examples/ds_z3_config.json \\
+        --train_datasets openbmb/RLAIF-V-Dataset, --train_template RLAIF-V, --output_dir out/dpo --bf16 True \\
+        --freeze_language_model False --use_peft True --beta 0.1 --loss_type sigmoid
+
+The same module runs under `python -m any2text.dpo`, `torchrun -m any2text.dpo`, `any2text dpo` and with a single
+`.yaml` / `.json` config file, exactly like `any2text.train`, whose model / data / LoRA argument groups and freezing
+flags it shares; the DPO arguments keep TRL's names (`beta`, `loss_type`, `label_smoothing`,
+`precompute_ref_log_probs`) and `ref_model_name_or_path` names the reference of a full fine-tune (default: the
+starting checkpoint). Logged metrics are TRL's: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
+`rewards/margins`, `logps/chosen`, `logps/rejected`.
+
+Why a `Trainer` with a DPO `compute_loss` rather than a subclass of TRL's `DPOTrainer`: TRL's trainer tokenizes its
+own way (prompt / completion ids, image-only processors), forwards `[chosen; rejected]` as two sequences with the
+media duplicated, computes full logits, and has no audio inputs; overriding that leaves only its loss formulas, which
+are a few lines (`dpo_loss` below). Here one row per pair holds `[prompt | chosen | rejected]` (see
+`any2text.data.preference.PreferenceCollator`), so the model's own forward encodes each image and clip once, runs the
+prompt through the language model once, and computes logits only at answer positions (`logits_to_keep`); it also
+keeps the model's zero-contribution tower dummies, so mixed-modality batches do not hang under ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.utils import logging
+
+from ..data.loading import parse_dataset_specs
+from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
+from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
+from .arguments import DataArguments, LoraArguments, ModelArguments
+from .freezing import apply_freezing, parameter_table
+from .lora import apply_lora
+from .model_card import training_card
+from .train import (
+    _check_cpu_deepspeed,
+    _config_file,
+    _init_cpu_deepspeed,
+    _read_config,
+    _resume_checkpoint,
+    _setup_logging,
+    load_model_and_processor,
+    mark_zero3_leaf_towers,
+)
+from .trainer import DataReportCallback, MultimodalTrainer
+
+logger = logging.get_logger(__name__)
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+# Batch keys the model reads; the rest (labels of the answers, reference log-probs) are the loss's.
+_MODEL_KEYS = (
+    "input_ids",
+    "position_ids",
+    "mm_token_type_ids",
+    "token_type_ids",
+    "pixel_values",
+    "input_features",
+    "is_longer",
+    "image_sizes",
+)
+
+
+@dataclass
+class DPOArguments:
+    """DPO hyper-parameters under TRL's `DPOConfig` names, and the reference model."""
+
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "Deviation from the reference: higher beta, less deviation (IPO: the regulariser tau)."},
+    )
+    loss_type: list[str] = field(
+        default_factory=lambda: ["sigmoid"],
+        metadata={
+            "help": f"DPO loss(es), one or more of {', '.join(LOSS_TYPES)}; several are combined with "
+            "`--loss_weights`."
+        },
+    )
+    loss_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per `--loss_type` (default: 1 each)."}
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability that a preference label is flipped, in [0, 0.5): robust DPO's epsilon, and "
+            "conservative DPO for `sigmoid`."
+        },
+    )
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the reference log-probs of every pair once, before the first step, so no reference "
+            "model is kept (or run) during training."
+        },
+    )
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of that pass; default: `per_device_train_batch_size`."}
+    )
+    ref_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reference model of a full fine-tune; default: `--model_name_or_path` (the starting checkpoint). "
+            "With `--use_peft` the reference is the model with its adapters disabled and this must stay unset."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Turn dropout off in the policy and the reference (TRL's default)."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
+        if unknown:
+            raise ValueError(f"Unknown `--loss_type` {unknown}; choose from {list(LOSS_TYPES)}.")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(
+                f"`--loss_weights` has {len(self.loss_weights)} values for {len(self.loss_type)} loss types."
+            )
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"`--label_smoothing` must lie in [0, 0.5), got {self.label_smoothing}.")
+        if self.beta <= 0:
+            raise ValueError(f"`--beta` must be positive, got {self.beta}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pair DPO loss from summed answer log-probs, as TRL's `DPOTrainer` computes it.
+
+    With `delta = (chosen - ref_chosen) - (rejected - ref_rejected)`:
+
+    - `sigmoid`: `-(1 - ls) * logsigmoid(beta * delta) - ls * logsigmoid(-beta * delta)` (DPO; conservative DPO when
+      `label_smoothing = ls > 0`);
+    - `robust`: `(-(1 - ls) * logsigmoid(beta * delta) + ls * logsigmoid(-beta * delta)) / (1 - 2 ls)`;
+    - `hinge`: `relu(1 - beta * delta)`;
+    - `ipo`: `(delta' - 1 / (2 beta)) ** 2`, with `delta'` from log-ratios averaged over each answer's tokens
+      (`chosen_lengths` / `rejected_lengths`), TRL's length normalisation.
+    """
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    delta = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
+    if loss_type == "robust":
+        clean = -(1 - label_smoothing) * F.logsigmoid(beta * delta)
+        flipped = -label_smoothing * F.logsigmoid(-beta * delta)
+        return (clean - flipped) / (1 - 2 * label_smoothing)
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * delta)
+    if loss_type == "ipo":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("The `ipo` loss needs `chosen_lengths` and `rejected_lengths`.")
+        ipo_delta = chosen_ratio / chosen_lengths.clamp(min=1) - rejected_ratio / rejected_lengths.clamp(min=1)
+        return (ipo_delta - 1 / (2 * beta)) ** 2
+    raise ValueError(f"Unknown `loss_type` `{loss_type}`; choose from {list(LOSS_TYPES)}.")
+
+
+def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of `labels` under `logits` `(n, K, V)`, over positions whose label is not -100, and counts."""
+    mask = labels != -100
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One forward of `PreferenceCollator`'s batch: log-probs of the chosen and rejected answers of every pair.
+
+    The model encodes the media once (one row per pair) and computes logits only at `logits_to_keep`.
+    """
+    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
+    outputs = model(
+        **inputs,
+        attention_mask=_attention_mask(model, batch["attention_mask"]),
+        logits_to_keep=batch["logits_to_keep"],
+        use_cache=False,
+    )
+    split = batch["chosen_labels"].shape[1]
+    chosen, chosen_lengths = answer_logps(outputs.logits[:, :split], batch["chosen_labels"])
+    rejected, rejected_lengths = answer_logps(outputs.logits[:, split:], batch["rejected_labels"])
+    return {
+        "chosen_logps": chosen,
+        "rejected_logps": rejected,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
+    }
+
+
+def _config_of(model: torch.nn.Module):
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model.config
+
+
+def _attention_mask(model: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    """The pair layout's 4D mask in the form the attention kernel takes: bool for sdpa / flex, additive for eager."""
+    config = _config_of(model)
+    implementation = getattr(getattr(config, "text_config", config), "_attn_implementation", None) or "sdpa"
+    if "flash" in implementation:
+        raise ValueError(
+            f"DPO puts the chosen and rejected answers of a pair in one row with a 4D attention mask, which "
+            f"`{implementation}` cannot take. Use `--attn_implementation sdpa` (or `eager`)."
+        )
+    if implementation == "eager":
+        dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    return allowed
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class DPOTrainer(MultimodalTrainer):
+    """`Trainer` whose loss is DPO on `PreferenceCollator` batches.
+
+    Args:
+        dpo_args: the `DPOArguments`.
+        ref_model: the frozen reference of a full fine-tune; `None` with LoRA (adapters disabled) and with
+            `precompute_ref_log_probs` (computed before the first step, see `ref_model_loader`).
+        ref_model_loader: loads the reference when one is needed but not kept in memory: precomputing after a
+            resume (the policy then is no longer the reference) or for an evaluation set after training started.
+    """
+
+    def __init__(self, *args, dpo_args: DPOArguments, ref_model=None, ref_model_loader=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dpo_args = dpo_args
+        self.ref_model = ref_model
+        self.ref_model_loader = ref_model_loader
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._ref_tables: dict[str, dict[int, tuple[float, float]]] = {}
+        # The loss is a mean over pairs: the Trainer divides it by the accumulation steps itself.
+        self.model_accepts_loss_kwargs = False
+        self._is_peft = hasattr(self.model, "disable_adapter")
+        if dpo_args.disable_dropout:
+            disable_dropout(self.model)
+            if ref_model is not None:
+                disable_dropout(ref_model)
+        if ref_model is not None:
+            ref_model.requires_grad_(False)
+            if self.is_deepspeed_enabled:
+                self.ref_model = _prepare_deepspeed(ref_model, self.accelerator, self.args)
+            else:
+                self.ref_model = ref_model.to(self.args.device)
+
+    # -- reference log-probs ------------------------------------------------------------------------------------------
+
+    def _reference_model(self, model: torch.nn.Module):
+        """The module computing reference log-probs, and a context manager to run it in."""
+        from contextlib import nullcontext
+
+        if self._is_peft and self.ref_model is None:
+            unwrapped = self.accelerator.unwrap_model(model)
+            return unwrapped, unwrapped.disable_adapter()
+        if self.ref_model is not None:
+            # The reference runs in the policy's mode: in training mode LlamaVisionAudio runs every tower on every
+            # rank (zero-contribution dummies), which ZeRO-3 needs; dropout is off, so the mode changes nothing else.
+            self.ref_model.train(model.training)
+            return self.ref_model, nullcontext()
+        return model, nullcontext()
+
+    def reference_logps(self, model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "ref_chosen_logps" in inputs:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        if self.dpo_args.precompute_ref_log_probs:
+            mode = "train" if model.training else "eval"
+            table = self._ref_tables.get(mode)
+            if table is None:
+                table = self._ref_tables[mode] = self._precompute(model, mode)
+            # A padding row (`pair_mask` False, see `ensure_image`) has no pair and no entry.
+            pairs = [
+                table[int(i)] if keep else (0.0, 0.0)
+                for i, keep in zip(inputs["index"].tolist(), inputs["pair_mask"].tolist())
+            ]
+            device = inputs["chosen_labels"].device
+            return (
+                torch.tensor([c for c, _ in pairs], device=device),
+                torch.tensor([r for _, r in pairs], device=device),
+            )
+        if not self._is_peft and self.ref_model is None:
+            raise ValueError("A full fine-tune needs a reference model (or `precompute_ref_log_probs`).")
+        reference, context = self._reference_model(model)
+        with torch.no_grad(), context:
+            logps = pair_logps(reference, inputs)
+        return logps["chosen_logps"], logps["rejected_logps"]
+
+    def _precompute(self, model: torch.nn.Module, mode: str) -> dict[int, tuple[float, float]]:
+        """Reference log-probs of every pair of the train (or eval) set, by dataset index.
+
+        Every rank runs the whole set in the same order (ZeRO-3 needs the ranks' forwards to match). A full fine-tune
+        without a reference model uses the policy itself, which is the reference only before the first update; later
+        (a resumed run, an evaluation set after training) the reference is loaded for the pass and freed after it.
+        """
+        dataset = self.train_dataset if mode == "train" else self.eval_dataset
+        loaded = None
+        if not self._is_peft and self.ref_model is None and self.state.global_step > 0:
+            if self.ref_model_loader is None:
+                raise ValueError(
+                    "Reference log-probs are needed after training started but no reference can be loaded; pass "
+                    "`ref_model_loader`, or `precompute_ref_log_probs=False` with a `ref_model`."
+                )
+            loaded = self.ref_model_loader()
+            if self.dpo_args.disable_dropout:
+                disable_dropout(loaded)
+            self.ref_model = (
+                _prepare_deepspeed(loaded, self.accelerator, self.args)
+                if self.is_deepspeed_enabled
+                else loaded.to(self.args.device)
+            )
+        batch_size = self.dpo_args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator, num_workers=0
+        )
+        table: dict[int, tuple[float, float]] = {}
+        reference, context = self._reference_model(model)
+        with torch.no_grad(), context:
+            for batch in loader:
+                batch = self._prepare_inputs(batch)
+                logps = pair_logps(reference, batch)
+                for row, index in enumerate(batch["index"].tolist()):
+                    if bool(batch["pair_mask"][row]):
+                        table[index] = (float(logps["chosen_logps"][row]), float(logps["rejected_logps"][row]))
+        if loaded is not None:
+            self.ref_model = None
+        logger.info(f"Precomputed reference log-probs of {len(table)} {mode} pairs.")
+        return table
+
+    # -- loss and metrics ---------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        policy = pair_logps(model, inputs)
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        keep = inputs["pair_mask"]
+        args = self.dpo_args
+        weights = args.loss_weights or [1.0] * len(args.loss_type)
+        per_pair = 0.0
+        for loss_type, weight in zip(args.loss_type, weights):
+            per_pair = per_pair + weight * dpo_loss(
+                policy["chosen_logps"], policy["rejected_logps"], ref_chosen, ref_rejected,
+                beta=args.beta, loss_type=loss_type, label_smoothing=args.label_smoothing,
+                chosen_lengths=policy["chosen_lengths"], rejected_lengths=policy["rejected_lengths"],
+            )  # fmt: skip
+        loss = per_pair[keep].mean()
+
+        chosen_rewards = (args.beta * (policy["chosen_logps"] - ref_chosen)).detach()[keep]
+        rejected_rewards = (args.beta * (policy["rejected_logps"] - ref_rejected)).detach()[keep]
+        gather = self.accelerator.gather_for_metrics
+        metrics = self._metrics[mode]
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(policy["chosen_logps"].detach()[keep]).mean().item())
+        metrics["logps/rejected"].append(gather(policy["rejected_logps"].detach()[keep]).mean().item())
+        return (loss, policy) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged DPO metrics since the last log (TRL's names; `eval_` prefixed in evaluation)."""
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        logs = {**logs, **metrics}
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+
+def _prepare_deepspeed(model: torch.nn.Module, accelerator, args: TrainingArguments):
+    """Wrap the reference in a DeepSpeed inference engine: sharded under ZeRO-3, replicated (stage 0) otherwise.
+
+    As TRL's `prepare_deepspeed`; "auto" values of the training config are resolved here, since the reference may be
+    prepared before the Trainer resolved them for the policy.
+    """
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    zero = config.setdefault("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    text_config = getattr(model.config, "text_config", model.config)
+    hidden = getattr(text_config, "hidden_size", 1024)
+    if stage == 3:
+        zero["reduce_bucket_size"] = hidden * hidden
+        zero["stage3_param_persistence_threshold"] = 10 * hidden
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden * hidden)
+    else:
+        zero["stage"] = 0
+    config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
+    config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
+    config.pop("train_batch_size", None)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    config.pop("gradient_clipping", None)
+    for precision in ("bf16", "fp16"):
+        if isinstance(config.get(precision), dict) and config[precision].get("enabled") == "auto":
+            config[precision]["enabled"] = bool(getattr(args, precision))
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, TrainingArguments)
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(ARGUMENT_GROUPS, allow_abbrev=False)
+
+
+def parse_args(argv: list[str] | None = None):
+    """Flags, or one `.yaml` / `.json` config file, into the five argument groups (unknown flags are errors)."""
+    import difflib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    path, launcher = _config_file(argv)
+    if path is not None:
+        return parser.parse_dict({**_read_config(path), **launcher}, allow_extra_keys=False)
+    *groups, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        known = [option for action in parser._actions for option in action.option_strings]
+        hints = []
+        for arg in unknown:
+            close = difflib.get_close_matches(arg.split("=")[0], known, n=1) if arg.startswith("--") else []
+            hints.append(f"`{arg}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        raise ValueError(f"Unknown arguments: {', '.join(hints)}. See `--help` for the full list.")
+    return tuple(groups)
+
+
+def build_preference_dataset(data_args: DataArguments, split: str, processor, seed: int) -> IndexedDataset | None:
+    """The `train` / `eval` preference set the comma-list arguments describe, items indexed for reference log-probs."""
+    prefix = "train" if split == "train" else "eval"
+    if not getattr(data_args, f"{prefix}_datasets"):
+        return None
+    specs = parse_dataset_specs(
+        getattr(data_args, f"{prefix}_datasets"),
+        templates=getattr(data_args, f"{prefix}_template"),
+        splits=getattr(data_args, f"{prefix}_split"),
+        data_files=getattr(data_args, f"{prefix}_data_files"),
+        names=getattr(data_args, f"{prefix}_name"),
+        sizes=getattr(data_args, f"{prefix}_size"),
+        weights=data_args.train_weights if prefix == "train" else None,
+        media_roots=data_args.media_root if prefix == "train" else data_args.eval_media_root,
+    )
+    feature_extractor = getattr(processor, "feature_extractor", None)
+    dataset = PreferenceDataset(
+        specs,
+        sampling_rate=getattr(feature_extractor, "sampling_rate", None),
+        skip_bad_rows=data_args.skip_bad_rows,
+        num_samples=data_args.train_num_samples if prefix == "train" else None,
+        seed=seed,
+        validate_rows=data_args.validate_rows,
+    )
+    return IndexedDataset(dataset)
+
+
+def _load_reference(model_args: ModelArguments, dpo_args: DPOArguments):
+    path = dpo_args.ref_model_name_or_path or model_args.model_name_or_path
+    ref_args = copy.copy(model_args)
+    ref_args.model_name_or_path = path
+    model, _ = load_model_and_processor(ref_args)
+    if is_deepspeed_zero3_enabled():
+        mark_zero3_leaf_towers(model)
+    return model.eval().requires_grad_(False)
+
+
+def build_dpo_trainer(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    dpo_args: DPOArguments,
+    training_args: TrainingArguments,
+) -> DPOTrainer:
+    """Policy (freezing policy, optional LoRA), reference, preference data and pair collator, as a `DPOTrainer`."""
+    if not data_args.train_datasets:
+        raise ValueError("Nothing to align on: pass `--train_datasets` and a preference `--train_template`.")
+    if lora_args.use_peft and dpo_args.ref_model_name_or_path:
+        raise ValueError(
+            "With `--use_peft` the reference is the model with its adapters disabled; leave "
+            "`--ref_model_name_or_path` unset (or train without LoRA)."
+        )
+    if training_args.train_sampling_strategy == "group_by_length":
+        raise ValueError(
+            "`--train_sampling_strategy group_by_length` is not supported by `any2text.dpo` yet (pair lengths are not "
+            "precomputed); use `random` or `sequential`."
+        )
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["chosen_labels"]
+
+    model, processor = load_model_and_processor(model_args)
+    ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
+    if is_deepspeed_zero3_enabled():
+        mark_zero3_leaf_towers(model)
+        if getattr(model, "_weight_conversions", None) is not None:
+            model._weight_conversions = None  # see `any2text.train`: keeps the saved keys ours under ZeRO-3
+    apply_freezing(model, model_args, use_peft=lora_args.use_peft)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    if lora_args.use_peft:
+        model = apply_lora(model, lora_args, model_args)
+    logger.info(f"Parameters per component:\n{parameter_table(model)}")
+
+    ref_model = None
+    if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs:
+        ref_model = _load_reference(model_args, dpo_args)
+
+    collator = PreferenceCollator(
+        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
+    )
+    train_dataset = build_preference_dataset(data_args, "train", processor, training_args.seed)
+    eval_dataset = build_preference_dataset(data_args, "eval", processor, training_args.seed)
+    return DPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=[DataReportCallback(collator, train_dataset)],
+        dpo_args=dpo_args,
+        ref_model=ref_model,
+        ref_model_loader=None if lora_args.use_peft else (lambda: _load_reference(model_args, dpo_args)),
+    )
+
+
+def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer:
+    """Run stage 3: align, save the model (or adapter) and processor to `output_dir`, `trainer_state.json`, card."""
+    transformers.set_seed(training_args.seed)
+    trainer = build_dpo_trainer(model_args, data_args, lora_args, dpo_args, training_args)
+    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        card = training_card(
+            trainer.model, model_args, data_args, lora_args, training_args, parameter_table(trainer.model),
+            trainer.state.log_history,
+        )  # fmt: skip
+        card += (
+            f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
+            f"`label_smoothing={dpo_args.label_smoothing}`, reference: "
+            f"{'the model with its adapters disabled' if lora_args.use_peft else dpo_args.ref_model_name_or_path or model_args.model_name_or_path}.\n"
+        )
+        with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
+            f.write(card)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m any2text.dpo` / `any2text dpo`: parse the arguments and run the alignment stage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _init_cpu_deepspeed(argv)
+    model_args, data_args, lora_args, dpo_args, training_args = parse_args(argv)
+    _check_cpu_deepspeed(training_args)
+    _setup_logging(training_args)
+    dpo(model_args, data_args, lora_args, dpo_args, training_args)
+    return 0
+
+
+__all__ = [
+    "DPOArguments",
+    "DPOTrainer",
+    "answer_logps",
+    "build_dpo_trainer",
+    "dpo",
+    "dpo_loss",
+    "main",
+    "pair_logps",
+]
