@@ -295,7 +295,7 @@ class PoisonRows:
 
     def __call__(self, samples):
         batch = self.collator(samples)
-        if any(sample.get("row_id", {}).get("id") in self.ids for sample in samples):
+        if any(sample.get("source", {}).get("id") in self.ids for sample in samples):
             batch["pixel_values"] = batch["pixel_values"] * float("nan")
         return batch
 

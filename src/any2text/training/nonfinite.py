@@ -6,7 +6,8 @@ average) and saves the poisoned model. `MultimodalTrainer` uses the pieces here 
 or gradient with an error naming the step and the rows of its batch (or, with `--skip_nonfinite_steps True`, to skip
 that optimizer update and count it), and to refuse to save non-finite weights.
 
-Row identity travels with the batch: each sample carries `row_id` (`{"dataset", "index", "id"}`), the collator wrapper
+Row identity travels with the batch: each sample carries `source` (`{"dataset", "index", "id"}`; `MultimodalDataset`
+items have it, other datasets get it from `RowIdentityDataset`), the collator wrapper
 `RowIdCollator` puts the batch's list under `row_ids`, and the trainer removes that key before the model's forward.
 """
 
@@ -20,7 +21,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-ROW_ID_KEY = "row_id"
+ROW_ID_KEY = "source"  # what `MultimodalDataset` items already carry (any2text.data.loading)
 ROW_IDS_KEY = "row_ids"
 
 
@@ -74,9 +75,9 @@ def describe_rows(rows: Sequence[Mapping[str, Any] | None]) -> str:
 
 
 class RowIdentityDataset(torch.utils.data.Dataset):
-    """`dataset` whose mapping samples also carry `row_id` (see `row_identity`); everything else is `dataset`'s.
+    """`dataset` whose mapping samples also carry `source` (see `row_identity`); everything else is `dataset`'s.
 
-    A sample that already has `row_id` (set by the dataset itself) keeps it.
+    A sample that already has `source` (set by the dataset itself, as `MultimodalDataset` does) keeps it.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset):
@@ -102,14 +103,19 @@ class RowIdentityDataset(torch.utils.data.Dataset):
 
 
 class RowIdCollator:
-    """`collator`, plus the batch's `row_ids` (one per sample, in order) when its samples carry `row_id`."""
+    """`collator`, plus the batch's `row_ids` (one per sample, in order) when its samples carry `source`."""
 
     def __init__(self, collator: Any):
         self.collator = collator
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         batch = self.collator(samples)
-        rows = [sample.get(ROW_ID_KEY) if isinstance(sample, Mapping) else None for sample in samples]
+        rows = [
+            member.get(ROW_ID_KEY) if isinstance(member, Mapping) else None
+            for sample in samples
+            # A packed item (any2text.data.packing) holds its samples under "packed".
+            for member in (sample.get("packed", [sample]) if isinstance(sample, Mapping) else [sample])
+        ]
         if any(row is not None for row in rows):
             batch[ROW_IDS_KEY] = rows
         return batch
