@@ -24,8 +24,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 setup: $(VENV)/.installed
 
 # transformers' own common test mixins, from the sdist of the installed (pinned) version; never committed.
-# Only tests/ is extracted; `parameterized`, which they import, goes to deps/ beside them (a test-only tool). The empty __init__.py and tiny_model_summary.json stand for files of transformers'
-# repository that the sdist lacks (test_configuration_common imports its own folder; the pipeline mixin reads it).
+# Only tests/ is extracted; `parameterized`, which they import, goes to deps/ beside them (a test-only tool).
+# The empty __init__.py and tiny_model_summary.json stand for files of transformers' repository that the sdist
+# lacks (test_configuration_common imports its own folder; the pipeline mixin reads the summary at import).
 TF_TESTS := build/transformers-tests
 $(TF_TESTS)/.fetched: $(VENV)/.installed
 	rm -rf $(TF_TESTS) && mkdir -p $(TF_TESTS)/download

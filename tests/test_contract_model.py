@@ -115,6 +115,7 @@ def test_tied_lm_head_is_sharded_like_the_embedding(tester):
     assert "model.language_model.embed_tokens" in plan
     assert plan.get("lm_head") == "colwise_gather_output"
 
+
 def test_weights_missing_at_load_get_the_same_initialisation_as_a_fresh_model(tester):
     """Defect 6: CLIP's attention/MLP scale (0.088 here) was N(0, 0.02) when the weights were missing at load."""
     config = tester.get_config()
