@@ -34,7 +34,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from any2text import LlamaVisionAudioConfig, LlamaVisionAudioForConditionalGeneration
-from any2text.data.packing import bfd_bins, flatten_padded_batch, stack_rows
+from any2text.data.packing import bfd_bins, concat_rows, flatten_padded_batch, stack_rows
 
 PEAK_TFLOPS = 989.0
 IMAGE_TOKEN_ID = 128256
@@ -90,10 +90,11 @@ def padded_batch(samples: list[dict], device: str) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
 
 
-def packed_batch(groups: list[list[dict]], device: str) -> dict:
-    """One padding-free row per group, through the same flattening the collator wrapper uses."""
+def packed_batch(groups: list[list[dict]], single_row: bool) -> dict:
+    """One padding-free row per group, through the same flattening the collator wrapper uses; with flash-attention
+    all in ONE row (its varlen path reads packed `position_ids` only in a batch of one row)."""
     rows = [flatten_padded_batch(padded_batch(group, "cpu")) for group in groups]
-    return stack_rows(rows, PAD_ID)
+    return stack_rows([concat_rows(rows)] if single_row else rows, PAD_ID)
 
 
 def to_device(batch: dict, device: str) -> dict:
@@ -137,13 +138,11 @@ def run(variant: str, samples: list[dict], args, attn: str) -> dict:
         bins = bfd_bins(lengths, args.max_length)
         rows = max(1, round(args.batch * len(bins) / len(samples)))
         for i in range(0, len(bins) - rows + 1, rows):
-            steps.append(packed_batch([[samples[j] for j in b] for b in bins[i : i + rows]], args.device))
+            steps.append(packed_batch([[samples[j] for j in b] for b in bins[i : i + rows]], "flash" in attn))
     else:
         for i in range(0, len(samples) - args.batch + 1, args.batch):
             group = samples[i : i + args.batch]
-            steps.append(
-                packed_batch([group], args.device) if variant == "padding_free" else padded_batch(group, "cpu")
-            )
+            steps.append(packed_batch([group], False) if variant == "padding_free" else padded_batch(group, "cpu"))
     warmup, timed = steps[:3], steps[3 : 3 + args.steps]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for batch in warmup:

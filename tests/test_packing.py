@@ -122,6 +122,12 @@ def test_padding_free_and_packed_equal_padded(checkpoints, checkpoint, kind, att
     packed = PackedCollator(collator, packing=True)([{"packed": samples[:2]}, {"packed": samples[2:]}])
     assert packed["input_ids"].shape[0] == 2
     _assert_same(model, padded, packed)
+    # The same rows joined into one, as flash-attention needs them (it reads packed positions in one row only).
+    joined = PackedCollator(collator, packing=True, single_row=True)(
+        [{"packed": samples[:2]}, {"packed": samples[2:]}]
+    )
+    assert joined["input_ids"].shape == (1, int(padded["attention_mask"].sum()))
+    _assert_same(model, padded, joined)
 
     # Control: the same row with positions that do not restart lets attention cross samples, and the loss moves.
     crossed = {**flat, "position_ids": torch.arange(flat["input_ids"].shape[1])[None]}

@@ -152,11 +152,18 @@ class PackedCollator:
         ensure_image (`bool`, *optional*, defaults to `False`):
             A batch without any image gets an extra row with one blank image and no labels (stock Llava under
             ZeRO-3 must run its vision tower every step; see `MultimodalCollator`).
+        single_row (`bool`, *optional*, defaults to `False`):
+            Put every row of a packed batch into ONE row. Needed for flash-attention, whose variable-length path
+            (transformers' `_is_packed_sequence`) reads `position_ids` only for a batch of one row; with several
+            rows it would attend across samples. SDPA / eager handle several rows (cheaper on CPU: the dense mask
+            is quadratic in the row length).
 
     Rows are right-padded to the longest row; pad positions form one more "sample" of their own, with no labels.
     """
 
-    def __init__(self, collator: MultimodalCollator, packing: bool = False, ensure_image: bool = False):
+    def __init__(
+        self, collator: MultimodalCollator, packing: bool = False, ensure_image: bool = False, single_row: bool = False
+    ):
         if getattr(collator, "ensure_image", False):
             raise ValueError(
                 "Build the wrapped `MultimodalCollator` with `ensure_image=False` and pass `ensure_image=True` to "
@@ -165,6 +172,7 @@ class PackedCollator:
         self.collator = collator
         self.packing = packing
         self.ensure_image = ensure_image
+        self.single_row = single_row
 
     def __getattr__(self, name: str) -> Any:
         # `max_length`, `truncation`, `num_dropped`, `sample_length`... are the wrapped collator's.
@@ -185,6 +193,8 @@ class PackedCollator:
         rows = [flatten_padded_batch(self.collator(group)) for group in groups]
         if self.ensure_image and not any("pixel_values" in row for row in rows):
             rows.append(self._blank_image_row())
+        if self.single_row and len(rows) > 1:
+            rows = [concat_rows(rows)]
         return stack_rows(rows, self.collator.tokenizer.pad_token_id)
 
     def _blank_image_row(self) -> dict[str, torch.Tensor]:
@@ -215,6 +225,18 @@ def flatten_padded_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return row
 
 
+def concat_rows(rows: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Padding-free rows joined into one (positions keep restarting per sample; media stay in token order)."""
+    keys = {key for row in rows for key in row}
+    joined = {}
+    for key in sorted(keys):
+        if key in (*_PER_TOKEN_KEYS, "position_ids"):
+            joined[key] = torch.cat([row.get(key, torch.zeros_like(row["input_ids"])) for row in rows])
+        else:
+            joined[key] = torch.cat([row[key] for row in rows if key in row])
+    return joined
+
+
 def stack_rows(rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int) -> dict[str, Any]:
     """Right-pad padding-free rows to one `(rows, length)` batch; media tensors are concatenated in row order."""
     target = max(len(row["input_ids"]) for row in rows)
@@ -240,4 +262,12 @@ def stack_rows(rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int) ->
     return batch
 
 
-__all__ = ["PACKING_STRATEGIES", "PackedCollator", "PackedDataset", "bfd_bins", "flatten_padded_batch", "stack_rows"]
+__all__ = [
+    "PACKING_STRATEGIES",
+    "PackedCollator",
+    "PackedDataset",
+    "bfd_bins",
+    "concat_rows",
+    "flatten_padded_batch",
+    "stack_rows",
+]

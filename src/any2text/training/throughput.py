@@ -45,16 +45,20 @@ def prepare_packing(
     eval_dataset: torch.utils.data.Dataset | None,
     ensure_image: bool,
     lengths_of: Any,
+    attn_implementation: str | None = None,
 ) -> PackedData:
     """The collator and datasets for `--padding_free` / `--packing` (unchanged when neither is set).
 
     `lengths_of(dataset)` gives exact sample lengths (`trainer.sample_lengths` with the collator); packing uses them
     to fill rows, so a packed run reads every sample's text once before training (not its media).
+    `attn_implementation` is the language model's: flash-attention gets all packed rows as one row.
     """
     if not (data_args.padding_free or data_args.packing):
         return PackedData(collator, train_dataset, eval_dataset)
     check_packing_arguments(data_args)
-    wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image)
+    # flash-attention reads packed `position_ids` only in a batch of one row (see `PackedCollator.single_row`).
+    single_row = "flash" in str(attn_implementation or "")
+    wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image, single_row=single_row)
     if not data_args.packing:
         return PackedData(wrapped, train_dataset, eval_dataset)
 
@@ -66,6 +70,12 @@ def prepare_packing(
     packed_train = pack(train_dataset)
     spi = packed_train.samples_per_item if packed_train is not None else 1.0
     return PackedData(wrapped, packed_train, pack(eval_dataset), spi)
+
+
+def language_model_attention(model: torch.nn.Module) -> str | None:
+    """The attention implementation the language model runs (`sdpa`, `eager`, `flash_attention_2`...)."""
+    language_model = find_components(model)["language_model"].modules[0]
+    return getattr(language_model.config, "_attn_implementation", None)
 
 
 def apply_liger_kernel(model: torch.nn.Module, training_args: TrainingArguments) -> None:
@@ -168,6 +178,7 @@ __all__ = [
     "ThroughputCallback",
     "apply_liger_kernel",
     "check_packing_arguments",
+    "language_model_attention",
     "prepare_packing",
     "warn_if_data_in_main_process",
 ]

@@ -47,7 +47,13 @@ from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
 from .nonfinite import NonFiniteError
-from .throughput import ThroughputCallback, apply_liger_kernel, prepare_packing, warn_if_data_in_main_process
+from .throughput import (
+    ThroughputCallback,
+    apply_liger_kernel,
+    language_model_attention,
+    prepare_packing,
+    warn_if_data_in_main_process,
+)
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
@@ -335,6 +341,7 @@ def build_trainer(
     packed = prepare_packing(
         data_args, collator, train_dataset, eval_dataset, ensure_image,
         lengths_of=lambda dataset: _checked_lengths(sample_lengths(dataset, collator), collator),
+        attn_implementation=language_model_attention(model),
     )  # fmt: skip
     train_dataset, eval_dataset = packed.train_dataset, packed.eval_dataset
     warn_if_data_in_main_process(training_args)
