@@ -44,7 +44,11 @@ from PIL import Image
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..models.llama_vision_audio.processing_llama_vision_audio import TRUNCATION_MODES, fit_to_max_length
+from ..models.llama_vision_audio.processing_llama_vision_audio import (
+    TRUNCATION_MODES,
+    fit_to_max_length,
+    fuses_long_clips,
+)
 from .bad_rows import BadRowError, BadRowLog, cause_of
 from .media import load_audio, load_image, media_refs
 
@@ -248,9 +252,27 @@ class MultimodalCollator:
         if images:
             kwargs["images"] = images
         if clips:
+            self._check_clip_lengths(clips)
             kwargs["audio"] = clips
             kwargs["sampling_rate"] = self.sampling_rate
         return dict(self.processor(**kwargs))
+
+    def _check_clip_lengths(self, clips: list[np.ndarray]) -> None:
+        """Training never hears part of a clip: one longer than a non-fusing extractor's window is a bad row.
+
+        (The processor itself keeps the first window, as serving engines need; here that would be silent data loss.)
+        """
+        extractor = self.processor.feature_extractor
+        if fuses_long_clips(extractor):
+            return
+        window, rate = extractor.nb_max_samples, extractor.sampling_rate
+        for i, clip in enumerate(clips):
+            if len(clip) > window:
+                raise ValueError(
+                    f"Audio clip {i} lasts {len(clip) / rate:.1f} s, longer than this feature extractor's "
+                    f"{window / rate:g} s window, and its {extractor.feature_size} mel bins cannot use CLAP's "
+                    "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
+                )
 
     def _encode(self, messages: list[dict], index: int) -> dict[str, Any]:
         text, spans = self._render(messages)

@@ -76,6 +76,11 @@ def fit_to_max_length(
     return None
 
 
+def fuses_long_clips(extractor) -> bool:
+    """Whether a feature extractor hears a clip longer than its window whole (CLAP's fusion, 64 mel bins only)."""
+    return getattr(extractor, "truncation", None) != "fusion" or extractor.feature_size == 64
+
+
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample a mono float waveform with soxr (high quality), falling back to scipy's polyphase filter."""
     if orig_sr == target_sr:
@@ -306,15 +311,17 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
             )
         clips = [resample(to_mono_float(clip, i), rate, target) for i, clip in enumerate(audio)]
         window = extractor.nb_max_samples
-        if getattr(extractor, "truncation", None) == "fusion" and extractor.feature_size != 64:
-            # transformers' CLAP extractor fuses long clips at a hard-coded 64 mel bins and fails obscurely otherwise.
-            for i, clip in enumerate(clips):
-                if len(clip) > window:
-                    raise ValueError(
-                        f"Audio clip {i} lasts {len(clip) / target:.1f} s, longer than this feature extractor's "
-                        f"{window / target:g} s window, and its {extractor.feature_size} mel bins cannot use CLAP's "
-                        "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
-                    )
+        if not fuses_long_clips(extractor):
+            # transformers' CLAP extractor fuses long clips at a hard-coded 64 mel bins and fails obscurely otherwise;
+            # like Whisper at 30 s, such an extractor hears the first window. (Training refuses such clips instead:
+            # any2text.data.collator names the row.)
+            cut = [i for i, clip in enumerate(clips) if len(clip) > window]
+            if cut:
+                logger.warning(
+                    f"Audio clip(s) {cut} are longer than this feature extractor's {window / target:g} s window and "
+                    f"its {extractor.feature_size} mel bins cannot fuse long clips: each keeps its first window."
+                )
+                clips = [clip[:window] for clip in clips]
         features = extractor(clips, sampling_rate=target, **kwargs)
         if "is_longer" in features:
             # CLAP's extractor marks a RANDOM clip "longer" when none is; mark exactly the clips over the window.
