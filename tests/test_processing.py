@@ -379,3 +379,18 @@ def test_long_clip_with_a_non_64_bin_extractor_keeps_its_first_window(tester):
     cut = processor(text="<audio>", audio=[long], sampling_rate=16000, return_tensors="pt")
     first = processor(text="<audio>", audio=[long[:window]], sampling_rate=16000, return_tensors="pt")
     torch.testing.assert_close(cut["input_features"], first["input_features"])
+
+
+def test_16_bit_grayscale_images_are_scaled_not_saturated(tester, tmp_path):
+    """`convert("RGB")` clips 16-bit grayscale at 255 (an almost white image); the processor scales it to 8 bit."""
+    from PIL import Image
+
+    levels = np.repeat(np.array([0, 64, 128, 255], dtype=np.uint16), 16).reshape(8, 8)
+    Image.fromarray(levels * 257).save(tmp_path / "gray16.png")  # the same picture in 16 bits
+    sixteen = Image.open(tmp_path / "gray16.png")
+    assert sixteen.mode.startswith("I")
+    eight = Image.fromarray(levels.astype(np.uint8)).convert("RGB")
+    processor = tester.get_processor()
+    got = processor(text="<image>", images=[sixteen], return_tensors="pt")["pixel_values"]
+    want = processor(text="<image>", images=[eight], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(got, want)

@@ -26,6 +26,7 @@ import soundfile as sf
 
 # One implementation of PCM scaling, down-mixing and resampling: the processor's (which must stand alone as remote
 # code), so dataset audio and audio handed to the processor directly are treated identically.
+from ..models.llama_vision_audio.processing_llama_vision_audio import image_to_rgb as _image_to_rgb
 from ..models.llama_vision_audio.processing_llama_vision_audio import resample, to_mono_float
 
 MediaRef = Any
@@ -132,39 +133,15 @@ def _as_path_or_bytes(
 
 
 def image_to_rgb(image: PIL.Image.Image, name: str = "image") -> PIL.Image.Image:
-    """`image` as 8-bit RGB, with 16-bit and 32-bit (`I;16`, `I`, `F`) grayscale scaled down, not clipped.
-
-    `convert("RGB")` clips high-depth grayscale at 255, so a 16-bit PNG comes out almost all white. Here the values are
-    scaled from the range their type implies: 16-bit PNGs from 0-65535; `I` / `F` images from 0-255 or 0-65535 (`F`
-    also 0-1) when their values fit, else from their own min-max.
-
-    Only numpy and PIL: the processor (which must stand alone as remote code) can carry a copy of this function.
+    """The processor's `image_to_rgb` (high-depth grayscale scaled, not clipped), with NaN / inf pixels a bad row.
 
     Raises:
         NonFiniteMediaError: an `F` image holding NaN or infinite values.
     """
-    mode = image.mode
-    if not (mode.startswith("I;16") or mode in ("I", "F")):
-        return image.convert("RGB")
-    values = np.asarray(image, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise NonFiniteMediaError(
-            f"Image {name} holds {int((~np.isfinite(values)).sum())} non-finite pixel values (NaN or inf). "
-            "Replace or remove the file."
-        )
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if mode.startswith("I;16"):
-        bottom, top = 0.0, 65535.0
-    elif low >= 0 and high <= (1.0 if mode == "F" else 255.0):
-        bottom, top = 0.0, 1.0 if mode == "F" else 255.0
-    elif low >= 0 and high <= 255.0:
-        bottom, top = 0.0, 255.0
-    elif low >= 0 and high <= 65535.0:
-        bottom, top = 0.0, 65535.0
-    else:
-        bottom, top = low, high
-    scaled = (values - bottom) * (255.0 / (top - bottom)) if top > bottom else np.zeros_like(values)
-    return PIL.Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    try:
+        return _image_to_rgb(image, name)
+    except ValueError as error:  # the one error it raises: non-finite pixels
+        raise NonFiniteMediaError(str(error)) from error
 
 
 def _finite_mono(array, name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from math import gcd
 
 import numpy as np
+from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
@@ -74,6 +75,51 @@ def fit_to_max_length(
     if truncation == "text" and not any(media_mask[max_length:]):
         return max_length
     return None
+
+
+def image_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """`image` as 8-bit RGB, with 16-bit and 32-bit (`I;16`, `I`, `F`) grayscale scaled down, not clipped.
+
+    `convert("RGB")` clips high-depth grayscale at 255, so a 16-bit PNG comes out almost all white. Here the values are
+    scaled from the range their type implies: 16-bit PNGs from 0-65535; `I` / `F` images from 0-255 or 0-65535 (`F`
+    also 0-1) when their values fit, else from their own min-max.
+
+    Only numpy and PIL, so it ships with the processor; `any2text.data.media` uses this one.
+
+    Raises:
+        ValueError: an `F` image holding NaN or infinite values.
+    """
+    mode = image.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"Image {name} holds {int((~np.isfinite(values)).sum())} non-finite pixel values (NaN or inf). "
+            "Replace or remove the file."
+        )
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        bottom, top = 0.0, 65535.0
+    elif low >= 0 and high <= (1.0 if mode == "F" else 255.0):
+        bottom, top = 0.0, 1.0 if mode == "F" else 255.0
+    elif low >= 0 and high <= 255.0:
+        bottom, top = 0.0, 255.0
+    elif low >= 0 and high <= 65535.0:
+        bottom, top = 0.0, 65535.0
+    else:
+        bottom, top = low, high
+    scaled = (values - bottom) * (255.0 / (top - bottom)) if top > bottom else np.zeros_like(values)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _eight_bit(images):
+    """High-depth grayscale PIL images (16-bit PNGs...) scaled to 8-bit RGB; the image processor would clip them."""
+    if isinstance(images, Image.Image):
+        return image_to_rgb(images) if images.mode.startswith("I") or images.mode == "F" else images
+    if isinstance(images, (list, tuple)):
+        return [_eight_bit(image) for image in images]
+    return images
 
 
 def fuses_long_clips(extractor) -> bool:
@@ -255,7 +301,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         images, text, videos, _ = super().prepare_inputs_layout(images=images, text=text, videos=videos, **kwargs)
-        return images, text, videos, self._list_audio(audio)
+        return _eight_bit(images), text, videos, self._list_audio(audio)
 
     @staticmethod
     def _list_audio(audio) -> list | None:
