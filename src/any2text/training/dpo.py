@@ -40,7 +40,7 @@ from transformers.utils import logging
 from ..data.loading import parse_dataset_specs
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
-from .arguments import DataArguments, LoraArguments, ModelArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .freezing import apply_freezing, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
@@ -439,7 +439,7 @@ def _prepare_deepspeed(model: torch.nn.Module, accelerator, args: TrainingArgume
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, TrainingArguments)
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, MultimodalTrainingArguments)
 
 
 def make_parser() -> HfArgumentParser:
