@@ -1,6 +1,6 @@
 """DPO training step: any2text's pair layout vs the naive "two full forwards, media encoded twice, full logits".
 
-    /work/bin/wtpy benchmarks/dpo_step.py [--pairs 4] [--image_tokens 144] [--vocab 32000] [--repeats 3]
+    .venv/bin/python benchmarks/dpo_step.py [--pairs 4] [--image_tokens 144] [--vocab 32000] [--repeats 3]
 
 Both variants get the same LlamaVisionAudio model (a 2-layer Llama, hidden 256, `--vocab`; a CLIP tower giving
 `--image_tokens` tokens per image; frozen tower, trained projector and language model), the same pairs (one image,

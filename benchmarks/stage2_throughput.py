@@ -1,6 +1,6 @@
 """Stage-2 training throughput on long-tailed answers: any2text padded vs padding-free vs packed, and TRL + stock Llava.
 
-    /work/bin/wtpy -m pip install --no-deps --target build/trl trl     # the peer only; never a project dependency
+    .venv/bin/pip install --no-deps --target build/trl trl     # the peer only; never a project dependency
     python benchmarks/stage2_throughput.py [--samples 96] [--steps 6] [--repeats 3] [--batch 8]
 
 The data: LLaVA-format rows, each one 224 px image (256 tokens after CLIP-14's CLS is dropped), a short prompt and an
