@@ -305,9 +305,7 @@ class MultimodalCollator:
         length = len(sample["input_ids"])
         if self.max_length is None or length <= self.max_length:
             return sample
-        if self.truncation == "error":
-            raise SampleTooLongError(self._too_long(length))
-        keep = fit_to_max_length(self._media_mask(sample).tolist(), self.max_length, self.truncation)
+        keep = self._fit_length(self._media_mask(sample).tolist())
         reason = "a media span would be cut" if self.truncation == "text" else "`truncation='drop'`"
         if keep is not None:
             cut = {key: value[:keep] if key != "media" else value for key, value in sample.items()}
@@ -322,12 +320,12 @@ class MultimodalCollator:
         )
         return None
 
-    def _too_long(self, length: int) -> str:
-        return (
-            f"The sample has {length} tokens (media included), more than `max_length={self.max_length}`. Raise "
-            "`max_length`, or set `truncation` to `'drop'` (skip such samples, counted and logged) or `'text'` (cut "
-            "text at the end; media spans stay whole)."
-        )
+    def _fit_length(self, media_mask: list[bool]) -> int | None:
+        """`fit_to_max_length` (the one home of the rule and its message), its error a `SampleTooLongError`."""
+        try:
+            return fit_to_max_length(media_mask, self.max_length, self.truncation)
+        except ValueError as error:
+            raise SampleTooLongError(str(error)) from None
 
     def check_sample(self, messages: list[dict]) -> int:
         """The sample's exact length (see `sample_length`), checked against `max_length` under `truncation="error"`.
@@ -339,7 +337,7 @@ class MultimodalCollator:
         """
         length = self.sample_length(messages)
         if self.max_length is not None and self.truncation == "error" and length > self.max_length:
-            raise SampleTooLongError(self._too_long(length))
+            self._fit_length([False] * length)  # raises, with the message every too-long sample gets
         return length
 
     # -----------------------------------------------------------------------------------------------------------------
