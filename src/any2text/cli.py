@@ -21,6 +21,32 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def setup_logging(training_args=None) -> None:
+    """Log set-up for every `any2text` command, as transformers' example scripts do it.
+
+    With `training_args` (a `TrainingArguments`): info on the main process, `--log_level(_replica)` elsewhere;
+    without: info. any2text's loggers are not under transformers' and get the same level.
+    """
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = logging.INFO
+    if training_args is not None:
+        if training_args.should_log:
+            hf_logging.set_verbosity_info()  # the main process' default; `--log_level` overrides it
+        level = training_args.get_process_log_level()
+    hf_logging.set_verbosity(level)
+    hf_logging.enable_default_handler()
+    hf_logging.enable_explicit_format()
+    logging.getLogger("any2text").setLevel(level)
+
+
 def _usage() -> str:
     lines = ["usage: any2text <command> [options]", "", "commands:"]
     lines += [f"  {name:<14}{help_}" for name, (_, _, help_) in COMMANDS.items()]

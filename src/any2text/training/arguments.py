@@ -7,11 +7,13 @@ Everything the stock `TrainingArguments` owns (`output_dir`, `deepspeed`, `bf16`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
 from ..data.bad_rows import BAD_ROWS_FILE, DEFAULT_MAX_BAD_ROWS, check_max_bad_rows
 from ..data.collator import TRUNCATION_MODES
+from ..data.loading import DatasetSpec, parse_dataset_specs
 from ..data.packing import PACKING_STRATEGIES
 
 
@@ -182,6 +184,29 @@ class DataArguments:
         if self.eval_datasets and not self.eval_template:
             raise ValueError("`--eval_datasets` needs `--eval_template` (one per dataset).")
         self.max_bad_rows = check_max_bad_rows(self.max_bad_rows)
+
+    def dataset_specs(self, split: Literal["train", "eval"]) -> list[DatasetSpec] | None:
+        """The `DatasetSpec`s the `--train_*` (or `--eval_*`) comma lists describe; `None` when no dataset is given.
+
+        Weights (and so `--train_num_samples`) apply to training only; evaluation reads `--eval_media_root`.
+        """
+        if split == "train":
+            if not self.train_datasets:
+                return None
+            return parse_dataset_specs(
+                self.train_datasets, templates=self.train_template, splits=self.train_split,
+                data_files=self.train_data_files, names=self.train_name, sizes=self.train_size,
+                weights=self.train_weights, media_roots=self.media_root,
+            )  # fmt: skip
+        if split != "eval":
+            raise ValueError(f"`split` must be `train` or `eval`, got `{split}`.")
+        if not self.eval_datasets:
+            return None
+        return parse_dataset_specs(
+            self.eval_datasets, templates=self.eval_template, splits=self.eval_split,
+            data_files=self.eval_data_files, names=self.eval_name, sizes=self.eval_size,
+            media_roots=self.eval_media_root,
+        )  # fmt: skip
 
 
 @dataclass

@@ -37,24 +37,21 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
+from ..cli import setup_logging as _setup_logging
 from ..data.loading import parse_dataset_specs
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
+from .checkpoints import resolve_resume_checkpoint
 from .freezing import apply_freezing, parameter_table
 from .lora import apply_lora
+from .model import load_model_and_processor, mark_zero3_leaf_towers
 from .model_card import training_card
-from .train import (
-    _check_cpu_deepspeed,
-    _config_file,
-    _init_cpu_deepspeed,
-    _read_config,
-    _resume_checkpoint,
-    _setup_logging,
-    load_model_and_processor,
-    mark_zero3_leaf_towers,
-)
+from .train import make_parser as train_make_parser
+from .train import parse_args as train_parse_args
 from .trainer import DataReportCallback, MultimodalTrainer
+from .workarounds import check_cpu_deepspeed as _check_cpu_deepspeed
+from .workarounds import init_cpu_deepspeed as _init_cpu_deepspeed
 
 logger = logging.get_logger(__name__)
 
@@ -443,27 +440,12 @@ ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, M
 
 
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(ARGUMENT_GROUPS, allow_abbrev=False)
+    return train_make_parser(ARGUMENT_GROUPS)
 
 
 def parse_args(argv: list[str] | None = None):
-    """Flags, or one `.yaml` / `.json` config file, into the five argument groups (unknown flags are errors)."""
-    import difflib
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
-    path, launcher = _config_file(argv)
-    if path is not None:
-        return parser.parse_dict({**_read_config(path), **launcher}, allow_extra_keys=False)
-    *groups, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        known = [option for action in parser._actions for option in action.option_strings]
-        hints = []
-        for arg in unknown:
-            close = difflib.get_close_matches(arg.split("=")[0], known, n=1) if arg.startswith("--") else []
-            hints.append(f"`{arg}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
-        raise ValueError(f"Unknown arguments: {', '.join(hints)}. See `--help` for the full list.")
-    return tuple(groups)
+    """Flags, or one `.yaml` / `.json` config file, into the five argument groups (as `any2text.train` parses)."""
+    return train_parse_args(argv, ARGUMENT_GROUPS)
 
 
 def build_preference_dataset(data_args: DataArguments, split: str, processor, seed: int) -> IndexedDataset | None:
@@ -566,7 +548,8 @@ def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer
     """Run stage 3: align, save the model (or adapter) and processor to `output_dir`, `trainer_state.json`, card."""
     transformers.set_seed(training_args.seed)
     trainer = build_dpo_trainer(model_args, data_args, lora_args, dpo_args, training_args)
-    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(training_args))
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -7,13 +7,13 @@ or gradient with an error naming the step and the rows of its batch (or, with `-
 that optimizer update and count it), and to refuse to save non-finite weights.
 
 Row identity travels with the batch: each sample carries `source` (`{"dataset", "index", "id"}`; `MultimodalDataset`
-items have it, other datasets get it from `RowIdentityDataset`), the collator wrapper
+items have it, other datasets' items get their sample index from `RowIdentityDataset`), the collator wrapper
 `RowIdCollator` puts the batch's list under `row_ids`, and the trainer removes that key before the model's forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,32 +29,9 @@ class NonFiniteError(RuntimeError):
     """Training met a non-finite loss, gradient or weight; the message names the step, the rows and the fix."""
 
 
-_ID_COLUMNS = ("id", "question_id", "sample_id")
-
-
-def row_identity(dataset: Any, index: int, _id_views: dict[int, Any] | None = None) -> dict[str, Any]:
-    """`{"dataset", "index", "id"}` of sample `index` of `dataset`: which source row it came from.
-
-    Uses `dataset.row_identity(index)` when the dataset provides it. For a `MultimodalDataset` that does not (yet), the
-    row is found through its sample -> (dataset, row) map, and `id` is the row's `id` (or `question_id`) column when it
-    has one, read from a one-column view (`_id_views` caches them) so no media bytes are read. Any other dataset is
-    named by the sample index alone.
-    """
-    describe = getattr(dataset, "row_identity", None)
-    if callable(describe):
-        return describe(index)
-    # `MultimodalDataset` (any2text.data.loading) keeps sample -> (dataset, row) as two index arrays.
-    dataset_index, row_index = getattr(dataset, "_dataset_index", None), getattr(dataset, "_row_index", None)
-    if dataset_index is None or row_index is None:
-        return {"dataset": None, "index": int(index), "id": None}
-    source, row = int(dataset_index[index]), int(row_index[index])
-    views = {} if _id_views is None else _id_views
-    if source not in views:
-        raw = dataset.datasets[source]
-        column = next((c for c in _ID_COLUMNS if c in getattr(raw, "column_names", ())), None)
-        views[source] = (raw.select_columns([column]), column) if column else None
-    row_id = views[source][0][row][views[source][1]] if views[source] else None
-    return {"dataset": str(dataset.specs[source]), "index": row, "id": row_id}
+def row_identity(index: int) -> dict[str, Any]:
+    """`{"dataset", "index", "id"}` for sample `index` of a dataset whose items do not say which row they came from."""
+    return {"dataset": None, "index": int(index), "id": None}
 
 
 def describe_rows(rows: Sequence[Mapping[str, Any] | None]) -> str:
@@ -75,14 +52,14 @@ def describe_rows(rows: Sequence[Mapping[str, Any] | None]) -> str:
 
 
 class RowIdentityDataset(torch.utils.data.Dataset):
-    """`dataset` whose mapping samples also carry `source` (see `row_identity`); everything else is `dataset`'s.
+    """`dataset` whose mapping samples also carry `source` (their sample index); everything else is `dataset`'s.
 
-    A sample that already has `source` (set by the dataset itself, as `MultimodalDataset` does) keeps it.
+    For datasets whose items do not name their row themselves (`MultimodalDataset` items do). A sample that already
+    has `source` keeps it.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
-        self._id_views: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -90,14 +67,11 @@ class RowIdentityDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Any:
         sample = self.dataset[index]
         if isinstance(sample, Mapping) and ROW_ID_KEY not in sample:
-            sample = {**sample, ROW_ID_KEY: row_identity(self.dataset, index, self._id_views)}
+            sample = {**sample, ROW_ID_KEY: row_identity(index)}
         return sample
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in (
-            "dataset",
-            "_id_views",
-        ):  # keeps pickling (DataLoader workers) from recursing
+        if name.startswith("__") or name == "dataset":  # keeps pickling (DataLoader workers) from recursing
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -145,9 +119,13 @@ def non_finite_parameters(model: torch.nn.Module) -> dict[str, int]:
     return bad
 
 
-def gradients_are_finite(model: torch.nn.Module) -> bool:
-    """Whether every gradient of `model` is finite (parameters without a gradient count as finite)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every gradient of `parameters` is finite (parameters without a gradient count as finite).
+
+    Runs every optimizer step: pass the trainable parameters listed once (`MultimodalTrainer` does), not
+    `model.parameters()`, whose walk over every module costs as much as the norm on a small model.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return True
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))

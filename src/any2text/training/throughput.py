@@ -21,6 +21,7 @@ from ..data.collator import MultimodalCollator
 from ..data.packing import PackedCollator, PackedDataset
 from .arguments import DataArguments
 from .freezing import find_components
+from .trainer import sample_lengths
 
 logger = logging.get_logger(__name__)
 
@@ -44,14 +45,13 @@ def prepare_packing(
     train_dataset: torch.utils.data.Dataset | None,
     eval_dataset: torch.utils.data.Dataset | None,
     ensure_image: bool,
-    lengths_of: Any,
     attn_implementation: str | None = None,
 ) -> PackedData:
     """The collator and datasets for `--padding_free` / `--packing` (unchanged when neither is set).
 
-    `lengths_of(dataset)` gives exact sample lengths (`trainer.sample_lengths` with the collator); packing uses them
-    to fill rows, so a packed run reads every sample's text once before training (not its media).
-    `attn_implementation` is the language model's: flash-attention gets all packed rows as one row.
+    Packing fills rows from exact sample lengths (`trainer.sample_lengths`), so a packed run reads every sample's text
+    once before training (not its media). `attn_implementation` is the language model's: flash-attention gets all
+    packed rows as one row.
     """
     if not (data_args.padding_free or data_args.packing):
         return PackedData(collator, train_dataset, eval_dataset)
@@ -65,7 +65,9 @@ def prepare_packing(
     def pack(dataset):
         if dataset is None:
             return None
-        return PackedDataset(dataset, lengths_of(dataset), data_args.max_length, data_args.packing_strategy)
+        return PackedDataset(
+            dataset, sample_lengths(dataset, collator), data_args.max_length, data_args.packing_strategy
+        )
 
     packed_train = pack(train_dataset)
     spi = packed_train.samples_per_item if packed_train is not None else 1.0

@@ -17,6 +17,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
 from ..data.collator import MultimodalCollator
+from ..data.loading import MultimodalDataset
+from ..data.packing import PackedDataset
 from .checkpoints import CheckpointManifestCallback
 from .nonfinite import (
     ROW_IDS_KEY,
@@ -32,25 +34,49 @@ logger = logging.get_logger(__name__)
 
 
 def sample_lengths(dataset: torch.utils.data.Dataset, collator: MultimodalCollator) -> list[int]:
-    """Exact token length of every sample, without loading media.
+    """Exact token length of every sample, without loading media: the one place lengths are measured and checked.
 
-    Uses `dataset.lengths` when the dataset provides it; otherwise renders each sample's messages with
-    `dataset.messages(i, decode_media=False)` (`MultimodalDataset`) or `dataset[i]["messages"]` and counts tokens with
-    `collator.sample_length`. One pass over the data: a few minutes for LLaVA-Instruct's 665K rows.
+    `MultimodalTrainer`'s length-grouped sampler and `--packing` (`throughput.prepare_packing`) both ask here. A dataset
+    that already knows its lengths (`dataset.lengths`: a `PackedDataset`, or a `MultimodalDataset` measured before) is
+    read; a `MultimodalDataset` is measured in its validation pass (`validate(length_fn=collator.sample_length)`: one
+    batched read of the rows, bad rows found now) and keeps them; any other dataset renders each item's `messages`.
+    A few minutes for LLaVA-Instruct's 665K rows.
+
+    Samples over the collator's `max_length` are reported here, before the first step rather than mid-run.
+
+    Raises:
+        ValueError: samples longer than `max_length` under `truncation="error"` (a `MultimodalDataset` given the
+            collator's `check_sample` raises its `BadRowError` naming the row instead).
     """
     lengths = getattr(dataset, "lengths", None)
-    if lengths is not None:
-        return [int(length) for length in lengths]
-    if hasattr(dataset, "messages"):
-        return [collator.sample_length(dataset.messages(i, decode_media=False)) for i in range(len(dataset))]
-    return [collator.sample_length(dataset[i]["messages"]) for i in range(len(dataset))]
+    if lengths is None and isinstance(dataset, MultimodalDataset):
+        lengths = dataset.validate(length_fn=collator.sample_length)
+    elif lengths is None:
+        lengths = [collator.sample_length(dataset[i]["messages"]) for i in range(len(dataset))]
+    lengths = [int(length) for length in lengths]
+    _report_too_long(lengths, collator)
+    return lengths
+
+
+def _report_too_long(lengths: list[int], collator: MultimodalCollator) -> None:
+    max_length = getattr(collator, "max_length", None)
+    too_long = [i for i, length in enumerate(lengths) if max_length is not None and length > max_length]
+    if not too_long:
+        return
+    message = (
+        f"{len(too_long)} of {len(lengths)} samples are longer than `max_length={max_length}` "
+        f"(e.g. sample {too_long[0]}: {lengths[too_long[0]]} tokens)."
+    )
+    if collator.truncation == "error":
+        raise ValueError(f"{message} Raise `--max_length`, or pass `--truncation drop` / `--truncation text`.")
+    logger.warning(f"{message} They are handled with `--truncation {collator.truncation}`.")
 
 
 class MultimodalTrainer(Trainer):
     """`Trainer` for datasets of messages, which stops (or skips) at non-finite values and never saves them.
 
-    - `train_sampling_strategy="group_by_length"` works: lengths come from `train_lengths` (see `sample_lengths`); the
-      stock sampler only reads them from a `datasets.Dataset` column or tokenized `input_ids`.
+    - `train_sampling_strategy="group_by_length"` works: the sampler asks `sample_lengths` (once, when training
+      starts); the stock sampler only reads lengths from a `datasets.Dataset` column or tokenized `input_ids`.
     - A non-finite loss or gradient stops training with a `NonFiniteError` naming the step and the rows of its batch
       (dataset, row index, id). With `args.skip_nonfinite_steps=True` the step's optimizer update is skipped instead
       (no weight or optimizer-state change; the learning-rate schedule still advances), logged with its rows and
@@ -61,18 +87,18 @@ class MultimodalTrainer(Trainer):
     - Each checkpoint gets a manifest written last (`checkpoints.CheckpointManifestCallback`), so an interrupted save
       never looks complete to `--resume_from_checkpoint True`.
 
-    Row identity: `train_dataset` and `data_collator` given as keywords are wrapped so each batch carries `row_ids`
-    (see `nonfinite.RowIdCollator`); the key is removed before the model's forward.
+    Row identity: `data_collator` (given as a keyword) is wrapped so each batch carries `row_ids` (see
+    `nonfinite.RowIdCollator`), removed before the model's forward; a `train_dataset` whose items do not name their row
+    (`MultimodalDataset` and packed items do) is wrapped to give each its sample index.
     """
 
-    def __init__(self, *args, train_lengths: Sequence[int] | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         train_dataset = kwargs.get("train_dataset")
-        if _is_map_style(train_dataset) and not isinstance(train_dataset, RowIdentityDataset):
+        if _lacks_row_identity(train_dataset):
             kwargs["train_dataset"] = RowIdentityDataset(train_dataset)
         if kwargs.get("data_collator") is not None and not isinstance(kwargs["data_collator"], RowIdCollator):
             kwargs["data_collator"] = RowIdCollator(kwargs["data_collator"])
         super().__init__(*args, **kwargs)
-        self.train_lengths = list(train_lengths) if train_lengths is not None else None
         self.skip_nonfinite_steps = bool(getattr(self.args, "skip_nonfinite_steps", False))
         if self.skip_nonfinite_steps and self.is_deepspeed_enabled:
             raise ValueError(
@@ -84,18 +110,16 @@ class MultimodalTrainer(Trainer):
         self.num_nonfinite_steps_skipped = 0
         self._step_rows: list[Any] = []
         self._step_loss_finite = True
+        self._trainable: list[torch.nn.Parameter] | None = None  # listed once per `train()`, checked every step
         self.add_callback(_NonFiniteGuard(self))
         self.add_callback(CheckpointManifestCallback())
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and self.train_lengths is not None:
-            if len(self.train_lengths) != len(dataset):
-                raise ValueError(
-                    f"`train_lengths` has {len(self.train_lengths)} entries for a dataset of {len(dataset)} samples."
-                )
+        if self.args.train_sampling_strategy == "group_by_length" and _is_map_style(dataset):
+            lengths = sample_lengths(dataset, self.data_collator)
             return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.train_lengths
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
             )
         return super()._get_train_sampler(train_dataset)
 
@@ -125,7 +149,9 @@ class MultimodalTrainer(Trainer):
         if self.is_deepspeed_enabled:
             norm = self.model_wrapped.get_global_grad_norm()
             return norm is None or math.isfinite(float(norm))
-        return gradients_are_finite(model)
+        if self._trainable is None:
+            self._trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        return gradients_are_finite(self._trainable)
 
     def _check_step(self, model: torch.nn.Module) -> None:
         """Before the optimizer update: raise, or (skip mode) drop this step's gradients, when anything is non-finite."""
@@ -141,7 +167,7 @@ class MultimodalTrainer(Trainer):
         if not self.skip_nonfinite_steps:
             raise NonFiniteError(self._nonfinite_message(what, self._step_rows))
         if not self.args.fp16:  # with fp16 the loss scaler skips the update itself (and needs the gradients to)
-            for parameter in model.parameters():
+            for parameter in model.parameters() if self._trainable is None else self._trainable:
                 parameter.grad = None  # optimizers leave parameters without a gradient untouched
         self.num_nonfinite_steps_skipped += 1
         logger.warning(
@@ -182,7 +208,7 @@ class MultimodalTrainer(Trainer):
 
 
 def _is_map_style(dataset: Any) -> bool:
-    """A dataset indexed by sample (what `RowIdentityDataset` can wrap); not an iterable or a `datasets.Dataset`."""
+    """A dataset indexed by sample; not an iterable or a `datasets.Dataset` (the stock Trainer's own cases)."""
     return (
         dataset is not None
         and hasattr(dataset, "__getitem__")
@@ -190,11 +216,19 @@ def _is_map_style(dataset: Any) -> bool:
     )
 
 
+def _lacks_row_identity(dataset: Any) -> bool:
+    """A map-style dataset whose items do not carry `source` (what `RowIdentityDataset` adds)."""
+    return _is_map_style(dataset) and not isinstance(dataset, MultimodalDataset | PackedDataset | RowIdentityDataset)
+
+
 class _NonFiniteGuard(TrainerCallback):
     """The stock loop's hooks into `MultimodalTrainer`'s checks: a step begins; the optimizer is about to update."""
 
     def __init__(self, trainer: MultimodalTrainer):
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._trainable = None  # freezing or LoRA may differ from the last `train()`
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._begin_step()
