@@ -1,6 +1,7 @@
 """`any2text` command line: one entry point, one subcommand per job, each delegating to its module's `main(argv)`."""
 
 import importlib
+import logging
 import sys
 
 # subcommand -> (module, function, one-line help). Modules import lazily so `any2text --help` is instant.
@@ -19,6 +20,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo-data": ("any2text.data.synthetic", "main", "write the synthetic image/audio question dataset"),
     "demo": ("any2text.demo", "main", "the whole recipe on tiny models, offline, in minutes"),
 }
+
+
+def configure_logging() -> None:
+    """Show any2text's progress messages (INFO) on stderr without turning on transformers' own INFO chatter.
+
+    Every entry point's `main` calls it (they also run as `python -m ...`); calling it again changes nothing.
+    """
+    logger = logging.getLogger("any2text")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _usage() -> str:

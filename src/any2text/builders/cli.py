@@ -4,13 +4,12 @@ any2text build --kind llama_vision_audio --save_path ./llama_vision_audio
 any2text build --kind llama_vision --language_model_path Qwen/Qwen2.5-7B-Instruct --save_path ./qwen_vision
 """
 
-import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import HfArgumentParser
 
+from ..cli import configure_logging
 from .presets import DEFAULT_AUDIO_TOWER, DEFAULT_LANGUAGE_MODEL, DEFAULT_VISION_TOWER
 
 NONE_VALUES = ("", "none", "None")
@@ -35,16 +34,6 @@ class BuildArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the projector initialisation."})
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to upload the checkpoint to."})
-
-
-def configure_logging() -> None:
-    """Show any2text's stage-by-stage progress (INFO) without turning on transformers' own INFO chatter."""
-    logger = logging.getLogger("any2text")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
 
 
 def run_build(args: BuildArguments):

@@ -34,6 +34,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from ..cli import configure_logging
 from ..models.llama_vision_audio import (
     LlamaVisionAudioConfig,
     LlamaVisionAudioForConditionalGeneration,
@@ -213,8 +214,6 @@ class ConvertSeedArguments:
 
 def main(argv: list[str] | None = None) -> None:
     """`any2text convert-seed --model SEED_DIR --output OUT`."""
-    from .cli import configure_logging
-
     (args,) = HfArgumentParser(ConvertSeedArguments).parse_args_into_dataclasses(args=argv)
     configure_logging()
     convert_seed_checkpoint(args.model, args.output, max_shard_size=args.max_shard_size)
