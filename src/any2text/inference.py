@@ -17,7 +17,7 @@ cache unless sampling arguments are passed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
@@ -28,9 +28,11 @@ from .data.media import load_audio, load_image, media_refs
 logger = logging.get_logger(__name__)
 
 Conversation = list[dict[str, Any]]
+# The `--dtype` choices of the command lines; `from_pretrained` takes the names as they are.
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-def load_inference_model(model: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
+def load_inference_model(model: str, dtype: DTypeName = "auto", device: str | None = None) -> tuple[Any, Any]:
     """`AutoModelForImageTextToText` + `AutoProcessor` from `model` (folder or Hub id), in eval mode on `device`.
 
     Args:
@@ -140,4 +142,4 @@ def generate_batch(
     return answers
 
 
-__all__ = ["decode_media", "generate_batch", "load_inference_model", "prepare_inputs"]
+__all__ = ["DTypeName", "decode_media", "generate_batch", "load_inference_model", "prepare_inputs"]

@@ -10,6 +10,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from ..cli import configure_logging
+from ..inference import DTypeName
 from .presets import DEFAULT_AUDIO_TOWER, DEFAULT_LANGUAGE_MODEL, DEFAULT_VISION_TOWER
 
 NONE_VALUES = ("", "none", "None")
@@ -30,7 +31,9 @@ class BuildArguments:
         metadata={"help": "CLAP checkpoint; 'none' for no audio input (llama_vision_audio only)."},
     )
     save_path: str | None = field(default=None, metadata={"help": "Output folder."})
-    dtype: str = field(default="auto", metadata={"help": "auto (the LM checkpoint's), float32, bfloat16, float16."})
+    dtype: DTypeName = field(
+        default="auto", metadata={"help": "auto (the LM checkpoint's), float32, bfloat16, float16."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the projector initialisation."})
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to upload the checkpoint to."})

@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from ..inference import decode_media, generate_batch, load_inference_model
+from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ChatArguments:
     prompt: str | None = field(default=None, metadata={"help": "Ask one question, print the answer and exit."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per answer."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy; > 0 samples."})
-    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    dtype: DTypeName = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda if available."})
 
 

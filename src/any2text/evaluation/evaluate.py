@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..cli import configure_logging
-from ..inference import decode_media, generate_batch, load_inference_model
+from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
 from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
@@ -73,7 +73,7 @@ class EvalArguments:
     prompt_suffix: str | None = field(
         default=None, metadata={"help": "Replace the benchmark's instruction appended to each question."}
     )
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
+    dtype: DTypeName = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
     overwrite: bool = field(
         default=False,
