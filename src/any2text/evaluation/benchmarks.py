@@ -95,10 +95,10 @@ class Benchmark:
     template: str
     references: ReferenceReader
     default_data: str | None
-    default_subset: str | None
     default_split: str
     max_new_tokens: int
     primary_score: str
+    default_subset: str | None = None
     prompt_suffix: str | None = None
     group_columns: tuple[str, ...] = ()
 
@@ -255,7 +255,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="VQAv2",
             references=_answers("answers"),
             default_data="lmms-lab/VQAv2",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -270,7 +269,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             references=_answers("answers"),
             prompt_suffix=OKVQA_SUFFIX,
             default_data="lmms-lab/OK-VQA",
-            default_subset=None,
             default_split="val2014",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -284,7 +282,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="A-OKVQA-MC",
             references=_aokvqa_mc,
             default_data="HuggingFaceM4/A-OKVQA",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=8,
             primary_score="accuracy",
@@ -298,7 +295,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="A-OKVQA-DA",
             references=_answers("direct_answers"),
             default_data="HuggingFaceM4/A-OKVQA",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -313,7 +309,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="MME",
             references=_mme,
             default_data="lmms-lab/MME",
-            default_subset=None,
             default_split="test",
             max_new_tokens=16,
             primary_score="total",
@@ -341,7 +336,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="Clotho",
             references=lambda row, row_index: (_captions(row), {}),
             default_data="CLAPv2/Clotho",
-            default_subset=None,
             default_split="test",
             max_new_tokens=48,
             primary_score="cider",
@@ -355,7 +349,6 @@ BENCHMARKS: dict[str, Benchmark] = {
             template="AudioCaps",
             references=lambda row, row_index: (_captions(row), {}),
             default_data="jp1924/AudioCaps",
-            default_subset=None,
             default_split="test",
             max_new_tokens=48,
             primary_score="cider",
