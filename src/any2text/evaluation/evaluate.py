@@ -7,7 +7,7 @@ flushed after every batch, then ``eval/mme/scores.json`` and ``eval/mme/scores.m
 resumes: ids already in predictions.jsonl are not generated again. An item that cannot be evaluated (a corrupt image,
 an unreadable row) stops the run with an error naming its id; with `--skip_bad_items True` it is skipped instead,
 counted and listed in scores.json (a rerun tries it again). `--data` takes a Hub id, a local dataset folder,
-or a single .parquet / .json / .jsonl file; it defaults to the benchmark's lmms-eval source.
+or a single .parquet / .json / .jsonl / .csv / .arrow file; it defaults to the benchmark's lmms-eval source.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..cli import configure_logging
+from ..data.loading import FILE_BUILDERS
 from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
 from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 
@@ -39,7 +40,6 @@ RUN_JSON = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
-_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 # What a bad row or medium raises (media decoding, row readers, processors); anything else is a real failure.
 _BAD_ITEM_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
@@ -109,9 +109,9 @@ def load_eval_dataset(data: str, split: str | None = None, subset: str | None = 
     """
     path = Path(data)
     if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(_FILE_BUILDERS)}.")
+            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
         # A single file is always datasets' "train" split, whatever --split says.
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
