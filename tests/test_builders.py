@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import (
     AutoModelForImageTextToText,
@@ -154,6 +155,16 @@ def test_remote_code_folder_loads_without_any2text(lva_llama, tmp_path):
     assert "remote code ok" in proc.stdout
 
 
+def test_remote_code_is_the_public_class_registration_and_cannot_be_half_undone(lva_llama, tmp_path):
+    from any2text.builders import BuildRecord, save_checkpoint
+
+    _, model, processor = lva_llama  # built with remote_code=True: register_for_auto_class, on for the process
+    assert type(model).is_remote_code()
+    with pytest.raises(ValueError, match="already registered `LlamaVisionAudioForConditionalGeneration`"):
+        save_checkpoint(model, processor, tmp_path, BuildRecord("test", "lm"), remote_code=False)
+    assert not (tmp_path / "config.json").exists()
+
+
 def test_loading_with_any2text_needs_no_remote_code(lva_llama):
     path, _, _ = lva_llama
     # Without trust_remote_code: the classes `import any2text` registered are used, not the shipped copies.
@@ -194,7 +205,7 @@ def test_dtype_is_kept_or_chosen(parts, lva_llama, tmp_path):  # noqa: F811
     assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
     model32, _ = build_llama_vision(parts.llama, parts.clip, dtype="float32")
     assert {p.dtype for p in model32.parameters()} == {torch.float32}
-    with pytest.raises(ValueError, match="`dtype`"):
+    with pytest.raises(ValueError, match="dtype=torch.int8. as it.s not a floating-point dtype"):  # transformers says
         build_llama_vision(parts.llama, parts.clip, dtype="int8")
 
 
@@ -271,7 +282,13 @@ def test_model_card(lva_llama, parts):  # noqa: F811
     card = (path / "README.md").read_text()
     for text in (str(parts.llama), str(parts.clip), str(parts.clap), "`<image>`", "`<audio>`", "`<pad>`", "mean"):
         assert text in card
-    assert card.startswith("---\nlibrary_name: transformers")
+    data = ModelCard(card).data  # the Hub's metadata block
+    assert data.library_name == "transformers" and data.base_model == [
+        str(parts.llama),
+        str(parts.clip),
+        str(parts.clap),
+    ]
+    assert "build_llama_vision_audio(**" in card and "Converted" not in card
 
 
 def test_cli_and_example_scripts(parts, tmp_path):  # noqa: F811

@@ -156,3 +156,49 @@ def test_metric_inputs_from_records():
     assert bench.score(records)["count"] == 200.0
     # Unlabelled rows (test splits) are not scored.
     assert bench.score([{**records[0], "references": []}]) == {}
+
+
+def test_benchmark_prompts_are_their_training_templates_prompts():
+    from any2text.data.templates import get_template
+
+    rows = {
+        "vqav2": {"question": "How many dogs?", "image": IMAGE, "multiple_choice_answer": "2"},
+        "aokvqa_mc": {"question": "Holding?", "image": IMAGE, "choices": ["bat", "racket"], "correct_choice_idx": 1},
+        "aokvqa_da": {"question": "Holding?", "image": IMAGE, "direct_answers": ["racket", "bat", "racket"]},
+        "librispeech": {"id": "1", "audio": AUDIO, "text": "HE HOPED"},
+        "clotho_aqa": {"audio": AUDIO, "question": "Is it raining?", "answer": "yes"},
+    }
+    for name, row in rows.items():
+        bench = get_benchmark(name)
+        template = get_template(bench.template)
+        trained = template(row)  # the messages a model is trained on
+        item = bench.build_item(row, 0)
+        assert item.prompt == trained[0]["content"][-1]["text"] == template.prompt(row), name
+        assert item.messages[0]["content"][0] == trained[0]["content"][0], name  # the medium, first
+    # A benchmark that asks differently from its template says so (lmms-eval's OK-VQA instruction).
+    okvqa_row = {"question": "What sport?", "image": IMAGE, "answers": ["tennis"]}
+    assert get_benchmark("okvqa").build_item(okvqa_row, 0).prompt != get_template("OK-VQA").prompt(okvqa_row)
+
+
+def test_empty_multiple_choice_options_are_left_out_in_training_and_evaluation():
+    # lmms-eval lists only the options a row has; the letters stay those of the answer key.
+    from any2text.data.templates import get_template
+
+    row = {"question": "Holding?", "image": IMAGE, "choices": ["bat", "", "ball", "glove"], "correct_choice_idx": 2}
+    expected = "Holding?\nA. bat\nC. ball\nD. glove\nAnswer with the option's letter from the given choices directly."
+    assert get_benchmark("aokvqa_mc").build_item(row, 0).prompt == expected
+    assert get_template("A-OKVQA-MC")(row)[0]["content"][-1]["text"] == expected
+    assert get_template("A-OKVQA-MC")(row)[1]["content"][0]["text"] == "C"
+    with pytest.raises(ValueError, match="correct_choice_idx=1"):
+        get_template("A-OKVQA-MC")({**row, "correct_choice_idx": 1})  # the answer cannot be an empty option
+    mmbench = {"index": 1, "question": "Which?", "A": "cat", "B": "", "C": "dog", "answer": "C", "category": "x"}
+    prompt = get_benchmark("mmbench").build_item({**mmbench, "image": IMAGE}, 0).prompt
+    assert prompt.startswith("Which? Options:\nA. cat\nC. dog\n")
+    assert get_template("MMBench")({**mmbench, "image": IMAGE})[0]["content"][-1]["text"] == prompt
+
+
+def test_conversation_templates_have_no_single_prompt():
+    from any2text.data.templates import get_template
+
+    with pytest.raises(TypeError, match="Template `LLaVA` makes whole conversations"):
+        get_template("LLaVA").prompt({"conversations": []})

@@ -12,6 +12,7 @@ import soundfile
 import torch
 from transformers import (
     AutoTokenizer,
+    BatchFeature,
     CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
@@ -22,7 +23,7 @@ from transformers import (
 
 import any2text.evaluation.evaluate as runner
 from any2text.evaluation.evaluate import EvalArguments, main, read_predictions, run_evaluation, score_predictions
-from any2text.evaluation.generation import generate_batch
+from any2text.inference import generate_batch
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "src/any2text/builders/assets/tiny_llama3_tokenizer"
 CHAT_TEMPLATE = (
@@ -139,7 +140,7 @@ def test_generate_batch_left_pads_and_matches_one_by_one(tiny_llava):
     batched = generate_batch(model, processor, conversations, max_new_tokens=4, batch_size=3)
     single = [generate_batch(model, processor, [c], max_new_tokens=4, batch_size=1)[0] for c in conversations]
     assert batched == single
-    assert processor.tokenizer.padding_side == "right"  # restored afterwards
+    assert processor.tokenizer.padding_side == "right"  # left padding is asked per call, not set on the tokenizer
 
 
 def test_runner_writes_predictions_and_scores(tiny_llava, mme_parquet, tmp_path):
@@ -316,7 +317,7 @@ class _AudioProcessor:
 
     def __call__(self, text, audio, sampling_rate, padding, return_tensors, **text_kwargs):
         self.calls.append({"audio": audio, "sampling_rate": sampling_rate})
-        return dict(self.tokenizer(text, padding=padding, return_tensors=return_tensors, **text_kwargs))
+        return BatchFeature(dict(self.tokenizer(text, padding=padding, return_tensors=return_tensors, **text_kwargs)))
 
 
 class _EchoModel:

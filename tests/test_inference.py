@@ -18,8 +18,7 @@ from transformers import (
 
 from any2text.builders.presets import tiny_text_config, tiny_tokenizer_path, tiny_vision_config
 from any2text.evaluation import chat
-from any2text.evaluation.evaluate import load_model_and_processor
-from any2text.evaluation.generation import generate_batch
+from any2text.inference import generate_batch, load_inference_model, prepare_inputs
 from conftest import make_image, make_tone
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -64,21 +63,39 @@ def test_one_shot_chat_answers_like_batched_generation(checkpoint, capsys):
         chat.main(["--model", str(checkpoint), "--image", str(checkpoint / "image.png"), "--prompt", "Colour?"]) == 0
     )
     answer = capsys.readouterr().out.strip()
-    model, processor = load_model_and_processor(str(checkpoint), device="cpu")
+    model, processor = load_inference_model(str(checkpoint), device="cpu")
     messages = [{"role": "user", "content": [{"type": "image", "image": str(checkpoint / "image.png")}, {"type": "text", "text": "Colour?"}]}]  # fmt: skip
     expected = generate_batch(model, processor, [messages], max_new_tokens=256)[0]
     assert answer == expected and answer
 
 
+def test_prepare_inputs_left_pads_with_one_bos_and_leaves_the_tokenizer_alone(checkpoint):
+    _, processor = load_inference_model(str(checkpoint), device="cpu")
+    tokenizer = processor.tokenizer
+    tokenizer.add_bos_token = True  # like Llama-3's tokenizer, whose chat template also writes BOS
+    side = tokenizer.padding_side
+    short = [{"role": "user", "content": [{"type": "image", "image": str(checkpoint / "image.png")}, {"type": "text", "text": "Hi"}]}]  # fmt: skip
+    long = [{"role": "user", "content": [{"type": "audio", "audio": str(checkpoint / "clip.wav")}, {"type": "text", "text": "Hi " * 20}]}]  # fmt: skip
+    inputs = prepare_inputs(processor, [short, long])
+    mask = inputs["attention_mask"]
+    assert mask[:, -1].all() and not mask[0, 0]  # left padded: both prompts end in the last column
+    assert inputs["input_features"].shape[0] == 1 and inputs["pixel_values"].shape[0] == 1
+    # The chat template writes BOS; the tokenizer must not add a second one.
+    assert processor.apply_chat_template(short, add_generation_prompt=True).startswith(tokenizer.bos_token)
+    assert [int((row == tokenizer.bos_token_id).sum()) for row in inputs["input_ids"]] == [1, 1]
+    assert tokenizer.padding_side == side
+
+
 def test_chat_session_keeps_history_and_audio(checkpoint):
-    model, processor = load_model_and_processor(str(checkpoint), device="cpu")
+    model, processor = load_inference_model(str(checkpoint), device="cpu")
     session = chat.ChatSession(model, processor, audio=str(checkpoint / "clip.wav"))
     session.ask("What do you hear?", max_new_tokens=4)
     session.ask("And then?", max_new_tokens=4)
     roles = [m["role"] for m in session.messages]
     assert roles == ["user", "assistant", "user", "assistant"]
-    assert session.messages[0]["content"][0] == {"type": "audio"}
-    assert session.audio[0].shape == (48000,)  # 1 s at 16 kHz, resampled to CLAP's 48 kHz
+    audio = session.messages[0]["content"][0]
+    assert audio["type"] == "audio" and audio["audio"].shape == (48000,)  # 1 s at 16 kHz, resampled to 48 kHz
+    assert all(item["type"] == "text" for item in session.messages[2]["content"])  # media once, in the first turn
 
 
 def test_image_text_to_text_pipeline_matches_generate(checkpoint):

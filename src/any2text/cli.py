@@ -1,6 +1,7 @@
 """`any2text` command line: one entry point, one subcommand per job, each delegating to its module's `main(argv)`."""
 
 import importlib
+import logging
 import sys
 
 # subcommand -> (module, function, one-line help). Modules import lazily so `any2text --help` is instant.
@@ -22,13 +23,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def setup_logging(training_args=None) -> None:
-    """Log set-up for every `any2text` command, as transformers' example scripts do it.
+    """Log set-up for every `any2text` command; every entry point's `main` calls it (they also run as `python -m`).
 
-    With `training_args` (a `TrainingArguments`): info on the main process, `--log_level(_replica)` elsewhere;
-    without: info. any2text's loggers are not under transformers' and get the same level.
+    Without `training_args`: any2text's progress messages (INFO) on stdout, transformers' own chatter left at its
+    default. With a `TrainingArguments`, as transformers' example scripts do it: info on the main process,
+    `--log_level(_replica)` elsewhere, for transformers' loggers and ours alike. Calling it again changes nothing.
     """
-    import logging
-
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(
@@ -41,9 +41,9 @@ def setup_logging(training_args=None) -> None:
         if training_args.should_log:
             hf_logging.set_verbosity_info()  # the main process' default; `--log_level` overrides it
         level = training_args.get_process_log_level()
-    hf_logging.set_verbosity(level)
-    hf_logging.enable_default_handler()
-    hf_logging.enable_explicit_format()
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_default_handler()
+        hf_logging.enable_explicit_format()
     logging.getLogger("any2text").setLevel(level)
 
 

@@ -2,12 +2,12 @@
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCardData
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils import logging
 
@@ -22,7 +22,11 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class BuildRecord:
-    """What a checkpoint was built from; written into its model card."""
+    """What a checkpoint was built from; its model card says so.
+
+    `builder` is the function that made it; `card_sections` writes the card's body (a converted checkpoint's record,
+    `seed.ConversionRecord`, writes its own).
+    """
 
     builder: str
     language_model: str
@@ -31,6 +35,13 @@ class BuildRecord:
     added_tokens: dict[str, int] = field(default_factory=dict)
     num_old_tokens: int = 0
     seed: int = 0
+
+    @property
+    def base_models(self) -> list[str]:
+        return [b for b in (self.language_model, self.vision_tower, self.audio_tower) if b]
+
+    def card_sections(self, model: PreTrainedModel) -> list[str]:
+        return _built_section(model, self)
 
 
 _AUTO_CLASSES = (
@@ -52,19 +63,6 @@ def enable_remote_code() -> None:
         cls.register_for_auto_class(auto_class)
 
 
-@contextmanager
-def _remote_code(enabled: bool) -> Iterator[None]:
-    """`enable_remote_code` for one save only, so building does not change how the rest of the process saves."""
-    previous = [cls._auto_class for cls, _ in _AUTO_CLASSES]
-    if enabled:
-        enable_remote_code()
-    try:
-        yield
-    finally:
-        for (cls, _), auto_class in zip(_AUTO_CLASSES, previous):
-            cls._auto_class = auto_class
-
-
 def save_checkpoint(
     model: PreTrainedModel,
     processor: ProcessorMixin,
@@ -73,11 +71,22 @@ def save_checkpoint(
     max_shard_size: str | int = "5GB",
     remote_code: bool = True,
 ) -> Path:
-    """Write model (sharded safetensors), processor and README.md to `save_path`."""
+    """Write model (sharded safetensors), processor and README.md to `save_path`.
+
+    `remote_code=True` ships the model folder's code through `enable_remote_code`, which stays on for the process
+    (transformers' `register_for_auto_class` is class-level and has no public undo).
+    """
     save_path = Path(save_path)
-    with _remote_code(remote_code):
-        model.save_pretrained(save_path, max_shard_size=max_shard_size)
-        processor.save_pretrained(save_path)
+    if remote_code:
+        enable_remote_code()
+    elif type(model).is_remote_code():
+        raise ValueError(
+            f"`remote_code=False`, but this process already registered `{type(model).__name__}` for remote code "
+            "(`enable_remote_code`), so its code would be saved anyway. Pass `remote_code=True`, or save from a "
+            "process that did not enable it."
+        )
+    model.save_pretrained(save_path, max_shard_size=max_shard_size)
+    processor.save_pretrained(save_path)
     (save_path / "README.md").write_text(model_card(model, record, remote_code=remote_code))
     return save_path
 
@@ -122,35 +131,47 @@ def write_outputs(
     max_shard_size: str | int = "5GB",
     private: bool | None = None,
     token: str | None = None,
+    after_save: Callable[[Path], None] | None = None,
 ) -> None:
-    """The last steps of every builder: save to `save_path` and/or upload to the Hub repo `push_to_hub`."""
-    if save_path is not None:
-        logger.info(f"[4/5] Saving to {save_path}")
-        save_checkpoint(model, processor, save_path, record, max_shard_size=max_shard_size, remote_code=remote_code)
-    if push_to_hub is not None:
-        logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
-        push_checkpoint(
-            model, processor, push_to_hub, record, save_path=save_path, remote_code=remote_code, private=private,
-            token=token,
-        )  # fmt: skip
+    """The last steps of every builder: save to `save_path` and/or upload to the Hub repo `push_to_hub`.
+
+    `after_save(folder)` rewrites the saved folder before it is uploaded; uploading without `save_path` writes the
+    folder to a temporary directory first, so the Hub gets exactly what a local save would hold.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_path if save_path is not None else (tmp if push_to_hub is not None else None)
+        if folder is not None:
+            logger.info(f"[4/5] Saving to {folder}")
+            save_checkpoint(model, processor, folder, record, max_shard_size=max_shard_size, remote_code=remote_code)
+            if after_save is not None:
+                after_save(Path(folder))
+        if push_to_hub is not None:
+            logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
+            push_checkpoint(
+                model, processor, push_to_hub, record, save_path=folder, remote_code=remote_code, private=private,
+                token=token,
+            )  # fmt: skip
     logger.info("Done.")
+
+
+def card_front_matter(base_models: Sequence[str], model_type: str, library_name: str = "transformers") -> str:
+    """The YAML block that opens a model card (the Hub's metadata), written by `huggingface_hub.ModelCardData`."""
+    data = ModelCardData(
+        library_name=library_name,
+        pipeline_tag="image-text-to-text",
+        base_model=list(base_models),
+        tags=["any2text", model_type],
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n"
 
 
 def model_card(model: PreTrainedModel, record: BuildRecord, remote_code: bool) -> str:
     """A README.md: base model, encoders, added tokens, initialisation and how to load."""
-    config = model.config
-    bases = [b for b in (record.language_model, record.vision_tower, record.audio_tower) if b]
-    front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "base_model:"]
-    front += [f"- {b}" for b in bases]
-    front += ["tags:", "- any2text", f"- {config.model_type}", "---", ""]
-    if record.builder == "convert_seed_checkpoint":
-        body = _converted_section(record)
-    else:
-        body = _built_section(model, record)
-    return "\n".join(front + body + _loading_section(remote_code))
+    body = record.card_sections(model) + _loading_section(remote_code)
+    return card_front_matter(record.base_models, model.config.model_type) + "\n".join(body)
 
 
-def _token_table(record: BuildRecord) -> list[str]:
+def token_table(record: BuildRecord) -> list[str]:
     return ["| token | id |", "|---|---|", *[f"| `{t}` | {i} |" for t, i in record.added_tokens.items()], ""]
 
 
@@ -188,7 +209,7 @@ def _built_section(model: PreTrainedModel, record: BuildRecord) -> list[str]:
         "",
         "## Added tokens",
         "",
-        *_token_table(record),
+        *token_table(record),
         f"New embedding rows ({', '.join(f'`{t}`' for t in new_rows) or 'none'}), input and output, are the mean "
         f"of the {record.num_old_tokens} rows of the original vocabulary. `pad_token_id` is "
         f"{text_config.pad_token_id}.",
@@ -203,26 +224,6 @@ def _built_section(model: PreTrainedModel, record: BuildRecord) -> list[str]:
         "",
     ]
     return lines
-
-
-def _converted_section(record: BuildRecord) -> list[str]:
-    return [
-        "# Converted align-anything checkpoint",
-        "",
-        f"Converted from `{record.language_model}` with `any2text convert-seed`: the same weights (the seed's unused "
-        "CLIP text tower dropped), with the semantics the model was trained with written into the config and "
-        "processor.",
-        "",
-        "## Placeholder tokens",
-        "",
-        *_token_table(record),
-        "## How it was converted",
-        "",
-        "```bash",
-        f"any2text convert-seed --model {record.language_model} --output OUTPUT",
-        "```",
-        "",
-    ]
 
 
 def _loading_section(remote_code: bool) -> list[str]:
@@ -241,8 +242,9 @@ def _loading_section(remote_code: bool) -> list[str]:
     return lines + ["```", ""]
 
 
-def _build_kwargs(record: BuildRecord) -> dict:
-    kwargs = {"language_model_path": record.language_model, "vision_tower_path": record.vision_tower}
-    if record.builder == "build_llama_vision_audio":
-        kwargs["audio_tower_path"] = record.audio_tower
-    return {**kwargs, "seed": record.seed}
+def _build_kwargs(record: BuildRecord) -> dict[str, Any]:
+    """The arguments that rebuild the checkpoint (an absent encoder is the builders' default, `None`)."""
+    paths = {"language_model_path": record.language_model}
+    paths |= {"vision_tower_path": record.vision_tower} if record.vision_tower else {}
+    paths |= {"audio_tower_path": record.audio_tower} if record.audio_tower else {}
+    return {**paths, "seed": record.seed}

@@ -4,13 +4,13 @@ any2text build --kind llama_vision_audio --save_path ./llama_vision_audio
 any2text build --kind llama_vision --language_model_path Qwen/Qwen2.5-7B-Instruct --save_path ./qwen_vision
 """
 
-import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import HfArgumentParser
 
+from ..cli import setup_logging
+from ..inference import DTypeName
 from .presets import DEFAULT_AUDIO_TOWER, DEFAULT_LANGUAGE_MODEL, DEFAULT_VISION_TOWER
 
 NONE_VALUES = ("", "none", "None")
@@ -31,20 +31,12 @@ class BuildArguments:
         metadata={"help": "CLAP checkpoint; 'none' for no audio input (llama_vision_audio only)."},
     )
     save_path: str | None = field(default=None, metadata={"help": "Output folder."})
-    dtype: str = field(default="auto", metadata={"help": "auto (the LM checkpoint's), float32, bfloat16, float16."})
+    dtype: DTypeName = field(
+        default="auto", metadata={"help": "auto (the LM checkpoint's), float32, bfloat16, float16."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the projector initialisation."})
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to upload the checkpoint to."})
-
-
-def configure_logging() -> None:
-    """Show any2text's stage-by-stage progress (INFO) without turning on transformers' own INFO chatter."""
-    logger = logging.getLogger("any2text")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
 
 
 def run_build(args: BuildArguments):
@@ -72,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(BuildArguments).parse_args_into_dataclasses(args=argv)
     if args.save_path is None and args.push_to_hub is None:
         raise SystemExit("Nothing would be written: pass `--save_path DIR` and/or `--push_to_hub REPO_ID`.")
-    configure_logging()
+    setup_logging()
     run_build(args)
     print(f"Built {args.kind} checkpoint" + (f" in {args.save_path}" if args.save_path else ""))
 

@@ -5,6 +5,7 @@ model built on the meta device, so a build holds one copy of the language model 
 """
 
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +19,6 @@ from transformers import (
     AutoTokenizer,
     ClapAudioConfig,
     ClapAudioModel,
-    GenerationConfig,
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -28,7 +28,6 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 Modality = Literal["vision", "audio"]
 
 # Encoder configs with no `AutoModel` mapping in transformers (CLAP maps only its full two-tower model).
@@ -39,22 +38,11 @@ AUDIO_TOKEN = "<audio>"
 PAD_TOKEN = "<pad>"
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | Literal["auto"]:
-    """`"auto"` (keep the checkpoint's), a name such as `"bfloat16"`, or a `torch.dtype`."""
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(
-            f"`dtype` must be 'auto', 'float32', 'bfloat16' or 'float16' (or a floating torch.dtype), got {dtype!r}."
-        )
-    return resolved
-
-
 def load_language_model(path: str | Path, dtype: str | torch.dtype = "auto", **hub_kwargs) -> PreTrainedModel:
-    """The causal LM at `path` (Hub id or folder) in `dtype` ("auto": the checkpoint's own)."""
+    """The causal LM at `path` (Hub id or folder) in `dtype` ("auto": the checkpoint's own, or a name such as
+    "bfloat16", as `from_pretrained` takes it)."""
     logger.info(f"Loading language model from {path} (dtype={dtype})")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), **hub_kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **hub_kwargs)
 
 
 def encoder_config(path: str | Path, modality: Modality, **hub_kwargs) -> PreTrainedConfig:
@@ -143,14 +131,6 @@ def load_feature_extractor(path: str | Path, **hub_kwargs):
 
 def load_tokenizer(path: str | Path, **hub_kwargs) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, **hub_kwargs)
-
-
-def load_generation_config(path: str | Path, **hub_kwargs) -> GenerationConfig | None:
-    try:
-        return GenerationConfig.from_pretrained(path, **hub_kwargs)
-    except OSError:
-        # Base models without generation_config.json: generate() derives one from the model config.
-        return None
 
 
 def add_placeholder_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> tuple[dict[str, int], int]:
@@ -271,3 +251,71 @@ def set_pad_token_id(model: PreTrainedModel, pad_token_id: int) -> None:
         config.pad_token_id = pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = pad_token_id
+
+
+@dataclass
+class Parts:
+    """The pretrained parts of a build, loaded in one dtype, with the placeholder tokens added to the tokenizer."""
+
+    language_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    token_ids: dict[str, int]
+    num_old_tokens: int
+    towers: dict[Modality, PreTrainedModel] = field(default_factory=dict)
+    media_processors: dict[Modality, object] = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.dtype
+
+
+def load_parts(
+    language_model_path: str | Path,
+    encoder_paths: dict[Modality, str | Path | None],
+    dtype: str | torch.dtype = "auto",
+) -> Parts:
+    """Steps 1-3 of every build: the language model and tokenizer, each encoder (`None`: none for that modality) with
+    its image processor / feature extractor, and the `<image>` / `<audio>` (and `<pad>`) tokens."""
+    logger.info("[1/5] Loading the language model and tokenizer")
+    language_model = load_language_model(language_model_path, dtype)
+    tokenizer = load_tokenizer(language_model_path)
+    logger.info("[2/5] Loading the encoders, image processor and feature extractor")
+    towers: dict[Modality, PreTrainedModel] = {}
+    media_processors: dict[Modality, object] = {}
+    for modality, path in encoder_paths.items():
+        if path is None:
+            continue
+        towers[modality] = load_encoder(path, modality, dtype=language_model.dtype)
+        if modality == "vision":
+            media_processors[modality] = load_image_processor(path)
+            check_image_processor(media_processors[modality], towers[modality].config.image_size, path)
+        else:
+            media_processors[modality] = load_feature_extractor(path)
+    logger.info("[3/5] Adding placeholder tokens and assembling the model")
+    placeholders = [{"vision": IMAGE_TOKEN, "audio": AUDIO_TOKEN}[modality] for modality in towers]
+    token_ids, num_old_tokens = add_placeholder_tokens(tokenizer, placeholders)
+    return Parts(language_model, tokenizer, token_ids, num_old_tokens, towers, media_processors)
+
+
+def assemble(
+    model_class: type[PreTrainedModel],
+    config: PreTrainedConfig,
+    parts: Parts,
+    projectors: dict[Modality, tuple[str, int]],
+) -> PreTrainedModel:
+    """Build `model_class(config)` on the meta device and move the loaded parts in: the language model is never
+    copied. Each tower goes to `model.model.<modality>_tower`; `projectors` maps a modality to the name of its
+    projector under `model.model` and the seed of its initialisation. `parts.language_model` is consumed."""
+    with torch.device("meta"):
+        model = model_class(config)
+    std = text_init_std(config.text_config)
+    for modality, tower in parts.towers.items():
+        setattr(model.model, f"{modality}_tower", tower)
+        name, seed = projectors[modality]
+        init_projector(getattr(model.model, name), std, seed, parts.dtype)
+    placeholder_ids = [i for token, i in parts.token_ids.items() if token != PAD_TOKEN]
+    attach_language_model(
+        model, parts.language_model, parts.tokenizer, parts.num_old_tokens, parts.token_ids, placeholder_ids,
+        parts.dtype,
+    )  # fmt: skip
+    return model

@@ -5,7 +5,6 @@ The result runs on plain transformers with nothing of any2text installed; it is 
 
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,19 +15,8 @@ from transformers.utils import logging
 
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
-from .checkpoint import BuildRecord, push_checkpoint, save_checkpoint
-from .components import (
-    IMAGE_TOKEN,
-    add_placeholder_tokens,
-    attach_language_model,
-    check_image_processor,
-    init_projector,
-    load_encoder,
-    load_image_processor,
-    load_language_model,
-    load_tokenizer,
-    text_init_std,
-)
+from .checkpoint import BuildRecord, write_outputs
+from .components import IMAGE_TOKEN, assemble, load_parts
 
 logger = logging.get_logger(__name__)
 
@@ -66,41 +54,24 @@ def build_llama_vision(
     embedding rows are the mean of the rows of the original vocabulary. CLIP keeps Llava's `"default"` strategy
     (the CLS embedding is dropped); encoders without CLS (SigLIP) use `"full"`.
     """
-    logger.info("[1/5] Loading the language model and tokenizer")
-    language_model = load_language_model(language_model_path, dtype)
-    dtype = language_model.dtype
-    tokenizer = load_tokenizer(language_model_path)
-    logger.info("[2/5] Loading the vision tower and image processor")
-    vision_tower = load_encoder(vision_tower_path, "vision", dtype=dtype)
-    image_processor = load_image_processor(vision_tower_path)
-    vision_config = vision_tower.config
-    check_image_processor(image_processor, vision_config.image_size, vision_tower_path)
-
-    logger.info("[3/5] Adding placeholder tokens and assembling the model")
-    token_ids, num_old_tokens = add_placeholder_tokens(tokenizer, [IMAGE_TOKEN])
+    parts = load_parts(language_model_path, {"vision": vision_tower_path}, dtype)
+    vision_config = parts.towers["vision"].config
     has_cls = vision_config.model_type in VISION_ENCODERS_WITH_CLS
     strategy = "default" if has_cls else "full"
     config = LlavaConfig(
-        text_config=language_model.config,
+        text_config=parts.language_model.config,
         vision_config=vision_config,
-        image_token_index=token_ids[IMAGE_TOKEN],
+        image_token_index=parts.token_ids[IMAGE_TOKEN],
         image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=strategy,
         projector_hidden_act=projector_hidden_act,
-        tie_word_embeddings=language_model.config.tie_word_embeddings,
+        tie_word_embeddings=parts.language_model.config.tie_word_embeddings,
     )
-    # Built on the meta device, then the loaded parts are moved in: the language model is never copied.
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower = vision_tower
-    init_projector(model.model.multi_modal_projector, text_init_std(config.text_config), seed, dtype)
-    attach_language_model(model, language_model, tokenizer, num_old_tokens, token_ids, [token_ids[IMAGE_TOKEN]], dtype)
-    del language_model
-
+    model = assemble(LlavaForConditionalGeneration, config, parts, {"vision": ("multi_modal_projector", seed)})
     processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
+        image_processor=parts.media_processors["vision"],
+        tokenizer=parts.tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=strategy,
         chat_template=DEFAULT_CHAT_TEMPLATE,
@@ -112,31 +83,16 @@ def build_llama_vision(
         builder="build_llama_vision",
         language_model=str(language_model_path),
         vision_tower=str(vision_tower_path),
-        added_tokens=token_ids,
-        num_old_tokens=num_old_tokens,
+        added_tokens=parts.token_ids,
+        num_old_tokens=parts.num_old_tokens,
         seed=seed,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        # Uploading without `save_path` still uploads the folder as written here, nested CLIP keys included.
-        folder = save_path if save_path is not None else (tmp if push_to_hub is not None else None)
-        if folder is not None:
-            logger.info(f"[4/5] Saving to {folder}")
-            save_checkpoint(model, processor, folder, record, max_shard_size=max_shard_size, remote_code=False)
-            if vision_config.model_type in NESTED_VISION_TOWERS:
-                nest_vision_tower_keys(folder)
-        if push_to_hub is not None:
-            logger.info(f"[5/5] Uploading to the Hub repo {push_to_hub}")
-            push_checkpoint(
-                model,
-                processor,
-                push_to_hub,
-                record,
-                save_path=folder,
-                remote_code=False,
-                private=private,
-                token=token,
-            )
-    logger.info("Done.")
+    # The saved (and uploaded) folder gets the nested CLIP / SigLIP keys every Llava checkpoint on the Hub has.
+    nest = nest_vision_tower_keys if vision_config.model_type in NESTED_VISION_TOWERS else None
+    write_outputs(
+        model, processor, record, save_path, push_to_hub, remote_code=False, max_shard_size=max_shard_size,
+        private=private, token=token, after_save=nest,
+    )  # fmt: skip
     return model, processor
 
 

@@ -14,20 +14,7 @@ from ..models.llama_vision_audio import (
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
 from .checkpoint import BuildRecord, write_outputs
-from .components import (
-    AUDIO_TOKEN,
-    IMAGE_TOKEN,
-    add_placeholder_tokens,
-    attach_language_model,
-    check_image_processor,
-    init_projector,
-    load_encoder,
-    load_feature_extractor,
-    load_image_processor,
-    load_language_model,
-    load_tokenizer,
-    text_init_std,
-)
+from .components import AUDIO_TOKEN, IMAGE_TOKEN, assemble, load_parts
 
 logger = logging.get_logger(__name__)
 
@@ -74,65 +61,32 @@ def build_llama_vision_audio(
             "Both `vision_tower_path` and `audio_tower_path` are None: pass at least one encoder checkpoint "
             "(for a text-only model use the language model as it is)."
         )
-    logger.info("[1/5] Loading the language model and tokenizer")
-    language_model = load_language_model(language_model_path, dtype)
-    dtype = language_model.dtype
-    tokenizer = load_tokenizer(language_model_path)
-
-    logger.info("[2/5] Loading the encoders, image processor and feature extractor")
-    vision_tower = audio_tower = None
-    # The processor always carries both media processors; a missing encoder gets a default (never used).
-    image_processor, feature_extractor = CLIPImageProcessor(), ClapFeatureExtractor()
-    placeholders = []
-    if vision_tower_path is not None:
-        vision_tower = load_encoder(vision_tower_path, "vision", dtype=dtype)
-        image_processor = load_image_processor(vision_tower_path)
-        check_image_processor(image_processor, vision_tower.config.image_size, vision_tower_path)
-        placeholders.append(IMAGE_TOKEN)
-        if vision_feature_select_strategy is None:
-            has_cls = vision_tower.config.model_type in VISION_ENCODERS_WITH_CLS
-            vision_feature_select_strategy = "default" if has_cls else "full"
-    if audio_tower_path is not None:
-        audio_tower = load_encoder(audio_tower_path, "audio", dtype=dtype)
-        feature_extractor = load_feature_extractor(audio_tower_path)
-        placeholders.append(AUDIO_TOKEN)
-
-    logger.info("[3/5] Adding placeholder tokens and assembling the model")
-    token_ids, num_old_tokens = add_placeholder_tokens(tokenizer, placeholders)
-    # An absent modality still needs an id distinct from the other; it is never in any input.
-    image_token_id = token_ids.get(IMAGE_TOKEN, -1)
-    audio_token_id = token_ids.get(AUDIO_TOKEN, -2)
+    parts = load_parts(language_model_path, {"vision": vision_tower_path, "audio": audio_tower_path}, dtype)
+    vision_tower, audio_tower = parts.towers.get("vision"), parts.towers.get("audio")
+    if vision_tower is not None and vision_feature_select_strategy is None:
+        has_cls = vision_tower.config.model_type in VISION_ENCODERS_WITH_CLS
+        vision_feature_select_strategy = "default" if has_cls else "full"
     config = LlamaVisionAudioConfig(
-        text_config=language_model.config,
+        text_config=parts.language_model.config,
         vision_config=vision_tower.config if vision_tower is not None else None,
         audio_config=audio_tower.config if audio_tower is not None else None,
-        image_token_id=image_token_id,
-        audio_token_id=audio_token_id,
+        # An absent modality still needs an id distinct from the other; it is never in any input.
+        image_token_id=parts.token_ids.get(IMAGE_TOKEN, -1),
+        audio_token_id=parts.token_ids.get(AUDIO_TOKEN, -2),
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy or "default",
         audio_feature_layer=audio_feature_layer,
         projector_hidden_act=projector_hidden_act,
-        tie_word_embeddings=language_model.config.tie_word_embeddings,
+        tie_word_embeddings=parts.language_model.config.tie_word_embeddings,
     )
-    # Built on the meta device, then the loaded parts are moved in: the language model is never copied.
-    with torch.device("meta"):
-        model = LlamaVisionAudioForConditionalGeneration(config)
-    std = text_init_std(config.text_config)
-    if vision_tower is not None:
-        model.model.vision_tower = vision_tower
-        init_projector(model.model.vision_projector, std, seed, dtype)
-    if audio_tower is not None:
-        model.model.audio_tower = audio_tower
-        # Its own seed stream, so adding or removing the vision tower does not change the audio projector.
-        init_projector(model.model.audio_projector, std, seed + 1, dtype)
-    placeholders = [config.image_token_id, config.audio_token_id]
-    attach_language_model(model, language_model, tokenizer, num_old_tokens, token_ids, placeholders, dtype)
-    del language_model
-
+    # The audio projector has its own seed stream, so adding or removing the vision tower does not change it.
+    projectors = {"vision": ("vision_projector", seed), "audio": ("audio_projector", seed + 1)}
+    model = assemble(LlamaVisionAudioForConditionalGeneration, config, parts, projectors)
     processor = LlamaVisionAudioProcessor(
-        image_processor=image_processor,
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
+        # The processor always carries both media processors; a missing encoder gets a default (never used).
+        image_processor=parts.media_processors.get("vision", CLIPImageProcessor()),
+        feature_extractor=parts.media_processors.get("audio", ClapFeatureExtractor()),
+        tokenizer=parts.tokenizer,
         chat_template=DEFAULT_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
         audio_token=AUDIO_TOKEN,
@@ -144,8 +98,8 @@ def build_llama_vision_audio(
         language_model=str(language_model_path),
         vision_tower=None if vision_tower_path is None else str(vision_tower_path),
         audio_tower=None if audio_tower_path is None else str(audio_tower_path),
-        added_tokens=token_ids,
-        num_old_tokens=num_old_tokens,
+        added_tokens=parts.token_ids,
+        num_old_tokens=parts.num_old_tokens,
         seed=seed,
     )
     write_outputs(

@@ -34,12 +34,13 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from ..cli import setup_logging
 from ..models.llama_vision_audio import (
     LlamaVisionAudioConfig,
     LlamaVisionAudioForConditionalGeneration,
     LlamaVisionAudioProcessor,
 )
-from .checkpoint import BuildRecord, save_checkpoint
+from .checkpoint import BuildRecord, save_checkpoint, token_table
 from .components import AUDIO_TOKEN, IMAGE_TOKEN, PAD_TOKEN, check_image_processor
 
 logger = logging.get_logger(__name__)
@@ -188,12 +189,35 @@ def load_seed_checkpoint(src: str | Path) -> tuple[PreTrainedModel, ProcessorMix
     return model, processor
 
 
+class ConversionRecord(BuildRecord):
+    """A converted seed checkpoint: the same weights, so its card tells how it was converted rather than built."""
+
+    def card_sections(self, model: PreTrainedModel) -> list[str]:
+        return [
+            "# Converted align-anything checkpoint",
+            "",
+            f"Converted from `{self.language_model}` with `any2text convert-seed`: the same weights (the seed's "
+            "unused CLIP text tower dropped), with the semantics the model was trained with written into the config "
+            "and processor.",
+            "",
+            "## Placeholder tokens",
+            "",
+            *token_table(self),
+            "## How it was converted",
+            "",
+            "```bash",
+            f"any2text convert-seed --model {self.language_model} --output OUTPUT",
+            "```",
+            "",
+        ]
+
+
 def convert_seed_checkpoint(src: str | Path, dst: str | Path, max_shard_size: str | int = "5GB") -> Path:
     """Write the seed checkpoint at `src` as a normal checkpoint in `dst` (see `load_seed_checkpoint`)."""
     model, processor = load_seed_checkpoint(src)
     tokenizer = processor.tokenizer
     placeholders = (IMAGE_TOKEN, AUDIO_TOKEN, PAD_TOKEN)
-    record = BuildRecord(
+    record = ConversionRecord(
         builder="convert_seed_checkpoint",
         language_model=str(src),
         added_tokens={t: tokenizer.convert_tokens_to_ids(t) for t in placeholders if t in tokenizer.get_vocab()},
@@ -213,10 +237,8 @@ class ConvertSeedArguments:
 
 def main(argv: list[str] | None = None) -> None:
     """`any2text convert-seed --model SEED_DIR --output OUT`."""
-    from .cli import configure_logging
-
     (args,) = HfArgumentParser(ConvertSeedArguments).parse_args_into_dataclasses(args=argv)
-    configure_logging()
+    setup_logging()
     convert_seed_checkpoint(args.model, args.output, max_shard_size=args.max_shard_size)
     print(f"Converted {args.model} -> {args.output}")
 

@@ -30,7 +30,8 @@ from .templates import Message, Template, check_conversation, get_template, row_
 logger = logging.get_logger(__name__)
 
 _JSON_SUFFIXES = (".json", ".jsonl")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+# The `datasets` builder that reads each kind of data file (training and evaluation alike).
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 # Set on rows of a JSON file that could not be stored with the other rows' types: the reason (else null).
 BAD_ROW_COLUMN = "__bad_row__"
 # Errors that mean "this row is bad" (not "the code is broken"): the only ones `skip_bad_rows` may skip.
@@ -331,10 +332,10 @@ def _without_media_decoding(feature: Any) -> Any:
 def _load_file(spec: DatasetSpec, path: str) -> datasets.Dataset:
     """One local data file; a file that is not what its extension says names the file."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in _FILE_BUILDERS:
+    if suffix not in FILE_BUILDERS:
         raise ValueError(
             f"Dataset file `{path}` has an unsupported extension; use one of "
-            f"{', '.join(f'`{s}`' for s in _FILE_BUILDERS)}, or a dataset folder / Hub id."
+            f"{', '.join(f'`{s}`' for s in FILE_BUILDERS)}, or a dataset folder / Hub id."
         )
     if spec.split != "train":
         # A file is one table: there is no other split to pick, and saying nothing would hide a wrong `split`.
@@ -348,7 +349,7 @@ def _load_file(spec: DatasetSpec, path: str) -> datasets.Dataset:
         try:
             if suffix == ".parquet":
                 pq.read_metadata(path)  # checks the magic bytes and footer, in a moment
-            dataset = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files={"train": path}, split="train")
+            dataset = datasets.load_dataset(FILE_BUILDERS[suffix], data_files={"train": path}, split="train")
         except (pa.ArrowException, datasets.exceptions.DatasetGenerationError, OSError, UnicodeDecodeError) as error:
             raise ValueError(
                 f"Dataset file `{path}` could not be read as {suffix[1:]} ({type(error).__name__}: {error}). Is it "

@@ -13,15 +13,26 @@ A template is a function `(row: dict) -> list[dict]` returning messages in the p
   array...): loading is lazy and happens later through `any2text.data.media`.
 
 Templates are registered by name and looked up case- and punctuation-insensitively (`"A-OKVQA" == "aokvqa"`).
-Add one with::
+A one-turn template is a prompt and a target; evaluation benchmarks ask the prompt of the template they name, so a
+model is scored on the instruction it was trained with::
 
-    @register_template("MyDataset", required_columns=("question", "answer", "image"))
-    def my_dataset(row):
-        return [user_message(row["question"], images=[row["image"]]), assistant_message(row["answer"])]
+    register_prompt_template(
+        "MyDataset", modality="image", media=lambda row: row["image"], suffix="\nAnswer briefly.",
+        prompt=ask("question"), target=lambda row: row["answer"], required_columns=("question", "answer", "image"),
+    )
+    get_template("MyDataset").prompt(row)   # "What is it?\nAnswer briefly."
+
+A template that makes a whole conversation (LLaVA's) is a function::
+
+    @register_template("MyChats", required_columns=("conversations",))
+    def my_chats(row):
+        return [user_message(row["turns"][0]), assistant_message(row["turns"][1])]
 """
 
 from __future__ import annotations
 
+import ast
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,7 +40,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Message = dict[str, Any]
-TemplateFn = Callable[[dict[str, Any]], list[Message]]
+Row = dict[str, Any]
+TemplateFn = Callable[[Row], list[Message]]
+# (row, instruction suffix) -> the user text of a one-turn template.
+PromptFn = Callable[[Row, str], str]
 
 IMAGE_PLACEHOLDER = "<image>"
 AUDIO_PLACEHOLDER = "<audio>"
@@ -44,6 +58,9 @@ MULTIPLE_CHOICE_TEXT_PROMPT = "Answer with the text of the correct option."
 MULTIPLE_CHOICE_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 AUDIO_CAPTION_PROMPT = "Give an overview of what's in the audio."
 ASR_PROMPT = "Transcribe the speech in the audio."
+# MME questions end with this; lmms-eval swaps it for the short-answer instruction.
+MME_YES_NO = " Please answer yes or no."
+LETTERS = "ABCDEFGHIJ"
 
 _ROLES = {
     "human": "user",
@@ -70,14 +87,35 @@ class Template:
         fn: `(row) -> messages`.
         required_columns: columns the template reads. An entry may be a tuple of alternatives, any one of which is
             enough (e.g. `("image", "images")`). `load_spec` checks them before training starts.
+        prompt_fn / target_fn / suffix: a one-turn template's prompt, answer and default instruction (see
+            `register_prompt_template`); `None` for templates that make whole conversations.
     """
 
     name: str
     fn: TemplateFn
     required_columns: tuple[str | tuple[str, ...], ...] = field(default=())
+    prompt_fn: PromptFn | None = None
+    target_fn: Callable[[Row], str] | None = None
+    suffix: str = ""
 
-    def __call__(self, row: dict[str, Any]) -> list[Message]:
+    def __call__(self, row: Row) -> list[Message]:
         return self.fn(row)
+
+    def prompt(self, row: Row, suffix: str | None = None) -> str:
+        """The user text for `row`: the question and the instruction (`suffix` replaces the template's own)."""
+        return self._one_turn("prompt", self.prompt_fn)(row, self.suffix if suffix is None else suffix)
+
+    def target(self, row: Row) -> str:
+        """The answer the template trains for `row`."""
+        return self._one_turn("target", self.target_fn)(row)
+
+    def _one_turn(self, what: str, fn: Callable | None) -> Callable:
+        if fn is None:
+            raise TypeError(
+                f"Template `{self.name}` makes whole conversations, so it has no single {what}; call the template "
+                "for the messages, or use a one-turn template (`register_prompt_template`)."
+            )
+        return fn
 
     def missing_columns(self, column_names: Sequence[str]) -> list[str]:
         """The required columns (or groups of alternatives, joined by `|`) absent from `column_names`."""
@@ -107,18 +145,62 @@ def register_template(
     """
 
     def decorator(template_fn: TemplateFn) -> TemplateFn:
-        template = Template(name=name, fn=template_fn, required_columns=tuple(required_columns))
-        for key in {normalize_template_name(n) for n in (name, *aliases)}:
-            existing = _TEMPLATES.get(key)
-            if existing is not None and existing.fn is not template_fn:
-                raise ValueError(
-                    f"Template name `{name}` clashes with the registered template `{existing.name}` (both normalise "
-                    f"to `{key}`). Pick another name."
-                )
-            _TEMPLATES[key] = template
+        _register(Template(name=name, fn=template_fn, required_columns=tuple(required_columns)), aliases)
         return template_fn
 
     return decorator if fn is None else decorator(fn)
+
+
+def register_prompt_template(
+    name: str,
+    *,
+    modality: str,
+    media: Callable[[Row], Any],
+    prompt: PromptFn,
+    target: Callable[[Row], str],
+    suffix: str = "",
+    required_columns: Sequence[str | tuple[str, ...]] = (),
+    aliases: Sequence[str] = (),
+) -> Template:
+    """Register a one-turn template: a user turn (one medium, then `prompt(row, suffix)`) and the answer `target(row)`.
+
+    Args:
+        modality: `"image"` or `"audio"`, the kind of medium `media(row)` returns a reference to.
+        prompt: `(row, suffix) -> str`; `suffix` is the instruction in force (`suffix` here, or the one an
+            evaluation passes instead).
+        suffix: the default instruction, e.g. `"\n" + SHORT_ANSWER_PROMPT`.
+
+    Raises:
+        ValueError: another template is already registered under one of the names.
+    """
+
+    def messages(row: Row) -> list[Message]:
+        text = template.prompt(row)
+        ref = media(row)
+        images, audios = ([ref], []) if modality == "image" else ([], [ref])
+        return [user_message(text, images=images, audios=audios), assistant_message(template.target(row))]
+
+    template = Template(
+        name=name,
+        fn=messages,
+        required_columns=tuple(required_columns),
+        prompt_fn=prompt,
+        target_fn=target,
+        suffix=suffix,
+    )
+    _register(template, aliases)
+    return template
+
+
+def _register(template: Template, aliases: Sequence[str]) -> None:
+    for key in {normalize_template_name(n) for n in (template.name, *aliases)}:
+        existing = _TEMPLATES.get(key)
+        if existing is not None and existing.fn is not template.fn:
+            raise ValueError(
+                f"Template name `{template.name}` clashes with the registered template `{existing.name}` (both "
+                f"normalise to `{key}`). Pick another name."
+            )
+        _TEMPLATES[key] = template
 
 
 def available_templates() -> list[str]:
@@ -264,14 +346,44 @@ def _field(row: dict[str, Any], key: str) -> Any:
     return value
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A column value as a list: `None` is empty, one value is a list of one, and a stringified Python list (as
+    A-OKVQA's `choices` / `direct_answers` are in some exports) is parsed."""
     if value is None:
         return []
+    if isinstance(value, str) and value.strip().startswith("["):
+        value = ast.literal_eval(value)
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def is_missing(value: Any) -> bool:
+    """An empty cell: `None`, NaN, blank, or the string `"nan"` (pandas-exported tables)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan")
+
+
+def ask(column: str = "question") -> PromptFn:
+    """The prompt `row[column] + suffix`, the shape of most question-answering templates."""
+    return lambda row, suffix: f"{_field(row, column)}{suffix}"
+
+
+def instruction_only(row: Row, suffix: str) -> str:
+    """The prompt of tasks without a question (captioning, ASR): the instruction alone."""
+    return suffix
+
+
+def options_block(choices: Sequence[str]) -> str:
+    """`"A. first\nB. second..."`; an empty choice is left out and keeps its letter (lmms-eval's MMBench prompt:
+    only the options a row has are listed, so the letters stay those of the answer key)."""
+    return "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices) if choice)
+
+
+def most_common(values: Sequence[Any]) -> str:
+    """The most frequent value; ties go to the one that occurs first."""
+    return str(Counter(values).most_common(1)[0][0])
+
+
 def _media_of(row: dict[str, Any], single: str, plural: str) -> list[Any]:
-    one, many = _as_list(row.get(single)), _as_list(row.get(plural))
+    one, many = as_list(row.get(single)), as_list(row.get(plural))
     if one and many:
         raise ValueError(
             f"{row_name(row)} has both `{single}` and `{plural}`; keep one column (LLaVA rows use `{single}` for one "
@@ -339,80 +451,137 @@ def llava(row: dict[str, Any]) -> list[Message]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Image question answering
 
+_IMAGE = {"modality": "image", "media": lambda row: _field(row, "image")}
+_SHORT_ANSWER = "\n" + SHORT_ANSWER_PROMPT
 
-def _aokvqa_choices(row: dict[str, Any]) -> tuple[str, list[str], int]:
-    choices = list(_field(row, "choices"))
+
+def _aokvqa_question(row: Row, suffix: str) -> str:
+    choices = [str(choice) for choice in as_list(_field(row, "choices"))]
+    return f"{_field(row, 'question')}\n{options_block(choices)}{suffix}"
+
+
+def _aokvqa_answer_index(row: Row) -> int:
+    choices = as_list(_field(row, "choices"))
     index = row.get("correct_choice_idx")
     if index is None:
         raise ValueError(
             f"{row_name(row)} has no `correct_choice_idx` (the A-OKVQA test split ships without answers); "
             "train on the `train` or `validation` split."
         )
-    if not 0 <= int(index) < len(choices):
-        raise ValueError(f"{row_name(row)} has `correct_choice_idx={index}` but {len(choices)} choices.")
-    options = "\n".join(f"{chr(ord('A') + i)}. {choice}" for i, choice in enumerate(choices))
-    return f"{_field(row, 'question')}\n{options}", choices, int(index)
+    if not 0 <= int(index) < len(choices) or is_missing(choices[int(index)]):
+        raise ValueError(f"{row_name(row)} has `correct_choice_idx={index}` but choices {choices}.")
+    return int(index)
 
 
-@register_template("A-OKVQA", required_columns=("image", "question", "choices", "correct_choice_idx"))
-def aokvqa(row: dict[str, Any]) -> list[Message]:
-    """A-OKVQA as multiple choice answered with the *text* of the correct choice.
+_AOKVQA_COLUMNS = ("image", "question", "choices", "correct_choice_idx")
 
-    User: image, then `"{question}\\nA. {c0}\\nB. {c1}\\nC. {c2}\\nD. {c3}\\n" + MULTIPLE_CHOICE_TEXT_PROMPT`;
-    assistant: `choices[correct_choice_idx]`. The seed also answered with the choice text (followed by the
-    rationales); the lettered list lets the model see the alternatives. `A-OKVQA-MC` answers with the letter instead.
-    """
-    prompt, choices, index = _aokvqa_choices(row)
-    return [
-        user_message(f"{prompt}\n{MULTIPLE_CHOICE_TEXT_PROMPT}", images=[_field(row, "image")]),
-        assistant_message(str(choices[index])),
-    ]
+# A-OKVQA as multiple choice answered with the *text* of the correct choice. The seed also answered with the choice
+# text (followed by the rationales); the lettered list lets the model see the alternatives.
+register_prompt_template(
+    "A-OKVQA",
+    **_IMAGE,
+    prompt=_aokvqa_question,
+    suffix="\n" + MULTIPLE_CHOICE_TEXT_PROMPT,
+    target=lambda row: str(as_list(row["choices"])[_aokvqa_answer_index(row)]),
+    required_columns=_AOKVQA_COLUMNS,
+)
+# A-OKVQA multiple choice answered with the letter (LLaVA-1.5's format; what the `aokvqa_mc` benchmark scores).
+register_prompt_template(
+    "A-OKVQA-MC",
+    **_IMAGE,
+    prompt=_aokvqa_question,
+    suffix="\n" + MULTIPLE_CHOICE_LETTER_PROMPT,
+    target=lambda row: LETTERS[_aokvqa_answer_index(row)],
+    required_columns=_AOKVQA_COLUMNS,
+)
+# A-OKVQA direct answers: the most common of the 10 `direct_answers` (what the `aokvqa_da` benchmark scores).
+register_prompt_template(
+    "A-OKVQA-DA",
+    **_IMAGE,
+    prompt=ask("question"),
+    suffix=_SHORT_ANSWER,
+    target=lambda row: most_common(_nonempty(row, "direct_answers")),
+    required_columns=("image", "question", "direct_answers"),
+)
+# VQAv2: the annotators' consensus answer `multiple_choice_answer`.
+register_prompt_template(
+    "VQAv2",
+    **_IMAGE,
+    prompt=ask("question"),
+    suffix=_SHORT_ANSWER,
+    target=lambda row: str(_field(row, "multiple_choice_answer")),
+    required_columns=("image", "question", "multiple_choice_answer"),
+)
 
 
-@register_template("A-OKVQA-MC", required_columns=("image", "question", "choices", "correct_choice_idx"))
-def aokvqa_letter(row: dict[str, Any]) -> list[Message]:
-    """A-OKVQA multiple choice answered with the letter (LLaVA-1.5's format; matches MMBench-style evaluation)."""
-    prompt, _, index = _aokvqa_choices(row)
-    return [
-        user_message(f"{prompt}\n{MULTIPLE_CHOICE_LETTER_PROMPT}", images=[_field(row, "image")]),
-        assistant_message(chr(ord("A") + index)),
-    ]
-
-
-@register_template("VQAv2", required_columns=("image", "question", "multiple_choice_answer"))
-def vqav2(row: dict[str, Any]) -> list[Message]:
-    """VQAv2: `question` + SHORT_ANSWER_PROMPT -> `multiple_choice_answer` (the annotators' consensus answer)."""
-    return [
-        user_message(f"{_field(row, 'question')}\n{SHORT_ANSWER_PROMPT}", images=[_field(row, "image")]),
-        assistant_message(str(_field(row, "multiple_choice_answer"))),
-    ]
-
-
-@register_template("OK-VQA", required_columns=("image", "question", "answers"))
-def okvqa(row: dict[str, Any]) -> list[Message]:
-    """OK-VQA: `question` + SHORT_ANSWER_PROMPT -> the most common of the 10 `answers`.
-
-    Ties go to the answer that occurs first (the seed's `max(set(...))` broke ties by hash order, so differently
-    per run).
-    """
-    answers = [a["answer"] if isinstance(a, dict) else a for a in _as_list(_field(row, "answers"))]
+def _nonempty(row: Row, column: str) -> list[Any]:
+    """The answers in `row[column]` (VQA-style `{"answer": ...}` dicts or strings); an error when there are none."""
+    answers = [a["answer"] if isinstance(a, dict) else a for a in as_list(_field(row, column))]
     if not answers:
-        raise ValueError(f"{row_name(row)} has an empty `answers` list.")
-    answer = Counter(answers).most_common(1)[0][0]
-    return [
-        user_message(f"{_field(row, 'question')}\n{SHORT_ANSWER_PROMPT}", images=[_field(row, "image")]),
-        assistant_message(str(answer)),
-    ]
+        raise ValueError(f"{row_name(row)} has an empty `{column}` list.")
+    return answers
+
+
+# OK-VQA: the most common of the 10 `answers`. Ties go to the answer that occurs first (the seed's
+# `max(set(...))` broke ties by hash order, so differently per run).
+register_prompt_template(
+    "OK-VQA",
+    **_IMAGE,
+    prompt=ask("question"),
+    suffix=_SHORT_ANSWER,
+    target=lambda row: most_common(_nonempty(row, "answers")),
+    required_columns=("image", "question", "answers"),
+)
+
+
+def _mme_question(row: Row, suffix: str) -> str:
+    # lmms-eval swaps MME's own yes/no instruction for the suffix; with no suffix the question stays as written.
+    question = str(_field(row, "question")).strip()
+    return (question.replace(MME_YES_NO, "") if suffix else question) + suffix
+
+
+register_prompt_template(
+    "MME",
+    **_IMAGE,
+    prompt=_mme_question,
+    suffix=_SHORT_ANSWER,
+    target=lambda row: str(_field(row, "answer")),
+    required_columns=("image", "question", "answer"),
+)
+
+
+def mmbench_choices(row: Row) -> list[str]:
+    """MMBench's options `A`..`E` (`""` where a row has none), without the empty ones at the end."""
+    choices = ["" if is_missing(row.get(letter)) else str(row[letter]) for letter in LETTERS[:5]]
+    while choices and not choices[-1]:
+        choices.pop()
+    return choices
+
+
+def _mmbench_question(row: Row, suffix: str) -> str:
+    question = f"{_field(row, 'question')} Options:\n{options_block(mmbench_choices(row))}"
+    hint = row.get("hint")
+    return (question if is_missing(hint) else f"{hint} {question}") + suffix
+
+
+register_prompt_template(
+    "MMBench",
+    **_IMAGE,
+    prompt=_mmbench_question,
+    suffix="\n" + MULTIPLE_CHOICE_LETTER_PROMPT,
+    target=lambda row: str(_field(row, "answer")).strip(),
+    required_columns=("image", "question", "A", "B", "answer"),
+)
 
 
 @register_template("OCR-VQA", required_columns=("image", "questions", "answers"))
-def ocrvqa(row: dict[str, Any]) -> list[Message]:
+def ocrvqa(row: Row) -> list[Message]:
     """OCR-VQA: one image with many aligned `questions` / `answers` -> one multi-turn conversation.
 
     The image comes with the first question; every question carries SHORT_ANSWER_PROMPT (answers are titles,
     authors, genres, yes/no).
     """
-    questions, answers = _as_list(_field(row, "questions")), _as_list(_field(row, "answers"))
+    questions, answers = as_list(_field(row, "questions")), as_list(_field(row, "answers"))
     if not questions or len(questions) != len(answers):
         raise ValueError(
             f"{row_name(row)} has {len(questions)} `questions` and {len(answers)} `answers`; expected the same "
@@ -421,7 +590,7 @@ def ocrvqa(row: dict[str, Any]) -> list[Message]:
     messages = []
     for i, (question, answer) in enumerate(zip(questions, answers, strict=True)):
         images = [_field(row, "image")] if i == 0 else []
-        messages.append(user_message(f"{question}\n{SHORT_ANSWER_PROMPT}", images=images))
+        messages.append(user_message(f"{question}{_SHORT_ANSWER}", images=images))
         messages.append(assistant_message(str(answer)))
     return messages
 
@@ -429,60 +598,67 @@ def ocrvqa(row: dict[str, Any]) -> list[Message]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Audio
 
+_AUDIO = {"modality": "audio", "media": lambda row: _field(row, "audio")}
 
-@register_template("AudioCaps", required_columns=(("audio", "audiocap_path"), "caption"))
-def audiocaps(row: dict[str, Any]) -> list[Message]:
-    """AudioCaps: AUDIO_CAPTION_PROMPT -> `caption`. Audio from `audio`, or `audiocap_path` (the seed's layout)."""
-    audio = row.get("audio") if row.get("audio") is not None else _field(row, "audiocap_path")
-    return [
-        user_message(AUDIO_CAPTION_PROMPT, audios=[audio]),
-        assistant_message(str(_field(row, "caption")).strip()),
-    ]
+# AudioCaps: audio from `audio`, or `audiocap_path` (the seed's layout).
+register_prompt_template(
+    "AudioCaps",
+    modality="audio",
+    media=lambda row: row.get("audio") if row.get("audio") is not None else _field(row, "audiocap_path"),
+    prompt=instruction_only,
+    suffix=AUDIO_CAPTION_PROMPT,
+    target=lambda row: str(_field(row, "caption")).strip(),
+    required_columns=(("audio", "audiocap_path"), "caption"),
+)
 
 
-@register_template("Clotho", required_columns=("audio", "text"))
-def clotho(row: dict[str, Any]) -> list[Message]:
-    """CLAPv2/Clotho: AUDIO_CAPTION_PROMPT -> the FIRST of the 5 captions that `text` holds joined by `". "`.
-
-    One caption per clip keeps the epoch size equal to the number of clips; the trailing period is dropped so the
-    targets look like AudioCaps captions.
-    """
+def _first_clotho_caption(row: Row) -> str:
+    # One caption per clip keeps the epoch size equal to the number of clips; the trailing period is dropped so the
+    # targets look like AudioCaps captions.
     caption = str(_field(row, "text")).split(". ")[0].strip().rstrip(".")
     if not caption:
         raise ValueError(f"{row_name(row)} has an empty caption in `text`.")
-    return [user_message(AUDIO_CAPTION_PROMPT, audios=[_field(row, "audio")]), assistant_message(caption)]
+    return caption
 
 
-@register_template("LibriSpeech", required_columns=("audio", "text"))
-def librispeech(row: dict[str, Any]) -> list[Message]:
-    """LibriSpeech ASR: ASR_PROMPT -> `text` LOWER-CASED.
-
-    The corpus is all upper case; lower case matches the seed and keeps the targets close to the text the language
-    model was pretrained on (WER scoring normalises case anyway).
-    """
-    return [
-        user_message(ASR_PROMPT, audios=[_field(row, "audio")]),
-        assistant_message(str(_field(row, "text")).strip().lower()),
-    ]
-
+# CLAPv2/Clotho: the FIRST of the 5 captions that `text` holds joined by `". "`.
+register_prompt_template(
+    "Clotho",
+    **_AUDIO,
+    prompt=instruction_only,
+    suffix=AUDIO_CAPTION_PROMPT,
+    target=_first_clotho_caption,
+    required_columns=("audio", "text"),
+)
+# LibriSpeech ASR: `text` LOWER-CASED. The corpus is all upper case; lower case matches the seed and keeps the
+# targets close to the text the language model was pretrained on (WER scoring normalises case anyway).
+register_prompt_template(
+    "LibriSpeech",
+    **_AUDIO,
+    prompt=instruction_only,
+    suffix=ASR_PROMPT,
+    target=lambda row: str(_field(row, "text")).strip().lower(),
+    required_columns=("audio", "text"),
+)
 
 _QA_TEXT_RE = re.compile(r"^\s*Question:\s*(?P<question>.*?)\s*Answer:\s*(?P<answer>.*?)\s*$", re.DOTALL)
 
 
-@register_template("Clotho-AQA", required_columns=("audio", ("question", "text")))
-def clotho_aqa(row: dict[str, Any]) -> list[Message]:
-    """Clotho-AQA: `question` + SHORT_ANSWER_PROMPT -> `answer`.
-
-    Also reads CLAPv2/ClothoAQA rows, whose `text` is `"Question: ... Answer: ..."`.
-    """
+def _clotho_qa(row: Row) -> tuple[str, str]:
+    """(question, answer) from `question` / `answer`, or from CLAPv2/ClothoAQA's `"Question: ... Answer: ..."` text."""
     if row.get("question") is not None:
-        question, answer = row["question"], _field(row, "answer")
-    else:
-        match = _QA_TEXT_RE.match(str(_field(row, "text")))
-        if match is None or not match["question"] or not match["answer"]:
-            raise ValueError(f"{row_name(row)} has `text` not of the form `Question: ... Answer: ...`.")
-        question, answer = match["question"], match["answer"]
-    return [
-        user_message(f"{question}\n{SHORT_ANSWER_PROMPT}", audios=[_field(row, "audio")]),
-        assistant_message(str(answer)),
-    ]
+        return str(row["question"]), str(_field(row, "answer"))
+    match = _QA_TEXT_RE.match(str(_field(row, "text")))
+    if match is None or not match["question"] or not match["answer"]:
+        raise ValueError(f"{row_name(row)} has `text` not of the form `Question: ... Answer: ...`.")
+    return match["question"], match["answer"]
+
+
+register_prompt_template(
+    "Clotho-AQA",
+    **_AUDIO,
+    prompt=lambda row, suffix: _clotho_qa(row)[0] + suffix,
+    suffix=_SHORT_ANSWER,
+    target=lambda row: _clotho_qa(row)[1],
+    required_columns=("audio", ("question", "text")),
+)

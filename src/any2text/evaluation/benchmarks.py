@@ -1,6 +1,8 @@
-"""Benchmark registry: how a row of each evaluation set becomes a prompt, its references, and which metric scores it.
+"""Benchmark registry: which template prompts a row of each evaluation set, its references, and the metric.
 
-Prompts follow lmms-eval's default `doc_to_text` for each task, so numbers are comparable with published ones::
+The prompt is the named training template's (`any2text.data.templates`), so a model trained here is scored on the
+instruction it learned; the templates follow lmms-eval's default `doc_to_text` where a standard exists, so numbers
+are comparable with published ones::
 
     >>> from any2text.evaluation.benchmarks import get_benchmark
     >>> bench = get_benchmark("vqav2")
@@ -11,13 +13,11 @@ Prompts follow lmms-eval's default `doc_to_text` for each task, so numbers are c
 
 `item.messages` uses the project-wide format ``[{"role": "user", "content": [{"type": "image", "image": ...},
 {"type": "text", "text": ...}]}]``; media are passed through as stored in the row (PIL image, ``{"bytes", "path"}``
-or ``{"array", "sampling_rate"}``) and loaded by `generation.generate_batch`.
+or ``{"array", "sampling_rate"}``) and loaded by `any2text.inference`.
 """
 
 from __future__ import annotations
 
-import ast
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,21 +25,21 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ..data.templates import ASR_PROMPT, AUDIO_CAPTION_PROMPT, MULTIPLE_CHOICE_LETTER_PROMPT, SHORT_ANSWER_PROMPT
+from ..data.templates import (
+    LETTERS,
+    SHORT_ANSWER_PROMPT,
+    Template,
+    as_list,
+    get_template,
+    is_missing,
+    mmbench_choices,
+)
 from .metrics import load_metric
 
 logger = logging.get_logger(__name__)
 
-# The training templates' prompts (any2text.data.templates), so a model trained here is scored on the instructions it
-# learned; they are LLaVA-1.5's / lmms-eval's wording where a standard exists. `--prompt_suffix` overrides them.
-VQA_SUFFIX = "\n" + SHORT_ANSWER_PROMPT
-OKVQA_SUFFIX = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + VQA_SUFFIX
-MC_SUFFIX = "\n" + MULTIPLE_CHOICE_LETTER_PROMPT
-CAPTION_PROMPT = AUDIO_CAPTION_PROMPT
-AQA_SUFFIX = VQA_SUFFIX
-# MME questions end with this; lmms-eval swaps it for the short-answer instruction.
-MME_YES_NO = " Please answer yes or no."
-LETTERS = "ABCDEFGHIJ"
+# lmms-eval's OK-VQA instruction; the other benchmarks ask what their template does. `--prompt_suffix` overrides both.
+OKVQA_SUFFIX = "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT_ANSWER_PROMPT
 
 # Metrics whose `references` input is one string per item (the others take a list of acceptable answers).
 _SCALAR_REFERENCE_METRICS = {"mme", "mmbench", "wer"}
@@ -60,8 +60,8 @@ class EvalItem:
         return "".join(part["text"] for part in self.messages[-1]["content"] if part["type"] == "text")
 
 
-# A row builder returns (prompt text, references, meta) given the row and the prompt suffix in force.
-RowBuilder = Callable[[dict[str, Any], str, int], tuple[str, list[str], dict[str, Any]]]
+# (row, row index) -> (references, metric meta).
+ReferenceReader = Callable[[dict[str, Any], int], tuple[list[str], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,10 @@ class Benchmark:
         media_column: the row column holding the image / audio.
         required_columns: columns a row must have; checked once before generation starts.
         id_columns: columns tried in order for a stable item id; the row index is used when none is present.
-        build: the row builder (prompt text, references, metric meta).
-        prompt_suffix: the default instruction appended to the question (the whole prompt for captioning / ASR).
+        template: the registered template whose `prompt(row, suffix)` asks the question.
+        references: reads a row's references and the metric's extra inputs.
+        prompt_suffix: the instruction appended to the question when it is not the template's own; `None`: the
+            template's.
         default_data / default_subset / default_split: where lmms-eval reads the benchmark from.
         max_new_tokens: generation budget used unless the caller sets one.
         primary_score: the headline key of the metric's result.
@@ -90,14 +92,19 @@ class Benchmark:
     media_column: str
     required_columns: tuple[str, ...]
     id_columns: tuple[str, ...]
-    build: RowBuilder
-    prompt_suffix: str
+    template: str
+    references: ReferenceReader
     default_data: str | None
-    default_subset: str | None
     default_split: str
     max_new_tokens: int
     primary_score: str
+    default_subset: str | None = None
+    prompt_suffix: str | None = None
     group_columns: tuple[str, ...] = ()
+
+    @property
+    def prompt_template(self) -> Template:
+        return get_template(self.template)
 
     def item_id(self, row: dict[str, Any], row_index: int) -> str:
         for column in self.id_columns:
@@ -116,9 +123,10 @@ class Benchmark:
 
     def build_item(self, row: dict[str, Any], row_index: int, prompt_suffix: str | None = None) -> EvalItem:
         """Turn one dataset row into an `EvalItem`; `prompt_suffix` overrides the benchmark's default."""
-        suffix = self.prompt_suffix if prompt_suffix is None else prompt_suffix
+        suffix = next((s for s in (prompt_suffix, self.prompt_suffix) if s is not None), None)
         try:
-            text, references, meta = self.build(row, suffix, row_index)
+            text = self.prompt_template.prompt(row, suffix)
+            references, meta = self.references(row, row_index)
         except (KeyError, TypeError, ValueError, SyntaxError) as err:
             raise ValueError(f"Benchmark `{self.name}`: cannot read row {row_index}: {err!r}.") from err
         media = row.get(self.media_column)
@@ -163,25 +171,12 @@ class Benchmark:
 # Row readers
 
 
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan")
-
-
-def _as_list(value: Any) -> list[Any]:
-    # A-OKVQA `direct_answers` is sometimes a stringified Python list.
-    if isinstance(value, str) and value.strip().startswith("["):
-        value = ast.literal_eval(value)
-    if isinstance(value, str):
-        return [value]
-    return list(value)
-
-
 def _answer_strings(value: Any) -> list[str]:
     """VQAv2 answers are dicts `{answer, answer_confidence, answer_id}`; OK-VQA / A-OKVQA plain strings."""
     if value is None:
         return []
     answers = []
-    for answer in _as_list(value):
+    for answer in as_list(value):
         answers.append(str(answer["answer"] if isinstance(answer, dict) else answer))
     return answers
 
@@ -205,71 +200,41 @@ def _captions(row: dict[str, Any]) -> list[str]:
     raise ValueError("no reference captions in `captions`, `raw_text`, `caption`, `caption_1..5` or `text`")
 
 
-def _question(row: dict[str, Any]) -> str:
-    question = row["question"]
-    if not isinstance(question, str):
-        raise TypeError(f"`question` must be a string, got {type(question).__name__}")
-    return question
+def _answers(column: str) -> ReferenceReader:
+    return lambda row, row_index: (_answer_strings(row.get(column)), {})
 
 
-def _build_vqa(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    return _question(row) + suffix, _answer_strings(row.get("answers")), {}
-
-
-def _build_aokvqa_da(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    return _question(row) + suffix, _answer_strings(row.get("direct_answers")), {}
-
-
-def _options_block(options: Sequence[str]) -> str:
-    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options) if text)
-
-
-def _build_aokvqa_mc(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    choices = [str(c) for c in _as_list(row["choices"])]
-    text = f"{_question(row)}\n{_options_block(choices)}{suffix}"
+def _aokvqa_mc(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
     correct = row.get("correct_choice_idx")
-    references = [] if _is_missing(correct) else [LETTERS[int(correct)]]
+    references = [] if is_missing(correct) else [LETTERS[int(correct)]]
     # Each row is its own group: the mmbench metric then reduces to plain multiple-choice accuracy.
-    return text, references, {"index": row_index, "category": "aokvqa", "choices": choices}
+    return references, {"index": row_index, "category": "aokvqa", "choices": [str(c) for c in as_list(row["choices"])]}
 
 
-def _build_mme(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    question = _question(row).strip()
-    if suffix:
-        question = question.replace(MME_YES_NO, "")
+def _answer(row: dict[str, Any]) -> list[str]:
     answer = row.get("answer")
-    references = [] if _is_missing(answer) else [str(answer)]
-    return question + suffix, references, {"question_id": str(row["question_id"]), "category": str(row["category"])}
+    return [] if is_missing(answer) else [str(answer).strip()]
 
 
-def _build_mmbench(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    choices = ["" if _is_missing(row.get(letter)) else str(row[letter]) for letter in LETTERS[:5]]
-    while choices and not choices[-1]:
-        choices.pop()
-    options = "Options:\n" + _options_block(choices)
-    hint = row.get("hint")
-    text = f"{_question(row)} {options}" if _is_missing(hint) else f"{hint} {_question(row)} {options}"
+def _mme(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
+    return _answer(row), {"question_id": str(row["question_id"]), "category": str(row["category"])}
+
+
+def _mmbench(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
+    return _answer(row), {
+        "index": int(row["index"]),
+        "category": str(row["category"]),
+        "choices": mmbench_choices(row),
+    }
+
+
+def _asr(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
+    return [] if is_missing(row["text"]) else [str(row["text"])], {}
+
+
+def _aqa(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
     answer = row.get("answer")
-    references = [] if _is_missing(answer) else [str(answer).strip()]
-    return (
-        text + suffix,
-        references,
-        {"index": int(row["index"]), "category": str(row["category"]), "choices": choices},
-    )
-
-
-def _build_caption(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    return suffix, _captions(row), {}
-
-
-def _build_asr(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    text = row["text"]
-    return suffix, [] if _is_missing(text) else [str(text)], {}
-
-
-def _build_aqa(row: dict[str, Any], suffix: str, row_index: int) -> tuple[str, list[str], dict[str, Any]]:
-    answer = row.get("answer")
-    return _question(row) + suffix, [] if _is_missing(answer) else _answer_strings(answer), {}
+    return [] if is_missing(answer) else _answer_strings(answer), {}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,10 +252,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_IMAGE,
             required_columns=("image", "question"),
             id_columns=("question_id",),
-            build=_build_vqa,
-            prompt_suffix=VQA_SUFFIX,
+            template="VQAv2",
+            references=_answers("answers"),
             default_data="lmms-lab/VQAv2",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -301,10 +265,10 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_IMAGE,
             required_columns=("image", "question", "answers"),
             id_columns=("question_id",),
-            build=_build_vqa,
+            template="OK-VQA",
+            references=_answers("answers"),
             prompt_suffix=OKVQA_SUFFIX,
             default_data="lmms-lab/OK-VQA",
-            default_subset=None,
             default_split="val2014",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -315,10 +279,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_IMAGE,
             required_columns=("image", "question", "choices"),
             id_columns=("question_id",),
-            build=_build_aokvqa_mc,
-            prompt_suffix=MC_SUFFIX,
+            template="A-OKVQA-MC",
+            references=_aokvqa_mc,
             default_data="HuggingFaceM4/A-OKVQA",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=8,
             primary_score="accuracy",
@@ -329,10 +292,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_IMAGE,
             required_columns=("image", "question", "direct_answers"),
             id_columns=("question_id",),
-            build=_build_aokvqa_da,
-            prompt_suffix=VQA_SUFFIX,
+            template="A-OKVQA-DA",
+            references=_answers("direct_answers"),
             default_data="HuggingFaceM4/A-OKVQA",
-            default_subset=None,
             default_split="validation",
             max_new_tokens=16,
             primary_score="accuracy",
@@ -344,10 +306,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             required_columns=("image", "question", "question_id", "category"),
             # `question_id` is the image path, shared by the two questions of an image: not unique.
             id_columns=(),
-            build=_build_mme,
-            prompt_suffix=VQA_SUFFIX,
+            template="MME",
+            references=_mme,
             default_data="lmms-lab/MME",
-            default_subset=None,
             default_split="test",
             max_new_tokens=16,
             primary_score="total",
@@ -358,8 +319,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_IMAGE,
             required_columns=("image", "question", "index", "category", "A", "B"),
             id_columns=("index",),
-            build=_build_mmbench,
-            prompt_suffix=MC_SUFFIX,
+            template="MMBench",
+            references=_mmbench,
             default_data="lmms-lab/MMBench",
             default_subset="en",
             default_split="dev",
@@ -372,10 +333,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_AUDIO,
             required_columns=("audio",),
             id_columns=("index", "file_name", "id"),
-            build=_build_caption,
-            prompt_suffix=CAPTION_PROMPT,
+            template="Clotho",
+            references=lambda row, row_index: (_captions(row), {}),
             default_data="CLAPv2/Clotho",
-            default_subset=None,
             default_split="test",
             max_new_tokens=48,
             primary_score="cider",
@@ -386,10 +346,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_AUDIO,
             required_columns=("audio",),
             id_columns=("audiocap_id", "id"),
-            build=_build_caption,
-            prompt_suffix=CAPTION_PROMPT,
+            template="AudioCaps",
+            references=lambda row, row_index: (_captions(row), {}),
             default_data="jp1924/AudioCaps",
-            default_subset=None,
             default_split="test",
             max_new_tokens=48,
             primary_score="cider",
@@ -401,8 +360,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_AUDIO,
             required_columns=("audio", "text"),
             id_columns=("id",),
-            build=_build_asr,
-            prompt_suffix=ASR_PROMPT,
+            template="LibriSpeech",
+            references=_asr,
             default_data="openslr/librispeech_asr",
             default_subset="clean",
             default_split="test",
@@ -415,8 +374,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             **_AUDIO,
             required_columns=("audio", "question", "answer"),
             id_columns=("id",),
-            build=_build_aqa,
-            prompt_suffix=AQA_SUFFIX,
+            template="Clotho-AQA",
+            references=_aqa,
             default_data="lmms-lab/ClothoAQA",
             default_subset="clotho_aqa",
             default_split="clotho_aqa_val_filtered",

@@ -11,10 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import HfArgumentParser
 
-from any2text.data.media import load_audio, load_image
+from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
 
 
 @dataclass
@@ -25,53 +24,35 @@ class ChatArguments:
     prompt: str | None = field(default=None, metadata={"help": "Ask one question, print the answer and exit."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per answer."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy; > 0 samples."})
-    dtype: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
+    dtype: DTypeName = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; default: cuda if available."})
 
 
 class ChatSession:
-    """A conversation with a model: `ask(text)` returns the answer and keeps the history."""
+    """A conversation with a model: `ask(text)` returns the answer and keeps the history.
+
+    The media are decoded once, when the session starts, and stay in the first user turn.
+    """
 
     def __init__(self, model: Any, processor: Any, image: Any = None, audio: Any = None):
         self.model, self.processor = model, processor
-        self.images = [load_image(image)] if image is not None else []
-        self.audio = []
-        if audio is not None:
-            self.sampling_rate = processor.feature_extractor.sampling_rate
-            self.audio = [load_audio(audio, self.sampling_rate)]
+        media = [{"type": "image", "image": image}] if image is not None else []
+        media += [{"type": "audio", "audio": audio}] if audio is not None else []
+        self.media = decode_media([{"role": "user", "content": media}], processor)[0]["content"]
         self.messages: list[dict] = []
 
     def ask(self, text: str, max_new_tokens: int = 256, temperature: float = 0.0) -> str:
-        content = []
-        if not self.messages:
-            content += [{"type": "image"} for _ in self.images] + [{"type": "audio"} for _ in self.audio]
-        self.messages.append({"role": "user", "content": content + [{"type": "text", "text": text}]})
-        prompt = self.processor.apply_chat_template(self.messages, add_generation_prompt=True)
-        kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
-        tokenizer = self.processor.tokenizer
-        if tokenizer.bos_token and prompt.startswith(tokenizer.bos_token):
-            kwargs["add_special_tokens"] = False
-        if self.images:
-            kwargs["images"] = self.images
-        if self.audio:
-            kwargs.update(audio=self.audio, sampling_rate=self.sampling_rate)
-        inputs = self.processor(**kwargs).to(self.model.device)
-        for key in ("pixel_values", "input_features"):
-            if key in inputs:
-                inputs[key] = inputs[key].to(self.model.dtype)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **sampling)
-        answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        content = self.media if not self.messages else []
+        self.messages.append({"role": "user", "content": [*content, {"type": "text", "text": text}]})
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+        (answer,) = generate_batch(self.model, self.processor, [self.messages], max_new_tokens, **sampling)
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return answer
 
 
 def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(ChatArguments).parse_args_into_dataclasses(args=argv)
-    from any2text.evaluation.evaluate import load_model_and_processor
-
-    model, processor = load_model_and_processor(args.model, dtype=args.dtype, device=args.device)
+    model, processor = load_inference_model(args.model, dtype=args.dtype, device=args.device)
     session = ChatSession(model, processor, image=args.image, audio=args.audio)
     if args.prompt is not None:
         print(session.ask(args.prompt, args.max_new_tokens, args.temperature))

@@ -7,13 +7,12 @@ flushed after every batch, then ``eval/mme/scores.json`` and ``eval/mme/scores.m
 resumes: ids already in predictions.jsonl are not generated again. An item that cannot be evaluated (a corrupt image,
 an unreadable row) stops the run with an error naming its id; with `--skip_bad_items True` it is skipped instead,
 counted and listed in scores.json (a rerun tries it again). `--data` takes a Hub id, a local dataset folder,
-or a single .parquet / .json / .jsonl file; it defaults to the benchmark's lmms-eval source.
+or a single .parquet / .json / .jsonl / .csv / .arrow file; it defaults to the benchmark's lmms-eval source.
 """
 
 from __future__ import annotations
 
 import json
-import logging as pylogging
 import os
 import sys
 from collections.abc import Sequence
@@ -26,18 +25,21 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from ..data.media import load_audio, load_image
+from ..cli import setup_logging
+from ..data.loading import FILE_BUILDERS
+from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
 from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
-from .generation import _processor_sampling_rate, generate_batch
 
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
 logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
+
+# The name `evaluation/preference.py` imports; switch it to `load_inference_model` and delete this line.
+load_model_and_processor = load_inference_model
 
 RUN_JSON = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
-_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 # What a bad row or medium raises (media decoding, row readers, processors); anything else is a real failure.
 _BAD_ITEM_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
@@ -71,7 +73,7 @@ class EvalArguments:
     prompt_suffix: str | None = field(
         default=None, metadata={"help": "Replace the benchmark's instruction appended to each question."}
     )
-    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
+    dtype: DTypeName = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
     overwrite: bool = field(
         default=False,
@@ -107,9 +109,9 @@ def load_eval_dataset(data: str, split: str | None = None, subset: str | None = 
     """
     path = Path(data)
     if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(_FILE_BUILDERS)}.")
+            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
         # A single file is always datasets' "train" split, whatever --split says.
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
@@ -122,10 +124,6 @@ def load_eval_dataset(data: str, split: str | None = None, subset: str | None = 
         elif isinstance(feature, datasets.Image) and feature.decode:
             dataset = dataset.cast_column(name, datasets.Image(decode=False))
     return dataset
-
-
-def _media_columns(dataset: datasets.Dataset) -> list[str]:
-    return [n for n, f in dataset.features.items() if isinstance(f, (datasets.Image, datasets.Audio))]
 
 
 def item_ids(benchmark: Benchmark, dataset: datasets.Dataset) -> list[str]:
@@ -194,21 +192,6 @@ def _bad_item(benchmark: Benchmark, item_id: str, row: int, error: Exception) ->
     )
 
 
-def _decode_media(messages: list[dict[str, Any]], processor: Any) -> list[dict[str, Any]]:
-    """`messages` with every image / audio reference decoded (so a bad medium fails here, for this item alone)."""
-    decoded = []
-    for message in messages:
-        content = []
-        for part in message["content"]:
-            if part["type"] == "image":
-                part = {**part, "image": load_image(part["image"])}
-            elif part["type"] == "audio":
-                part = {**part, "audio": load_audio(part["audio"], _processor_sampling_rate(processor))}
-            content.append(part)
-        decoded.append({**message, "content": content})
-    return decoded
-
-
 def _prepare_items(
     benchmark: Benchmark,
     dataset: datasets.Dataset,
@@ -222,7 +205,7 @@ def _prepare_items(
     for row, index in zip(dataset.select(indices), indices):
         try:
             item = benchmark.build_item(row, index, prompt_suffix)
-            item.messages = _decode_media(item.messages, processor)
+            item.messages = decode_media(item.messages, processor)
             items.append(item)
         except _BAD_ITEM_ERRORS as error:
             bad.append(_bad_item(benchmark, ids[index], index, error))
@@ -281,22 +264,6 @@ def score_predictions(benchmark: Benchmark | str, records: Sequence[dict[str, An
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Runner
-
-
-def load_model_and_processor(model: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
-    """`AutoModelForImageTextToText` + `AutoProcessor` from `model`, in eval mode on `device`."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import any2text  # noqa: F401  (importing it registers the any2text Auto classes)
-
-    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"`--dtype {dtype}` is not a torch dtype; use auto, float32, bfloat16 or float16.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = AutoModelForImageTextToText.from_pretrained(
-        model, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
-    )
-    return loaded.to(device).eval(), AutoProcessor.from_pretrained(model)
 
 
 def _check_run(
@@ -385,7 +352,7 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
     skipped: list[dict[str, Any]] = []
     if pending:
         if model is None or processor is None:
-            model, processor = load_model_and_processor(args.model, args.dtype, args.device)
+            model, processor = load_inference_model(args.model, args.dtype, args.device)
         max_new_tokens = args.max_new_tokens or benchmark.max_new_tokens
         rows = {ids[index]: index for index in pending}
         with tqdm(total=len(pending), desc=benchmark.name, unit="item") as progress:
@@ -458,12 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI entry point; `argv` defaults to `sys.argv[1:]`. Prints the Markdown score table."""
     parser = HfArgumentParser(EvalArguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
-    handler = pylogging.StreamHandler()
-    handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    package_logger = pylogging.getLogger("any2text")
-    if not package_logger.handlers:
-        package_logger.addHandler(handler)
-    package_logger.setLevel(pylogging.INFO)
+    setup_logging()
     result = run_evaluation(args)
     print(scores_markdown(get_benchmark(args.benchmark), result["scores"], result["num_items"]))
     return result

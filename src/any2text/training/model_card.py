@@ -2,15 +2,11 @@
 
 from pathlib import Path
 
+from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, TrainingArguments
 
+from ..builders.checkpoint import card_front_matter
 from .arguments import DataArguments, LoraArguments, ModelArguments
-
-
-def _front_matter(base_model: str, model_type: str, use_peft: bool) -> list[str]:
-    lines = ["---", f"library_name: {'peft' if use_peft else 'transformers'}", "pipeline_tag: image-text-to-text"]
-    lines += ["base_model:", f"- {base_model}", "tags:", "- any2text", f"- {model_type}", "---", ""]
-    return lines
 
 
 def _previous_card(model_name_or_path: str) -> list[str]:
@@ -18,10 +14,7 @@ def _previous_card(model_name_or_path: str) -> list[str]:
     path = Path(model_name_or_path) / "README.md"
     if not path.is_file():
         return []
-    text = path.read_text()
-    if text.startswith("---"):
-        end = text.find("\n---", 3)
-        text = text[end + 4 :] if end != -1 else text
+    text = ModelCard(path.read_text()).text
     body = [f"#{line}" if line.startswith("#") else line for line in text.strip().splitlines()]
     return ["## Starting checkpoint", "", *body, ""]
 
@@ -41,8 +34,10 @@ def training_card(
     schedule = training_args.lr_scheduler_type
     steps = training_args.max_steps
     length = f"{steps} steps" if steps and steps > 0 else f"{training_args.num_train_epochs:g} epoch(s)"
-    lines = _front_matter(model_args.model_name_or_path, model.config.model_type, lora_args.use_peft)
-    lines += [
+    front_matter = card_front_matter(
+        [model_args.model_name_or_path], model.config.model_type, "peft" if lora_args.use_peft else "transformers"
+    )
+    lines = [
         f"# {Path(training_args.output_dir).name}: trained with any2text",
         "",
         f"Started from `{model_args.model_name_or_path}` and trained with `python -m any2text.train`.",
@@ -83,4 +78,4 @@ def training_card(
     if summary:
         lines.append(f"- {summary.get('step', '?')} steps in {summary['train_runtime']:.0f} s")
     lines += ["", "The full loss history is in `trainer_state.json`.", ""]
-    return "\n".join(lines + _previous_card(model_args.model_name_or_path))
+    return front_matter + "\n".join(lines + _previous_card(model_args.model_name_or_path))
