@@ -362,3 +362,51 @@ def torchrun():
         return result.stdout + result.stderr
 
     return launch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shell scripts in examples/, run for real with stand-in launchers
+
+# Stands in for `deepspeed` and `any2text` on PATH: records its name and argument list (one JSON line) and succeeds.
+_RECORDER = """#!{python}
+import json, os, sys
+with open(os.environ["ANY2TEXT_EXAMPLE_LOG"], "a") as log:
+    log.write(json.dumps([os.path.basename(sys.argv[0]), *sys.argv[1:]]) + "\\n")
+"""
+
+
+@dataclass
+class ExampleCommands:
+    """What an example script ran: each `deepspeed --module M` call's arguments by module, and `any2text` calls."""
+
+    modules: dict[str, list[list[str]]]
+    cli: list[list[str]]
+
+
+def run_example_script(script: Path, tmp_path: Path, **env: str) -> ExampleCommands:
+    """Run `bash script` from the repository root, as its usage line says, with `deepspeed` and `any2text` replaced by
+    recorders: the arguments are the ones bash really expands (defaults, `$VAR`s, quoting, line continuations)."""
+    bin_dir = tmp_path / "example-bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("deepspeed", "any2text"):
+        (bin_dir / name).write_text(_RECORDER.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "example-commands.jsonl"
+    log.unlink(missing_ok=True)
+    run_env = {
+        **os.environ,
+        **env,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "ANY2TEXT_EXAMPLE_LOG": str(log),
+    }
+    result = subprocess.run(["bash", str(script)], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"`bash {script.name}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    commands = ExampleCommands({}, [])
+    for line in log.read_text().splitlines() if log.exists() else []:
+        name, *words = json.loads(line)
+        if name == "deepspeed":
+            module = words.index("--module")
+            commands.modules.setdefault(words[module + 1], []).append(words[module + 2 :])
+        else:
+            commands.cli.append(words)
+    return commands

@@ -290,22 +290,13 @@ def test_full_finetune_resume_with_precomputed_reference_is_exact(checkpoint, pa
 
 
 @pytest.mark.parametrize("script", ["dpo_image.sh", "dpo_audio.sh"])
-def test_dpo_example_scripts_parse(script, monkeypatch):
-    import re
-    import shlex
-
+def test_dpo_example_scripts_parse(script, monkeypatch, tmp_path):
     from any2text.data.loading import parse_dataset_specs
+    from conftest import REPO, run_example_script
 
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)
-    text = (repo / "examples" / script).read_text()
-    variables = {name: re.fullmatch(r"\$\{\w+:-(.*)\}", value).group(1)
-                 for name, value in re.findall(r"^([A-Z_0-9]+)=(.*)$", text, flags=re.M)}  # fmt: skip
-    line = next(line for line in re.sub(r"\\\n", " ", text).splitlines() if "any2text.dpo" in line)
-    words = shlex.split(re.sub(r"\$\{?(\w+)\}?", lambda m: variables.get(m.group(1), m.group(0)), line))
-    model_args, data_args, lora_args, dpo_args, training_args = parse_args(
-        words[words.index("any2text.dpo") + 1 :] + ["--use_cpu", "True"]
-    )
+    monkeypatch.chdir(REPO)
+    (words,) = run_example_script(REPO / "examples" / script, tmp_path).modules["any2text.dpo"]
+    model_args, data_args, lora_args, dpo_args, training_args = parse_args(words + ["--use_cpu", "True"])
     specs = parse_dataset_specs(data_args.train_datasets, templates=data_args.train_template,
                                 names=data_args.train_name, weights=data_args.train_weights,
                                 media_roots=data_args.media_root)  # fmt: skip
