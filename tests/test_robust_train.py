@@ -16,16 +16,16 @@ from transformers.trainer_utils import get_last_checkpoint
 from any2text.training.checkpoints import MANIFEST_NAME, checkpoint_problems, resolve_resume_checkpoint, write_manifest
 from any2text.training.nonfinite import NonFiniteError
 from any2text.training.train import build_trainer, main, parse_args
-from test_train_helpers import build_tiny_checkpoint, write_llava_data
+from test_train_helpers import write_llava_data
 
 # Rows in order (sequential sampling, 2 per batch): step 1 = rows 0, 1; step 2 = rows 2, 3; step 3 = rows 4, 5; ...
 KINDS = ["image", "audio", "both", "text"] * 2
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, tiny_checkpoint) -> Path:
     root = tmp_path_factory.mktemp("robust")
-    build_tiny_checkpoint(root / "base")
+    (root / "base").symlink_to(tiny_checkpoint, target_is_directory=True)
     write_llava_data(root / "data", KINDS)
     return root
 
