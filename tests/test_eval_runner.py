@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -28,16 +29,15 @@ def _image(seed: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(rng.integers(0, 255, (10 + seed, 12, 3), dtype=np.uint8))
 
 
-@pytest.fixture
-def mme_parquet(tmp_path):
-    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema."""
+def _write_mme(path: Path, image_of) -> Path:
+    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema; `image_of(row, i)` gives row's image."""
     rows = []
     for i, category in enumerate(["existence", "count", "code_reasoning"]):
         for answer in ("Yes", "No"):
             rows.append(
                 {
                     "question_id": f"{category}/{i:04d}.png",
-                    "image": _image(i),
+                    "image": image_of(len(rows), i),
                     "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
                     "answer": answer,
                     "category": category,
@@ -52,9 +52,14 @@ def mme_parquet(tmp_path):
             "category": datasets.Value("string"),
         }
     )
-    path = tmp_path / "mme.parquet"
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     return path
+
+
+@pytest.fixture
+def mme_parquet(tmp_path):
+    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema."""
+    return _write_mme(tmp_path / "mme.parquet", lambda row, i: _image(i))
 
 
 def _argv(model, data, out, *extra):
@@ -162,32 +167,13 @@ def test_runner_rejects_wrong_dataset(tiny_llava, mme_parquet, tmp_path):
 @pytest.fixture
 def mme_with_a_corrupt_image(tmp_path):
     """The six MME rows, row 3's image replaced by 12 bytes that are not an image."""
-    rows = []
-    for i, category in enumerate(["existence", "count", "code_reasoning"]):
-        for answer in ("Yes", "No"):
-            buffer = io.BytesIO()
-            _image(i).save(buffer, format="PNG")
-            rows.append(
-                {
-                    "question_id": f"{category}/{i:04d}.png",
-                    "image": {"bytes": b"not an image" if len(rows) == 3 else buffer.getvalue(), "path": None},
-                    "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
-                    "answer": answer,
-                    "category": category,
-                }
-            )
-    features = datasets.Features(
-        {
-            "question_id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "question": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-            "category": datasets.Value("string"),
-        }
-    )
-    path = tmp_path / "mme_bad.parquet"
-    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
-    return path
+
+    def image_of(row: int, i: int) -> dict:
+        buffer = io.BytesIO()
+        _image(i).save(buffer, format="PNG")
+        return {"bytes": b"not an image" if row == 3 else buffer.getvalue(), "path": None}
+
+    return _write_mme(tmp_path / "mme_bad.parquet", image_of)
 
 
 def test_corrupt_image_names_the_item_and_can_be_skipped(tiny_llava, mme_with_a_corrupt_image, tmp_path):
