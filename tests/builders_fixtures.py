@@ -24,6 +24,7 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
+    CLIPVisionConfig,
     CLIPVisionModel,
     LlamaForCausalLM,
     MistralConfig,
@@ -38,6 +39,26 @@ from transformers import (
 from any2text.builders.presets import tiny_audio_config, tiny_text_config, tiny_tokenizer_path, tiny_vision_config
 
 TINY_TEXT_TOWER = dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+
+
+def tiny_clip(vision: CLIPVisionConfig) -> CLIPModel:
+    """A full CLIPModel (text tower too, as on the Hub) around the tiny vision config."""
+    return CLIPModel(CLIPConfig(text_config=TINY_TEXT_TOWER, vision_config=vision.to_dict(), projection_dim=16))
+
+
+def tiny_clap() -> ClapModel:
+    """A full ClapModel (text tower too, as on the Hub) around the tiny audio config."""
+    return ClapModel(
+        ClapConfig(
+            text_config={**TINY_TEXT_TOWER, "max_position_embeddings": 40},
+            audio_config=tiny_audio_config().to_dict(),
+            projection_dim=16,
+        )
+    )
+
+
+def tiny_clip_processor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
 
 
 @dataclass
@@ -78,20 +99,14 @@ def make_parts(root: Path) -> Parts:
     mistral = MistralForCausalLM(MistralConfig(vocab_size=vocab, sliding_window=None, **small))
 
     vision = tiny_vision_config()
-    clip = CLIPModel(CLIPConfig(text_config=TINY_TEXT_TOWER, vision_config=vision.to_dict(), projection_dim=16))
-    clip_processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    clip = tiny_clip(vision)
+    clip_processor = tiny_clip_processor()
     siglip_vision = dict(
         image_size=8, patch_size=2, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
     )
     siglip = SiglipModel(SiglipConfig(text_config=TINY_TEXT_TOWER, vision_config=siglip_vision))
     siglip_processor = SiglipImageProcessor(size={"height": 8, "width": 8})
-    clap = ClapModel(
-        ClapConfig(
-            text_config={**TINY_TEXT_TOWER, "max_position_embeddings": 40},
-            audio_config=tiny_audio_config().to_dict(),
-            projection_dim=16,
-        )
-    )
+    clap = tiny_clap()
 
     parts = Parts(
         llama=_save_lm(llama, tokenizer, root / "llama"),
@@ -198,14 +213,8 @@ def make_seed_checkpoints(root: Path) -> SeedCheckpoints:
     """Written with the seed's exact key names and config fields (see shared/reference/align-anything-format.md)."""
     torch.manual_seed(1)
     vision = tiny_vision_config()
-    clip = CLIPModel(CLIPConfig(text_config=TINY_TEXT_TOWER, vision_config=vision.to_dict(), projection_dim=16))
-    clap = ClapModel(
-        ClapConfig(
-            text_config={**TINY_TEXT_TOWER, "max_position_embeddings": 40},
-            audio_config=tiny_audio_config().to_dict(),
-            projection_dim=16,
-        )
-    )
+    clip = tiny_clip(vision)
+    clap = tiny_clap()
     text_config = tiny_text_config(vocab_size=934 + 4)
     language_model = LlamaForCausalLM(text_config)
     hidden = text_config.hidden_size
@@ -246,7 +255,7 @@ def make_seed_checkpoints(root: Path) -> SeedCheckpoints:
     (llava / "config.json").write_text(json.dumps(llava_config))
     llava_tokenizer.save_pretrained(llava)
     (llava / "chat_template.jinja").unlink(missing_ok=True)  # the seed saved no chat template
-    CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(llava)
+    tiny_clip_processor().save_pretrained(llava)
 
     lva = root / "seed_llama_vision_audio"
     lva.mkdir()
@@ -280,7 +289,7 @@ def make_seed_checkpoints(root: Path) -> SeedCheckpoints:
     lva_tokenizer.save_pretrained(lva)
     (lva / "chat_template.jinja").unlink(missing_ok=True)
     # CLIP and CLAP both wrote preprocessor_config.json; CLAP's (written last) is what the seed folder holds.
-    CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(lva)
+    tiny_clip_processor().save_pretrained(lva)
     ClapFeatureExtractor().save_pretrained(lva)
     return SeedCheckpoints(llava, lva, clip.eval(), clap.audio_model.eval(), language_model.eval())
 

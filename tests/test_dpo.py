@@ -3,6 +3,7 @@
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,11 @@ from any2text.data.preference import PreferenceCollator, PreferenceMessages, pai
 from any2text.data.synthetic_preference import generate_preference_data
 from any2text.data.templates import get_template
 from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pair_logps, parse_args
-from test_train_helpers import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("dpo") / "base")
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -269,10 +269,11 @@ def test_lora_dpo_keeps_towers_frozen_and_reference_is_the_adapter_free_model(ch
 @pytest.mark.slow
 def test_full_finetune_resume_with_precomputed_reference_is_exact(checkpoint, pairs_file, tmp_path):
     common = ["--precompute_ref_log_probs", "True", "--max_steps", "4", "--lr_scheduler_type", "constant"]
-    assert main(_dpo_args(checkpoint, pairs_file, tmp_path / "full", *common, "--save_strategy", "no")) == 0
     interrupted = _dpo_args(checkpoint, pairs_file, tmp_path / "resumed", *common, "--save_strategy", "steps",
                             "--save_steps", "2")  # fmt: skip
+    # The uninterrupted run is the same run: it saves checkpoint-2 on its way; keep its result before resuming.
     assert main(interrupted) == 0
+    shutil.copytree(tmp_path / "resumed", tmp_path / "full", ignore=shutil.ignore_patterns("checkpoint-*"))
     # Resume from step 2: the policy then is no longer the reference, which is loaded for the precompute pass.
     checkpoint_2 = tmp_path / "resumed" / "checkpoint-2"
     assert main(interrupted + ["--resume_from_checkpoint", str(checkpoint_2)]) == 0
@@ -290,22 +291,13 @@ def test_full_finetune_resume_with_precomputed_reference_is_exact(checkpoint, pa
 
 
 @pytest.mark.parametrize("script", ["dpo_image.sh", "dpo_audio.sh"])
-def test_dpo_example_scripts_parse(script, monkeypatch):
-    import re
-    import shlex
-
+def test_dpo_example_scripts_parse(script, monkeypatch, tmp_path):
     from any2text.data.loading import parse_dataset_specs
+    from conftest import REPO, run_example_script
 
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)
-    text = (repo / "examples" / script).read_text()
-    variables = {name: re.fullmatch(r"\$\{\w+:-(.*)\}", value).group(1)
-                 for name, value in re.findall(r"^([A-Z_0-9]+)=(.*)$", text, flags=re.M)}  # fmt: skip
-    line = next(line for line in re.sub(r"\\\n", " ", text).splitlines() if "any2text.dpo" in line)
-    words = shlex.split(re.sub(r"\$\{?(\w+)\}?", lambda m: variables.get(m.group(1), m.group(0)), line))
-    model_args, data_args, lora_args, dpo_args, training_args = parse_args(
-        words[words.index("any2text.dpo") + 1 :] + ["--use_cpu", "True"]
-    )
+    monkeypatch.chdir(REPO)
+    (words,) = run_example_script(REPO / "examples" / script, tmp_path).modules["any2text.dpo"]
+    model_args, data_args, lora_args, dpo_args, training_args = parse_args(words + ["--use_cpu", "True"])
     specs = parse_dataset_specs(data_args.train_datasets, templates=data_args.train_template,
                                 names=data_args.train_name, weights=data_args.train_weights,
                                 media_roots=data_args.media_root)  # fmt: skip
@@ -313,10 +305,8 @@ def test_dpo_example_scripts_parse(script, monkeypatch):
     assert dpo_args.loss_type == ["sigmoid"] and training_args.deepspeed
 
 
-def test_stock_llava_pair_logps_equal_separate_forwards(tmp_path):
-    from test_train_helpers import build_tiny_llava
-
-    path = build_tiny_llava(tmp_path / "llava")
+def test_stock_llava_pair_logps_equal_separate_forwards(tiny_llava_checkpoint):
+    path = tiny_llava_checkpoint
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     pairs = [_mixed_pairs()[0], _mixed_pairs()[2]]

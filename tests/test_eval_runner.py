@@ -10,79 +10,19 @@ import PIL.Image
 import pytest
 import soundfile
 import torch
-from transformers import (
-    AutoTokenizer,
-    BatchFeature,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-)
+from transformers import BatchFeature
 
 import any2text.evaluation.evaluate as runner
 from any2text.evaluation.evaluate import EvalArguments, main, read_predictions, run_evaluation, score_predictions
 from any2text.inference import generate_batch
-
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "src/any2text/builders/assets/tiny_llama3_tokenizer"
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-
-
-def _tokenizer():
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>"]})
-    return tokenizer
+from any2text.models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
+from conftest import tiny_models
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory):
+def tiny_llava(tiny_llava_checkpoint):
     """A 2-layer Llava (8x8 images, 2x2 patches, hidden 32) saved with its processor, like a built checkpoint."""
-    tokenizer = _tokenizer()
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}),
-        tokenizer=tokenizer,
-        patch_size=2,
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped again by the "default" strategy
-        vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
-    )
-    config = LlavaConfig(
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=CLIPVisionConfig(
-            image_size=8,
-            patch_size=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_llava")
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return tiny_llava_checkpoint
 
 
 def _image(seed: int) -> PIL.Image.Image:
@@ -90,16 +30,15 @@ def _image(seed: int) -> PIL.Image.Image:
     return PIL.Image.fromarray(rng.integers(0, 255, (10 + seed, 12, 3), dtype=np.uint8))
 
 
-@pytest.fixture
-def mme_parquet(tmp_path):
-    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema."""
+def _write_mme(path: Path, image_of) -> Path:
+    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema; `image_of(row, i)` gives row's image."""
     rows = []
     for i, category in enumerate(["existence", "count", "code_reasoning"]):
         for answer in ("Yes", "No"):
             rows.append(
                 {
                     "question_id": f"{category}/{i:04d}.png",
-                    "image": _image(i),
+                    "image": image_of(len(rows), i),
                     "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
                     "answer": answer,
                     "category": category,
@@ -114,9 +53,14 @@ def mme_parquet(tmp_path):
             "category": datasets.Value("string"),
         }
     )
-    path = tmp_path / "mme.parquet"
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     return path
+
+
+@pytest.fixture
+def mme_parquet(tmp_path):
+    """Six MME rows (three images, two questions each) in lmms-lab/MME's schema."""
+    return _write_mme(tmp_path / "mme.parquet", lambda row, i: _image(i))
 
 
 def _argv(model, data, out, *extra):
@@ -224,32 +168,13 @@ def test_runner_rejects_wrong_dataset(tiny_llava, mme_parquet, tmp_path):
 @pytest.fixture
 def mme_with_a_corrupt_image(tmp_path):
     """The six MME rows, row 3's image replaced by 12 bytes that are not an image."""
-    rows = []
-    for i, category in enumerate(["existence", "count", "code_reasoning"]):
-        for answer in ("Yes", "No"):
-            buffer = io.BytesIO()
-            _image(i).save(buffer, format="PNG")
-            rows.append(
-                {
-                    "question_id": f"{category}/{i:04d}.png",
-                    "image": {"bytes": b"not an image" if len(rows) == 3 else buffer.getvalue(), "path": None},
-                    "question": f"Is there {'a' * (i + 1)} thing? Please answer yes or no.",
-                    "answer": answer,
-                    "category": category,
-                }
-            )
-    features = datasets.Features(
-        {
-            "question_id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "question": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-            "category": datasets.Value("string"),
-        }
-    )
-    path = tmp_path / "mme_bad.parquet"
-    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
-    return path
+
+    def image_of(row: int, i: int) -> dict:
+        buffer = io.BytesIO()
+        _image(i).save(buffer, format="PNG")
+        return {"bytes": b"not an image" if row == 3 else buffer.getvalue(), "path": None}
+
+    return _write_mme(tmp_path / "mme_bad.parquet", image_of)
 
 
 def test_corrupt_image_names_the_item_and_can_be_skipped(tiny_llava, mme_with_a_corrupt_image, tmp_path):
@@ -307,8 +232,8 @@ class _AudioProcessor:
     """Stands in for the any2text processor: records what it is called with; text goes to the real tokenizer."""
 
     def __init__(self):
-        self.tokenizer = _tokenizer()
-        self.tokenizer.chat_template = CHAT_TEMPLATE
+        self.tokenizer = tiny_models().get_llava_processor().tokenizer
+        self.tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         self.feature_extractor = type("FeatureExtractor", (), {"sampling_rate": 16000})()
         self.calls = []
 

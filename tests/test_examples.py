@@ -1,8 +1,6 @@
 """Every shipped example config and script parses with the real argument parser, so a stale example fails CI."""
 
 import json
-import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import yaml
 from any2text.data.loading import parse_dataset_specs
 from any2text.training.merge import make_merge_parser
 from any2text.training.train import parse_args
+from conftest import run_example_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Stage-3 scripts (`dpo_*.sh`) run `any2text.dpo`; tests/test_dpo.py parses them with its parser.
@@ -18,26 +17,11 @@ SCRIPTS = sorted(path for path in EXAMPLES.glob("*.sh") if not path.name.startsw
 DS_CONFIGS = sorted(EXAMPLES.glob("ds_*.json"))
 
 
-def script_commands(path: Path) -> dict[str, list[list[str]]]:
-    """`{"train": [args...], "merge-lora": [args...]}` from a script, with its `VAR=${VAR:-default}` values filled in."""
-    text = path.read_text()
-    variables: dict[str, str] = {}
-    for name, value in re.findall(r"^([A-Z_0-9]+)=(.*)$", text, flags=re.M):
-        default = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
-        variables[name] = default.group(1) if default else shlex.split(value)[0]
-    joined = re.sub(r"\\\n", " ", text)
-    commands: dict[str, list[list[str]]] = {"train": [], "merge-lora": []}
-    for line in joined.splitlines():
-        line = line.strip()
-        if line.startswith("#") or not line:
-            continue
-        expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: variables.get(m.group(1), m.group(0)), line)
-        words = shlex.split(expanded)
-        if "any2text.train" in words:
-            commands["train"].append(words[words.index("any2text.train") + 1 :])
-        elif words[:2] == ["any2text", "merge-lora"]:
-            commands["merge-lora"].append(words[2:])
-    return commands
+def train_and_merge_commands(script: Path, tmp_path: Path, **env: str) -> dict[str, list[list[str]]]:
+    """`{"train": [args...], "merge-lora": [args...]}`: what the script passes when bash runs it."""
+    commands = run_example_script(script, tmp_path, **env)
+    merges = [words[1:] for words in commands.cli if words[:1] == ["merge-lora"]]
+    return {"train": commands.modules.get("any2text.train", []), "merge-lora": merges}
 
 
 def test_there_are_examples():
@@ -48,13 +32,13 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_script_arguments_parse(script, monkeypatch):
+def test_script_arguments_parse(script, monkeypatch, tmp_path):
     monkeypatch.chdir(EXAMPLES.parent)  # scripts name `examples/ds_*.json` relative to the repository root
-    commands = script_commands(script)
+    commands = train_and_merge_commands(script, tmp_path, OUTPUT_DIR=str(tmp_path / "out"))
     assert len(commands["train"]) == 1, "one training command per script"
     # `--bf16 True` is checked against the hardware; this CPU-only CI says `--use_cpu True` (the last flag wins).
     model_args, data_args, lora_args, training_args = parse_args(commands["train"][0] + ["--use_cpu", "True"])
-    assert model_args.model_name_or_path and training_args.output_dir
+    assert model_args.model_name_or_path and training_args.output_dir == str(tmp_path / "out")  # `OUTPUT_DIR=` wins
     # The comma lists line up (one value per dataset) and every template name exists.
     specs = parse_dataset_specs(
         data_args.train_datasets,
@@ -69,11 +53,11 @@ def test_script_arguments_parse(script, monkeypatch):
     if lora_args.use_peft:
         assert not model_args.freeze_language_model
     for merge in commands["merge-lora"]:
-        make_merge_parser().parse_args(merge)
+        assert make_merge_parser().parse_args(merge).model == training_args.output_dir  # merges what it trained
 
 
-def test_seed_multidataset_lists():
-    args = script_commands(EXAMPLES / "stage2_multidataset.sh")["train"][0]
+def test_seed_multidataset_lists(tmp_path):
+    args = train_and_merge_commands(EXAMPLES / "stage2_multidataset.sh", tmp_path)["train"][0]
     data_args = parse_args(args + ["--use_cpu", "True"])[1]
     assert data_args.train_datasets == "liuhaotian/LLaVA-Instruct-150K,HuggingFaceM4/A-OKVQA,HuggingFaceM4/VQAv2,"
     assert data_args.train_template == "LLAVA,A-OKVQA,VQAv2,"

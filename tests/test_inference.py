@@ -6,17 +6,10 @@ from pathlib import Path
 
 import pytest
 import soundfile
-import torch
 from transformers import (
-    AutoTokenizer,
-    CLIPImageProcessor,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     pipeline,
 )
 
-from any2text.builders.presets import tiny_text_config, tiny_tokenizer_path, tiny_vision_config
 from any2text.evaluation import chat
 from any2text.inference import generate_batch, load_inference_model, prepare_inputs
 from conftest import make_image, make_tone
@@ -35,25 +28,8 @@ def checkpoint(tmp_path_factory, tester):
 
 
 @pytest.fixture(scope="module")
-def llava_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llava")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-    tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>"]})
-    config = LlavaConfig(
-        text_config=tiny_text_config(vocab_size=len(tokenizer)),
-        vision_config=tiny_vision_config(),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration._from_config(config).save_pretrained(path)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
-    LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=2,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS
-    ).save_pretrained(path)
+def llava_checkpoint(tmp_path_factory, tester):
+    path = tester.save_llava_checkpoint(tmp_path_factory.mktemp("llava"))
     make_image("purple").save(path / "image.png")
     return path
 

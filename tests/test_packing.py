@@ -18,7 +18,7 @@ from any2text.data.packing import PackedCollator, PackedDataset, bfd_bins
 from any2text.training.throughput import apply_liger_kernel
 from any2text.training.train import main
 from test_train import common_args, losses, weights
-from test_train_helpers import SAMPLING_RATE, build_tiny_checkpoint, build_tiny_llava, write_llava_data
+from test_train_helpers import SAMPLING_RATE, build_tiny_checkpoint, write_llava_data
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Same samples, same loss and gradients
@@ -59,9 +59,8 @@ BATCHES = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packing")
-    return {"any2text": build_tiny_checkpoint(root / "ours"), "llava": build_tiny_llava(root / "llava")}
+def checkpoints(tiny_checkpoint, tiny_llava_checkpoint):
+    return {"any2text": tiny_checkpoint, "llava": tiny_llava_checkpoint}
 
 
 def _loss_and_grads(model, batch):
@@ -202,11 +201,8 @@ def test_packing_strategy_that_splits_samples_is_refused():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("packed-train")
-    build_tiny_checkpoint(root / "base")
-    write_llava_data(root / "data", ["image", "audio", "both", "text"] * 3)
-    return root
+def workdir(train_workdir) -> Path:
+    return train_workdir
 
 
 def test_packing_needs_max_length(workdir, tmp_path):
@@ -270,8 +266,8 @@ def test_stage2_trains_padding_free_and_packed(workdir, tmp_path, extra):
 
 
 @pytest.mark.slow
-def test_stock_llava_trains_packed_with_weighted_datasets(workdir, tmp_path):
-    base = build_tiny_llava(tmp_path / "llava")
+def test_stock_llava_trains_packed_with_weighted_datasets(workdir, tiny_llava_checkpoint, tmp_path):
+    base = tiny_llava_checkpoint
     images = write_llava_data(tmp_path / "images", ["image", "text", "image", "image"] * 2)
     texts = write_llava_data(tmp_path / "texts", ["text"] * 4, seed=1)
     out = tmp_path / "out"
@@ -286,17 +282,17 @@ def test_stock_llava_trains_packed_with_weighted_datasets(workdir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if "multi_modal_projector" in k)
 
 
-def test_liger_kernel_on_cpu_is_a_clear_error(tmp_path):
+def test_liger_kernel_on_cpu_is_a_clear_error(tiny_checkpoint, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CPU-only message")
-    model = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint(tmp_path / "ours"))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoint)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), use_liger_kernel=True, use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match="`--use_liger_kernel True` needs a CUDA GPU"):
         apply_liger_kernel(model, args)
 
 
-def test_saved_image_processor_picks_the_fast_backend_where_torchvision_is(tmp_path):
+def test_saved_image_processor_picks_the_fast_backend_where_torchvision_is(tiny_checkpoint):
     # The class saved is the backend-neutral one: transformers then loads the torchvision (fast) processor wherever
     # torchvision is installed (GPU machines) and the PIL one elsewhere.
-    config = json.loads((build_tiny_checkpoint(tmp_path / "ours") / "processor_config.json").read_text())
+    config = json.loads((tiny_checkpoint / "processor_config.json").read_text())
     assert config["image_processor"]["image_processor_type"] == "CLIPImageProcessor"

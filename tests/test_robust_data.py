@@ -346,15 +346,15 @@ def test_embedded_bytes_are_read_whatever_the_media_root():
 
 
 @pytest.mark.slow
-def test_train_skips_bad_rows_once_each_and_stops_on_a_wrong_media_root(tmp_path, caplog):
+def test_train_skips_bad_rows_once_each_and_stops_on_a_wrong_media_root(tiny_checkpoint, tmp_path, caplog):
     from any2text.training.train import main
-    from test_train_helpers import build_tiny_checkpoint, write_llava_data
+    from test_train_helpers import write_llava_data
 
     data = write_llava_data(tmp_path / "data", ["image", "text"] * 4)
     rows = json.loads(data.read_text())
     rows[2]["image"] = "gone.png"  # one missing file: skipped, however often it is drawn
     data.write_text(json.dumps(rows))
-    base = build_tiny_checkpoint(tmp_path / "base")
+    base = tiny_checkpoint
     args = ["--model_name_or_path", str(base), "--train_datasets", str(data), "--train_template", "LLaVA"]
     args += ["--per_device_train_batch_size", "2", "--num_train_epochs", "3", "--save_strategy", "no"]
     args += ["--use_cpu", "True", "--report_to", "none", "--skip_bad_rows", "True", "--disable_tqdm", "True"]

@@ -16,41 +16,38 @@ from transformers.trainer_utils import get_last_checkpoint
 from any2text.training.checkpoints import MANIFEST_NAME, checkpoint_problems, resolve_resume_checkpoint, write_manifest
 from any2text.training.nonfinite import NonFiniteError
 from any2text.training.train import build_trainer, main, parse_args
-from test_train_helpers import build_tiny_checkpoint, write_llava_data
+from conftest import train_args
+from test_train_helpers import write_llava_data
 
 # Rows in order (sequential sampling, 2 per batch): step 1 = rows 0, 1; step 2 = rows 2, 3; step 3 = rows 4, 5; ...
 KINDS = ["image", "audio", "both", "text"] * 2
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory, tiny_checkpoint) -> Path:
     root = tmp_path_factory.mktemp("robust")
-    build_tiny_checkpoint(root / "base")
+    (root / "base").symlink_to(tiny_checkpoint, target_is_directory=True)
     write_llava_data(root / "data", KINDS)
     return root
 
 
 def run_args(root: Path, output_dir: Path, **overrides) -> list[str]:
-    args = {
-        "model_name_or_path": str(root / "base"),
-        "output_dir": str(output_dir),
-        "train_datasets": str(root / "data" / "data.json"),
-        "train_template": "LLaVA",
-        "per_device_train_batch_size": "2",
-        "train_sampling_strategy": "sequential",
-        "max_steps": "3",
-        "save_strategy": "steps",
-        "save_steps": "1",
-        "logging_steps": "1",
-        "use_cpu": "True",
-        "report_to": "none",
-        "learning_rate": "5e-3",
-        "seed": "0",
-        "log_level": "warning",
-        "disable_tqdm": "True",
-    }
-    args.update(overrides)
-    return [item for key, value in args.items() for item in (f"--{key}", value)]
+    """Rows in order, 2 a batch, 3 steps, a checkpoint every step."""
+    return train_args(
+        root,
+        **{
+            "model_name_or_path": str(root / "base"),
+            "output_dir": str(output_dir),
+            "train_datasets": str(root / "data" / "data.json"),
+            "train_template": "LLaVA",
+            "per_device_train_batch_size": "2",
+            "train_sampling_strategy": "sequential",
+            "max_steps": "3",
+            "save_strategy": "steps",
+            "save_steps": "1",
+            **overrides,
+        },
+    )
 
 
 def subprocess_env() -> dict:

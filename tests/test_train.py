@@ -1,7 +1,6 @@
 """The training entry point end to end on tiny checkpoints: arguments, stages, LoRA + merge, stock Llava, resume."""
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -13,34 +12,17 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from any2text.training.merge import merge_lora, merge_lora_main
 from any2text.training.train import main, parse_args
-from test_train_helpers import build_tiny_checkpoint, build_tiny_llava, write_llava_data
+from conftest import train_args
+from test_train_helpers import write_llava_data
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    build_tiny_checkpoint(root / "base")
-    write_llava_data(root / "data", ["image", "audio", "both", "text"] * 3)
-    return root
+def workdir(train_workdir) -> Path:
+    return train_workdir
 
 
 def common_args(root: Path, **overrides) -> list[str]:
-    args = {
-        "train_datasets": f"{root / 'data' / 'data.json'},",
-        "train_template": "LLaVA,",
-        "per_device_train_batch_size": "4",
-        "num_train_epochs": "2",
-        "logging_steps": "1",
-        "save_strategy": "no",
-        "use_cpu": "True",
-        "report_to": "none",
-        "learning_rate": "5e-3",
-        "seed": "0",
-        "log_level": "warning",
-        "disable_tqdm": "True",
-    }
-    args.update(overrides)
-    return [item for key, value in args.items() for item in (f"--{key}", value)]
+    return train_args(root, **overrides)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -111,14 +93,10 @@ def test_datasets_without_template_is_an_error(workdir):
 
 
 @pytest.mark.slow
-def test_stage1_then_stage2_from_its_output(workdir, caplog):
-    base, stage1, stage2 = workdir / "base", workdir / "stage1", workdir / "stage2"
-    with caplog.at_level(logging.INFO, logger="any2text"):
-        main(
-            ["--model_name_or_path", str(base), "--output_dir", str(stage1)]
-            + common_args(workdir, learning_rate="2e-2", log_level="info")
-        )
-    table = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Parameters per component"))
+def test_stage1_then_stage2_from_its_output(stage1_output, tmp_path):
+    workdir = stage1_output.workdir
+    base, stage1, stage2 = workdir / "base", stage1_output.path, tmp_path / "stage2"
+    table = next(message for message in stage1_output.log if message.startswith("Parameters per component"))
     rows = {line.split()[0]: line.split()[1:3] for line in table.splitlines()[2:]}
     assert rows["vision_tower"][0] == "0" and rows["language_model"][0] == "0"
     assert rows["vision_projector"][0] == rows["vision_projector"][1] != "0"
@@ -225,8 +203,8 @@ def test_lora_with_frozen_language_model_is_an_error(workdir, tmp_path):
 
 
 @pytest.mark.slow
-def test_stock_llava_checkpoint_trains(workdir, tmp_path):
-    base, out = build_tiny_llava(tmp_path / "llava"), tmp_path / "llava-stage1"
+def test_stock_llava_checkpoint_trains(workdir, tiny_llava_checkpoint, tmp_path):
+    base, out = tiny_llava_checkpoint, tmp_path / "llava-stage1"
     data = write_llava_data(tmp_path / "images", ["image", "text", "image", "image"] * 2)
     main(
         ["--model_name_or_path", str(base), "--output_dir", str(out)]
