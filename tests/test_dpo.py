@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -91,6 +92,50 @@ def test_dpo_arguments_keep_trl_names_and_check_values():
     assert dpo_args.precompute_ref_log_probs
 
 
+def test_rpo_alpha_adds_trl_nll_on_chosen_tokens():
+    """loss = mean DPO loss + rpo_alpha * cross-entropy over every chosen token of the batch (TRL's `nll_loss`)."""
+    from types import SimpleNamespace
+
+    from any2text.training.dpo import DPOTrainer, rpo_nll
+
+    torch.manual_seed(0)
+    chosen_labels = torch.tensor([[5, 7, -100], [3, 2, 9]])
+    rejected_labels = torch.tensor([[4, -100], [1, 6]])
+    logits = torch.randn(2, 5, 11)
+
+    class Model(torch.nn.Module):
+        training = True
+
+        def forward(self, **kwargs):
+            return SimpleNamespace(logits=logits)
+
+    inputs = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 1, 8, 8, dtype=torch.bool),
+              "logits_to_keep": torch.arange(5), "chosen_labels": chosen_labels, "rejected_labels": rejected_labels,
+              "pair_mask": torch.tensor([True, True]), "ref_chosen_logps": torch.tensor([-6.0, -9.0]),
+              "ref_rejected_logps": torch.tensor([-4.0, -5.0])}  # fmt: skip
+    model = Model()
+    model.config = SimpleNamespace(_attn_implementation="sdpa")
+    fake = SimpleNamespace(dpo_args=DPOArguments(beta=0.5, rpo_alpha=0.7), _metrics={"train": __import__("collections").defaultdict(list)},
+                           accelerator=SimpleNamespace(gather_for_metrics=lambda x: x))  # fmt: skip
+    fake.reference_logps = lambda model, inputs: (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
+    loss = DPOTrainer.compute_loss(fake, model, inputs)
+
+    logp = logits.log_softmax(-1)
+    pc = [logp[0, 0, 5] + logp[0, 1, 7], logp[1, 0, 3] + logp[1, 1, 2] + logp[1, 2, 9]]
+    pr = [logp[0, 3, 4], logp[1, 3, 1] + logp[1, 4, 6]]
+    dpo = sum(-F.logsigmoid(0.5 * ((pc[i] - [-6.0, -9.0][i]) - (pr[i] - [-4.0, -5.0][i]))) for i in range(2)) / 2
+    nll = -(sum(pc)) / 5  # five chosen tokens in the batch, averaged over tokens, not pairs
+    flat = F.cross_entropy(logits[:, :3].reshape(-1, 11), chosen_labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(nll, flat)
+    torch.testing.assert_close(loss, dpo + 0.7 * nll)
+    torch.testing.assert_close(rpo_nll(torch.stack(pc), torch.tensor([2, 3])), flat)
+    assert fake._metrics["train"]["nll_loss"] == [pytest.approx(float(flat))]
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DPOArguments(rpo_alpha=-1.0)
+    assert parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--rpo_alpha", "1.0"])[3].rpo_alpha == 1.0
+    assert DPOArguments().rpo_alpha is None  # TRL's default: plain DPO
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The pair layout
 
@@ -135,6 +180,34 @@ def test_pair_logps_equal_separate_forwards_with_media_encoded_once(checkpoint):
                 logits = model(**single).logits
             expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
             torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_sees_the_prompt_tokens_dpo_trains_on(checkpoint):
+    """The demo's greedy answers come from `generate_batch`: its (left-padded) prompt ids must be exactly the ids the
+    pair collator puts in front of the answers, and the first answer token must be a trained label."""
+    from any2text.evaluation.generation import generate_batch
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _mixed_pairs()
+    seen = {}
+
+    class Recorder:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            seen["ids"], seen["mask"] = input_ids, attention_mask
+            return input_ids  # no new tokens
+
+    generate_batch(Recorder(), processor, [pair.prompt for pair in pairs], batch_size=len(pairs))
+    collator = PreferenceCollator(processor)
+    for i, pair in enumerate(pairs):
+        encoded = collator._encode_pair(pair, i)
+        prompt = seen["ids"][i][seen["mask"][i].bool()]
+        assert torch.equal(prompt, encoded["prompt"]["input_ids"]), i
+        assert seen["mask"][i][-1]  # left padding: every prompt ends where generation starts
+        assert torch.equal(encoded["chosen_labels"], encoded["chosen_ids"])  # every answer token, the first included
+        answer = processor.tokenizer.decode(encoded["chosen_ids"], skip_special_tokens=True)
+        assert answer == pair.chosen[-1]["content"][-1]["text"]
 
 
 def test_collator_drops_pairs_over_max_length_and_counts_them(checkpoint):

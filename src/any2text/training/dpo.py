@@ -117,6 +117,14 @@ class DPOArguments:
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off in the policy and the reference (TRL's default)."}
     )
+    rpo_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the NLL loss on the chosen answers added to the DPO loss (RPO, TRL's name; the paper "
+            "uses 1.0). DPO alone only orders the two answers and may lower both; this also makes the chosen one "
+            "likely, so generation follows it. Default: None (plain DPO)."
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.loss_type, str):
@@ -132,6 +140,8 @@ class DPOArguments:
             raise ValueError(f"`--label_smoothing` must lie in [0, 0.5), got {self.label_smoothing}.")
         if self.beta <= 0:
             raise ValueError(f"`--beta` must be positive, got {self.beta}.")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ValueError(f"`--rpo_alpha` must be >= 0 (or unset), got {self.rpo_alpha}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -178,6 +188,12 @@ def dpo_loss(
         ipo_delta = chosen_ratio / chosen_lengths.clamp(min=1) - rejected_ratio / rejected_lengths.clamp(min=1)
         return (ipo_delta - 1 / (2 * beta)) ** 2
     raise ValueError(f"Unknown `loss_type` `{loss_type}`; choose from {list(LOSS_TYPES)}.")
+
+
+def rpo_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """RPO's NLL term, as TRL's `nll_loss`: cross-entropy of the chosen answers, averaged over all their tokens in the
+    batch (not per pair), from the summed log-probs and token counts `pair_logps` returns."""
+    return -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
 
 
 def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,6 +390,9 @@ class DPOTrainer(MultimodalTrainer):
                 chosen_lengths=policy["chosen_lengths"], rejected_lengths=policy["rejected_lengths"],
             )  # fmt: skip
         loss = per_pair[keep].mean()
+        if args.rpo_alpha is not None:
+            nll = rpo_nll(policy["chosen_logps"][keep], policy["chosen_lengths"][keep])
+            loss = loss + args.rpo_alpha * nll
 
         chosen_rewards = (args.beta * (policy["chosen_logps"] - ref_chosen)).detach()[keep]
         rejected_rewards = (args.beta * (policy["rejected_logps"] - ref_rejected)).detach()[keep]
@@ -385,6 +404,8 @@ class DPOTrainer(MultimodalTrainer):
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(policy["chosen_logps"].detach()[keep]).mean().item())
         metrics["logps/rejected"].append(gather(policy["rejected_logps"].detach()[keep]).mean().item())
+        if args.rpo_alpha is not None:
+            metrics["nll_loss"].append(gather(nll.detach()).mean().item())
         return (loss, policy) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -610,4 +631,5 @@ __all__ = [
     "dpo_loss",
     "main",
     "pair_logps",
+    "rpo_nll",
 ]
