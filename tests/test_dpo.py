@@ -421,3 +421,89 @@ def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_fi
     assert scores["reward_accuracy"] == 0.0
     assert scores["logp_accuracy"] == sum(r["chosen_logp"] > r["rejected_logp"] for r in records) / 6
     assert (out / "scores.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Padding-free and packed pairs (issue #12 in the DPO stage)
+
+
+def _pairs_of(kind: str) -> list[PreferenceMessages]:
+    image, audio, text = _mixed_pairs()
+    template = get_template("TRL-Preference")
+    other_image = template({"prompt": "Shape?", "images": [Image.new("RGB", (16, 16), (0, 0, 255))],
+                            "chosen": "a square", "rejected": "round"})  # fmt: skip
+    other_audio = template({"prompt": "Loud or soft?", "audios": [{"array": 0.3 * _tone(0.3), "sampling_rate": 16000}],
+                            "chosen": "soft", "rejected": "loud it was"})  # fmt: skip
+    return {"image": [image, other_image], "audio": [audio, other_audio],
+            "mixed": [image, audio, text, other_image]}[kind]  # fmt: skip
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    logps = pair_logps(model, batch)
+    zero = torch.zeros_like(logps["chosen_logps"])
+    loss = dpo_loss(logps["chosen_logps"], logps["rejected_logps"], zero - 3.0, zero - 4.0, beta=0.5).mean()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), logps, grads
+
+
+@pytest.mark.parametrize("kind", ["image", "audio", "mixed"])
+def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(_pairs_of(kind))]
+    padded = PreferenceCollator(processor)(samples)
+    flat = PreferenceCollator(processor, padding_free=True)(samples)
+    # Two packed rows (bins) of whole pairs, as `PackedDataset` items give them.
+    packed = PreferenceCollator(processor, padding_free=True)([{"packed": samples[:1]}, {"packed": samples[1:]}])
+    assert flat["input_ids"].shape[0] == 1 and packed["input_ids"].shape[0] == 2
+    # One row per batch: no padding at all, logits only at the answer tokens (the first of both sides shares a column).
+    answers = int((padded["chosen_labels"] != -100).sum() + (padded["rejected_labels"] != -100).sum())
+    assert flat["input_ids"].shape[1] < padded["input_ids"].numel() and len(flat["logits_to_keep"]) == answers
+    assert flat["index"].tolist() == packed["index"].tolist() == list(range(len(samples)))
+
+    loss, logps, grads = _loss_and_grads(model, padded)
+    assert len(grads) > 10
+    for batch in (flat, packed):
+        got_loss, got_logps, got_grads = _loss_and_grads(model, batch)
+        torch.testing.assert_close(got_loss, loss, rtol=0, atol=1e-5)
+        for key in ("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"):
+            torch.testing.assert_close(got_logps[key].detach(), logps[key].detach(), rtol=1e-5, atol=1e-4)
+        assert got_grads.keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
+    from any2text.data.collator import SampleTooLongError
+    from any2text.data.packing import PackedDataset
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _pairs_of("mixed") * 3
+    probe = PreferenceCollator(processor)
+    lengths = [probe.sample_length(pair) for pair in pairs]
+    # The packing length of a pair is exactly its row: prompt + chosen + rejected, media counted once.
+    for pair, length in zip(pairs, lengths):
+        encoded = probe._encode_pair(pair, 0)
+        assert length == probe._pair_length(encoded)
+    max_length = max(lengths) + min(lengths) + 3
+    items = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
+    packed = PackedDataset(items, lengths, max_length=max_length)
+    assert len(packed) < len(pairs)  # some bins hold several pairs
+    collator = PreferenceCollator(processor, max_length=max_length, padding_free=True)
+    seen = []
+    for start in range(0, len(packed), 2):
+        batch = collator([packed[i] for i in range(start, min(start + 2, len(packed)))])
+        assert batch["input_ids"].shape[1] <= max_length
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(len(pairs)))  # every pair once, none split or lost
+
+    # A pair longer than max_length as a whole: an error by default, a counted drop with `truncation="drop"`.
+    longest = [{"packed": [items[lengths.index(max(lengths))], items[lengths.index(min(lengths))]]}]
+    with pytest.raises(SampleTooLongError, match="never splits a pair"):
+        PreferenceCollator(processor, max_length=max(lengths) - 1, padding_free=True)(longest)
+    dropping = PreferenceCollator(processor, max_length=max(lengths) - 1, truncation="drop", padding_free=True)
+    batch = dropping(longest)
+    assert dropping.num_dropped == 1 and batch["pair_mask"].tolist() == [True]
+    assert batch["input_ids"].shape[1] <= max(lengths) - 1

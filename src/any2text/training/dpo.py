@@ -38,12 +38,14 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from ..data.loading import parse_dataset_specs
+from ..data.packing import PackedDataset
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .freezing import apply_freezing, parameter_table
 from .lora import apply_lora
 from .model_card import training_card
+from .throughput import check_packing_arguments
 from .train import (
     _check_cpu_deepspeed,
     _config_file,
@@ -54,7 +56,7 @@ from .train import (
     load_model_and_processor,
     mark_zero3_leaf_towers,
 )
-from .trainer import DataReportCallback, MultimodalTrainer
+from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
 
@@ -215,6 +217,8 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
         logits_to_keep=batch["logits_to_keep"],
         use_cache=False,
     )
+    if "answer_slots" in batch:
+        return _packed_pair_logps(outputs.logits, batch)
     split = batch["chosen_labels"].shape[1]
     chosen, chosen_lengths = answer_logps(outputs.logits[:, :split], batch["chosen_labels"])
     rejected, rejected_lengths = answer_logps(outputs.logits[:, split:], batch["rejected_labels"])
@@ -223,6 +227,24 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
         "rejected_logps": rejected,
         "chosen_lengths": chosen_lengths,
         "rejected_lengths": rejected_lengths,
+    }
+
+
+def _packed_pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Padding-free / packed rows: token log-probs summed into their pair's chosen or rejected slot."""
+    labels, slots = batch["answer_labels"], batch["answer_slots"]
+    mask = slots >= 0
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    num_slots = 2 * batch["pair_mask"].shape[0]
+    sums = torch.zeros(num_slots, dtype=logps.dtype, device=logps.device).index_add(0, slots[mask], logps[mask])
+    counts = torch.zeros(num_slots, dtype=torch.long, device=logps.device).index_add(
+        0, slots[mask], torch.ones_like(slots[mask])
+    )
+    return {
+        "chosen_logps": sums[0::2],
+        "rejected_logps": sums[1::2],
+        "chosen_lengths": counts[0::2],
+        "rejected_lengths": counts[1::2],
     }
 
 
@@ -320,7 +342,7 @@ class DPOTrainer(MultimodalTrainer):
                 table[int(i)] if keep else (0.0, 0.0)
                 for i, keep in zip(inputs["index"].tolist(), inputs["pair_mask"].tolist())
             ]
-            device = inputs["chosen_labels"].device
+            device = inputs["input_ids"].device
             return (
                 torch.tensor([c for c, _ in pairs], device=device),
                 torch.tensor([r for _, r in pairs], device=device),
@@ -564,11 +586,25 @@ def build_dpo_trainer(
     if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs:
         ref_model = _load_reference(model_args, dpo_args)
 
+    flat = data_args.padding_free or data_args.packing
+    if flat:
+        check_packing_arguments(data_args)
     collator = PreferenceCollator(
-        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
-    )
+        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image,
+        padding_free=flat,
+    )  # fmt: skip
     train_dataset = build_preference_dataset(data_args, "train", processor, training_args.seed)
     eval_dataset = build_preference_dataset(data_args, "eval", processor, training_args.seed)
+    if data_args.packing:
+        # Bins of whole pairs, at most `--max_length` tokens of `prompt + chosen + rejected` each; a batch holds
+        # `per_device_train_batch_size` bins, one row each (see `PreferenceCollator`).
+        def pack(dataset):
+            if dataset is None:
+                return None
+            lengths = sample_lengths(dataset, collator)
+            return PackedDataset(dataset, lengths, data_args.max_length, data_args.packing_strategy)
+
+        train_dataset, eval_dataset = pack(train_dataset), pack(eval_dataset)
     return DPOTrainer(
         model=model,
         args=training_args,
