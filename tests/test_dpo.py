@@ -507,3 +507,28 @@ def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
     batch = dropping(longest)
     assert dropping.num_dropped == 1 and batch["pair_mask"].tolist() == [True]
     assert batch["input_ids"].shape[1] <= max(lengths) - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--padding_free", "--packing"])
+def test_dpo_trains_padding_free_and_packed(checkpoint, pairs_file, tmp_path, flag):
+    from any2text.data.packing import PackedDataset
+    from any2text.training.dpo import build_dpo_trainer
+
+    groups = parse_args(_dpo_args(checkpoint, pairs_file, tmp_path / "out", flag, "True", "--max_length", "400",
+                                  "--use_peft", "True", "--precompute_ref_log_probs", "True", "--max_steps", "2",
+                                  "--save_strategy", "no"))  # fmt: skip
+    trainer = build_dpo_trainer(*groups)
+    packed = isinstance(trainer.train_dataset.dataset, PackedDataset)
+    assert packed == (flag == "--packing")
+    if packed:
+        assert len(trainer.train_dataset) < 16 and max(trainer.train_dataset.dataset.lengths) <= 400
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "answer_slots" in batch and batch["input_ids"].shape[1] <= 400
+    # One row per bin (4 bins a batch), or the whole batch in one row.
+    assert batch["input_ids"].shape[0] == (min(4, len(trainer.train_dataset)) if packed else 1)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert len(trainer._ref_tables["train"]) == 16  # every pair's reference log-probs, through the packed rows
+    assert any(h.get("rewards/margins", 0) != 0 for h in trainer.state.log_history)
