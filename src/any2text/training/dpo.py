@@ -9,7 +9,7 @@ From stage 2's output, LoRA on the language model (the reference is the same mod
 The same module runs under `python -m any2text.dpo`, `torchrun -m any2text.dpo`, `any2text dpo` and with a single
 `.yaml` / `.json` config file, exactly like `any2text.train`, whose model / data / LoRA argument groups and freezing
 flags it shares; the DPO arguments keep TRL's names (`beta`, `loss_type`, `label_smoothing`,
-`precompute_ref_log_probs`) and `ref_model_name_or_path` names the reference of a full fine-tune (default: the
+`precompute_ref_log_probs`, `rpo_alpha`) and `ref_model_name_or_path` names the reference of a full fine-tune (default: the
 starting checkpoint). Logged metrics are TRL's: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 `rewards/margins`, `logps/chosen`, `logps/rejected`.
 
@@ -633,7 +633,7 @@ def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer
         )  # fmt: skip
         card += (
             f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
-            f"`label_smoothing={dpo_args.label_smoothing}`, reference: "
+            f"`label_smoothing={dpo_args.label_smoothing}`, `rpo_alpha={dpo_args.rpo_alpha}`, reference: "
             f"{'the model with its adapters disabled' if lora_args.use_peft else dpo_args.ref_model_name_or_path or model_args.model_name_or_path}.\n"
         )
         with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
