@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -91,6 +92,50 @@ def test_dpo_arguments_keep_trl_names_and_check_values():
     assert dpo_args.precompute_ref_log_probs
 
 
+def test_rpo_alpha_adds_trl_nll_on_chosen_tokens():
+    """loss = mean DPO loss + rpo_alpha * cross-entropy over every chosen token of the batch (TRL's `nll_loss`)."""
+    from types import SimpleNamespace
+
+    from any2text.training.dpo import DPOTrainer, rpo_nll
+
+    torch.manual_seed(0)
+    chosen_labels = torch.tensor([[5, 7, -100], [3, 2, 9]])
+    rejected_labels = torch.tensor([[4, -100], [1, 6]])
+    logits = torch.randn(2, 5, 11)
+
+    class Model(torch.nn.Module):
+        training = True
+
+        def forward(self, **kwargs):
+            return SimpleNamespace(logits=logits)
+
+    inputs = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 1, 8, 8, dtype=torch.bool),
+              "logits_to_keep": torch.arange(5), "chosen_labels": chosen_labels, "rejected_labels": rejected_labels,
+              "pair_mask": torch.tensor([True, True]), "ref_chosen_logps": torch.tensor([-6.0, -9.0]),
+              "ref_rejected_logps": torch.tensor([-4.0, -5.0])}  # fmt: skip
+    model = Model()
+    model.config = SimpleNamespace(_attn_implementation="sdpa")
+    fake = SimpleNamespace(dpo_args=DPOArguments(beta=0.5, rpo_alpha=0.7), _metrics={"train": __import__("collections").defaultdict(list)},
+                           accelerator=SimpleNamespace(gather_for_metrics=lambda x: x))  # fmt: skip
+    fake.reference_logps = lambda model, inputs: (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
+    loss = DPOTrainer.compute_loss(fake, model, inputs)
+
+    logp = logits.log_softmax(-1)
+    pc = [logp[0, 0, 5] + logp[0, 1, 7], logp[1, 0, 3] + logp[1, 1, 2] + logp[1, 2, 9]]
+    pr = [logp[0, 3, 4], logp[1, 3, 1] + logp[1, 4, 6]]
+    dpo = sum(-F.logsigmoid(0.5 * ((pc[i] - [-6.0, -9.0][i]) - (pr[i] - [-4.0, -5.0][i]))) for i in range(2)) / 2
+    nll = -(sum(pc)) / 5  # five chosen tokens in the batch, averaged over tokens, not pairs
+    flat = F.cross_entropy(logits[:, :3].reshape(-1, 11), chosen_labels.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(nll, flat)
+    torch.testing.assert_close(loss, dpo + 0.7 * nll)
+    torch.testing.assert_close(rpo_nll(torch.stack(pc), torch.tensor([2, 3])), flat)
+    assert fake._metrics["train"]["nll_loss"] == [pytest.approx(float(flat))]
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DPOArguments(rpo_alpha=-1.0)
+    assert parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--rpo_alpha", "1.0"])[3].rpo_alpha == 1.0
+    assert DPOArguments().rpo_alpha is None  # TRL's default: plain DPO
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The pair layout
 
@@ -135,6 +180,34 @@ def test_pair_logps_equal_separate_forwards_with_media_encoded_once(checkpoint):
                 logits = model(**single).logits
             expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
             torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_sees_the_prompt_tokens_dpo_trains_on(checkpoint):
+    """The demo's greedy answers come from `generate_batch`: its (left-padded) prompt ids must be exactly the ids the
+    pair collator puts in front of the answers, and the first answer token must be a trained label."""
+    from any2text.evaluation.generation import generate_batch
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _mixed_pairs()
+    seen = {}
+
+    class Recorder:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            seen["ids"], seen["mask"] = input_ids, attention_mask
+            return input_ids  # no new tokens
+
+    generate_batch(Recorder(), processor, [pair.prompt for pair in pairs], batch_size=len(pairs))
+    collator = PreferenceCollator(processor)
+    for i, pair in enumerate(pairs):
+        encoded = collator._encode_pair(pair, i)
+        prompt = seen["ids"][i][seen["mask"][i].bool()]
+        assert torch.equal(prompt, encoded["prompt"]["input_ids"]), i
+        assert seen["mask"][i][-1]  # left padding: every prompt ends where generation starts
+        assert torch.equal(encoded["chosen_labels"], encoded["chosen_ids"])  # every answer token, the first included
+        answer = processor.tokenizer.decode(encoded["chosen_ids"], skip_special_tokens=True)
+        assert answer == pair.chosen[-1]["content"][-1]["text"]
 
 
 def test_collator_drops_pairs_over_max_length_and_counts_them(checkpoint):
@@ -338,3 +411,114 @@ def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_fi
     assert scores["reward_accuracy"] == 0.0
     assert scores["logp_accuracy"] == sum(r["chosen_logp"] > r["rejected_logp"] for r in records) / 6
     assert (out / "scores.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Padding-free and packed pairs (issue #12 in the DPO stage)
+
+
+def _pairs_of(kind: str) -> list[PreferenceMessages]:
+    image, audio, text = _mixed_pairs()
+    template = get_template("TRL-Preference")
+    other_image = template({"prompt": "Shape?", "images": [Image.new("RGB", (16, 16), (0, 0, 255))],
+                            "chosen": "a square", "rejected": "round"})  # fmt: skip
+    other_audio = template({"prompt": "Loud or soft?", "audios": [{"array": 0.3 * _tone(0.3), "sampling_rate": 16000}],
+                            "chosen": "soft", "rejected": "loud it was"})  # fmt: skip
+    return {"image": [image, other_image], "audio": [audio, other_audio],
+            "mixed": [image, audio, text, other_image]}[kind]  # fmt: skip
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    logps = pair_logps(model, batch)
+    zero = torch.zeros_like(logps["chosen_logps"])
+    loss = dpo_loss(logps["chosen_logps"], logps["rejected_logps"], zero - 3.0, zero - 4.0, beta=0.5).mean()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), logps, grads
+
+
+@pytest.mark.parametrize("kind", ["image", "audio", "mixed"])
+def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(_pairs_of(kind))]
+    padded = PreferenceCollator(processor)(samples)
+    flat = PreferenceCollator(processor, padding_free=True)(samples)
+    # Two packed rows (bins) of whole pairs, as `PackedDataset` items give them.
+    packed = PreferenceCollator(processor, padding_free=True)([{"packed": samples[:1]}, {"packed": samples[1:]}])
+    assert flat["input_ids"].shape[0] == 1 and packed["input_ids"].shape[0] == 2
+    # One row per batch: no padding at all, logits only at the answer tokens (the first of both sides shares a column).
+    answers = int((padded["chosen_labels"] != -100).sum() + (padded["rejected_labels"] != -100).sum())
+    assert flat["input_ids"].shape[1] < padded["input_ids"].numel() and len(flat["logits_to_keep"]) == answers
+    assert flat["index"].tolist() == packed["index"].tolist() == list(range(len(samples)))
+
+    loss, logps, grads = _loss_and_grads(model, padded)
+    assert len(grads) > 10
+    for batch in (flat, packed):
+        got_loss, got_logps, got_grads = _loss_and_grads(model, batch)
+        torch.testing.assert_close(got_loss, loss, rtol=0, atol=1e-5)
+        for key in ("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"):
+            torch.testing.assert_close(got_logps[key].detach(), logps[key].detach(), rtol=1e-5, atol=1e-4)
+        assert got_grads.keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
+    from any2text.data.collator import SampleTooLongError
+    from any2text.data.packing import PackedDataset
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _pairs_of("mixed") * 3
+    probe = PreferenceCollator(processor)
+    lengths = [probe.sample_length(pair) for pair in pairs]
+    # The packing length of a pair is exactly its row: prompt + chosen + rejected, media counted once.
+    for pair, length in zip(pairs, lengths):
+        encoded = probe._encode_pair(pair, 0)
+        assert length == probe._pair_length(encoded)
+    max_length = max(lengths) + min(lengths) + 3
+    items = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
+    packed = PackedDataset(items, lengths, max_length=max_length)
+    assert len(packed) < len(pairs)  # some bins hold several pairs
+    collator = PreferenceCollator(processor, max_length=max_length, padding_free=True)
+    seen = []
+    for start in range(0, len(packed), 2):
+        batch = collator([packed[i] for i in range(start, min(start + 2, len(packed)))])
+        assert batch["input_ids"].shape[1] <= max_length
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(len(pairs)))  # every pair once, none split or lost
+
+    # A pair longer than max_length as a whole: an error by default, a counted drop with `truncation="drop"`.
+    longest = [{"packed": [items[lengths.index(max(lengths))], items[lengths.index(min(lengths))]]}]
+    with pytest.raises(SampleTooLongError, match="never splits a pair"):
+        PreferenceCollator(processor, max_length=max(lengths) - 1, padding_free=True)(longest)
+    dropping = PreferenceCollator(processor, max_length=max(lengths) - 1, truncation="drop", padding_free=True)
+    batch = dropping(longest)
+    assert dropping.num_dropped == 1 and batch["pair_mask"].tolist() == [True]
+    assert batch["input_ids"].shape[1] <= max(lengths) - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--padding_free", "--packing"])
+def test_dpo_trains_padding_free_and_packed(checkpoint, pairs_file, tmp_path, flag):
+    from any2text.data.packing import PackedDataset
+    from any2text.training.dpo import build_dpo_trainer
+
+    groups = parse_args(_dpo_args(checkpoint, pairs_file, tmp_path / "out", flag, "True", "--max_length", "400",
+                                  "--use_peft", "True", "--precompute_ref_log_probs", "True", "--max_steps", "2",
+                                  "--save_strategy", "no"))  # fmt: skip
+    trainer = build_dpo_trainer(*groups)
+    packed = isinstance(trainer.train_dataset.dataset, PackedDataset)
+    assert packed == (flag == "--packing")
+    if packed:
+        assert len(trainer.train_dataset) < 16 and max(trainer.train_dataset.dataset.lengths) <= 400
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "answer_slots" in batch and batch["input_ids"].shape[1] <= 400
+    # One row per bin (4 bins a batch), or the whole batch in one row.
+    assert batch["input_ids"].shape[0] == (min(4, len(trainer.train_dataset)) if packed else 1)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert len(trainer._ref_tables["train"]) == 16  # every pair's reference log-probs, through the packed rows
+    assert any(h.get("rewards/margins", 0) != 0 for h in trainer.state.log_history)

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 from transformers.utils import logging
+from transformers.utils.chat_template_utils import render_jinja_template
 
-from .collator import IGNORE_INDEX, MultimodalCollator
+from .collator import IGNORE_INDEX, MultimodalCollator, SampleTooLongError
 from .loading import MultimodalDataset
+from .packing import PACKED_KEY
 from .templates import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
@@ -346,7 +348,21 @@ class PreferenceCollator(MultimodalCollator):
     prompts (each item once), `logits_to_keep` (1D columns), `chosen_labels` `(pairs, C)` and `rejected_labels`
     `(pairs, R)` (the target tokens at those columns, `-100` elsewhere), `pair_mask` (False for a padding row added
     for `ensure_image`), and `index` / `ref_chosen_logps` / `ref_rejected_logps` when the samples carry them.
+
+    **Padding-free and packed batches** (`padding_free=True`, TRL's name; `any2text.dpo --padding_free` /
+    `--packing`): several pairs share a row, `[prompt 1 | chosen 1 | rejected 1 | prompt 2 | ...]`, positions restart
+    at each pair and the 4D mask keeps attention inside each pair (and the rejected answer off the chosen one), so
+    loss and gradients equal the one-row-per-pair batch's. With `padding_free` the whole batch is one row; with
+    `PackedDataset` items (`{"packed": [pair, ...]}`, bins of at most `max_length` tokens, pair lengths from
+    `sample_length`) each item is a row, and a pair whose `prompt + chosen + rejected` exceeds `max_length` is never
+    split: an error under `truncation="error"`, else dropped and counted. The answers' targets then come as
+    `answer_labels` / `answer_slots` `(rows, K)` (slot `2 * pair + side`, side 0 chosen, 1 rejected, -1 none) with
+    `logits_to_keep` the union of the rows' answer columns; `pair_mask`, `index` and reference log-probs are per pair.
     """
+
+    def __init__(self, *args, padding_free: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.padding_free = padding_free
 
     @staticmethod
     def _last_span_start(labels: torch.Tensor) -> int | None:
@@ -390,6 +406,31 @@ class PreferenceCollator(MultimodalCollator):
             "media": chosen["media"],
         }
 
+    def sample_length(self, messages: list[dict]) -> int:
+        """Tokens of a pair's packed layout, `prompt + chosen + rejected` (media counted once), without loading media.
+
+        Plain conversations get `MultimodalCollator.sample_length`. Packing bins pairs by this length; the row is
+        checked again with the real encoding, so a pair is never split and no row exceeds `max_length`.
+        """
+        if not isinstance(messages, PreferenceMessages):
+            return super().sample_length(messages)
+        chosen = super().sample_length(list(messages))
+        rejected = super().sample_length([*messages.prompt, *messages.rejected])
+        return chosen + rejected - self._prompt_length(messages.prompt)
+
+    def _prompt_length(self, prompt: list[dict]) -> int:
+        plain = [{**m, "content": [{"type": i["type"]} if i.get("type") in ("image", "audio") else i
+                                   for i in m["content"]]} if isinstance(m.get("content"), list) else m
+                 for m in prompt]  # fmt: skip
+        text = render_jinja_template(
+            [plain], chat_template=self.chat_template, add_generation_prompt=True, **self.tokenizer.special_tokens_map
+        )[0][0]
+        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
+            if token is not None and (count := text.count(token)):
+                length += count * (self._tokens_per(modality) - 1)
+        return length
+
     def _blank_pair(self) -> dict[str, Any]:
         sample = self._blank_image_sample()
         empty = torch.zeros(0, dtype=torch.long)
@@ -404,6 +445,26 @@ class PreferenceCollator(MultimodalCollator):
         }
 
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if samples and all(PACKED_KEY in sample for sample in samples):
+            return self._call_packed([list(sample[PACKED_KEY]) for sample in samples])
+        if self.padding_free:
+            return self._call_packed([list(samples)])
+        pairs, extras = self._encode_samples(samples)
+        if self.ensure_image and not any("pixel_values" in pair["media"] for pair in pairs):
+            pairs.append(self._blank_pair())
+        batch = self._layout(pairs)
+        self._add_extras(batch, extras, len(pairs))
+        return batch
+
+    @staticmethod
+    def _add_extras(batch: dict[str, torch.Tensor], extras: list[Mapping[str, Any]], num_pairs: int) -> None:
+        for key in ("index", "ref_chosen_logps", "ref_rejected_logps"):
+            if extras and all(key in sample for sample in extras):
+                values = [sample[key] for sample in extras] + [0] * (num_pairs - len(extras))
+                batch[key] = torch.tensor(values, dtype=torch.long if key == "index" else torch.float32)
+
+    def _encode_samples(self, samples: Sequence[Mapping[str, Any]], check_empty: bool = True):
+        """Encoded pairs (dropped ones left out) and the samples they came from."""
         pairs, extras = [], []
         for index, sample in enumerate(samples):
             messages = sample.get("messages")
@@ -416,18 +477,135 @@ class PreferenceCollator(MultimodalCollator):
             if pair is not None:
                 pairs.append(pair)
                 extras.append(sample)
-        if not pairs:
+        if check_empty and not pairs:
             raise ValueError(
                 "Every pair of a batch was dropped (longer than `max_length`): raise `--max_length` or lower "
                 "`--per_device_train_batch_size`."
             )
-        if self.ensure_image and not any("pixel_values" in pair["media"] for pair in pairs):
-            pairs.append(self._blank_pair())
-        batch = self._layout(pairs)
-        for key in ("index", "ref_chosen_logps", "ref_rejected_logps"):
-            if extras and all(key in sample for sample in extras):
-                values = [sample[key] for sample in extras] + [0] * (len(pairs) - len(extras))
-                batch[key] = torch.tensor(values, dtype=torch.long if key == "index" else torch.float32)
+        return pairs, extras
+
+    # -- padding-free / packed rows -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pair_length(pair: dict[str, Any]) -> int:
+        return len(pair["prompt"]["input_ids"]) + len(pair["chosen_ids"]) + len(pair["rejected_ids"])
+
+    def _fits_packed_row(self, pair: dict[str, Any]) -> bool:
+        """A pair is never split across rows: one longer than `max_length` as a whole is an error or a counted drop."""
+        length = self._pair_length(pair)
+        if self.max_length is None or length <= self.max_length:
+            return True
+        message = (
+            f"A preference pair has {length} tokens (prompt + chosen + rejected, media included), more than "
+            f"`max_length={self.max_length}`, and a packed row never splits a pair. Raise `--max_length`, or pass "
+            "`--truncation drop` to skip such pairs (counted and logged)."
+        )
+        if self.truncation == "error":
+            raise SampleTooLongError(message)
+        self.num_dropped += 1
+        logger.warning(f"{message} Dropped; {self.num_dropped} dropped so far.")
+        return False
+
+    def _call_packed(self, groups: list[list[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
+        rows, extras = [], []
+        for group in groups:
+            pairs, samples = self._encode_samples(group, check_empty=False)
+            kept = [(pair, sample) for pair, sample in zip(pairs, samples) if self._fits_packed_row(pair)]
+            if kept:
+                rows.append([pair for pair, _ in kept])
+                extras += [sample for _, sample in kept]
+        if not rows:
+            raise ValueError(
+                "Every pair of a batch was dropped (longer than `max_length`): raise `--max_length` or lower "
+                "`--per_device_train_batch_size`."
+            )
+        num_pairs = len(extras)
+        if self.ensure_image and not any("pixel_values" in pair["media"] for row in rows for pair in row):
+            rows.append([self._blank_pair()])  # a row of its own: it never pushes a packed row past `max_length`
+            num_pairs += 1
+        batch = self._packed_layout(rows)
+        self._add_extras(batch, extras, num_pairs)
+        return batch
+
+    def _packed_layout(self, rows: list[list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
+        lengths = [sum(self._pair_length(pair) for pair in row) for row in rows]
+        L = max(lengths)
+        n = len(rows)
+        input_ids = torch.full((n, L), self.tokenizer.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((n, L), dtype=torch.long)
+        segment = torch.zeros((n, L), dtype=torch.long)  # 0 padding, 1 prompt, 2 chosen, 3 rejected
+        pair_ids = torch.zeros((n, L), dtype=torch.long)  # 1-based pair of each column, 0 for padding
+        token_types = {
+            key: torch.zeros((n, L), dtype=torch.long)
+            for key in ("mm_token_type_ids", "token_type_ids")
+            if key in rows[0][0]["prompt"]
+        }
+        # Per row: (column whose logits predict the token, target, slot) of every answer token.
+        targets: list[list[tuple[int, int, int]]] = []
+        media: dict[str, list[torch.Tensor]] = {}
+        pair_index = 0
+        for row, pairs in enumerate(rows):
+            entries, offset = [], 0
+            for pair in pairs:
+                p, c, r = len(pair["prompt"]["input_ids"]), len(pair["chosen_ids"]), len(pair["rejected_ids"])
+                span = slice(offset, offset + p + c + r)
+                input_ids[row, span] = torch.cat(
+                    [pair["prompt"]["input_ids"], pair["chosen_ids"], pair["rejected_ids"]]
+                )
+                position_ids[row, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+                segment[row, span] = torch.cat([torch.full((p,), 1), torch.full((c,), 2), torch.full((r,), 3)]).long()
+                pair_ids[row, span] = pair_index + 1
+                for key, tensor in token_types.items():
+                    tensor[row, offset : offset + p] = pair["prompt"].get(key, torch.zeros(p, dtype=torch.long))
+                start = offset + p
+                for side, labels, first in (
+                    (0, pair["chosen_labels"], start),
+                    (1, pair["rejected_labels"], start + c),
+                ):
+                    for k, label in enumerate(labels.tolist()):
+                        if label != IGNORE_INDEX:
+                            # Token k of an answer is predicted at the column before it; the first token of both
+                            # answers from the last prompt column (the rejected answer does not see the chosen one).
+                            entries.append((start - 1 if k == 0 else first + k - 1, label, 2 * pair_index + side))
+                for key, value in pair["media"].items():
+                    media.setdefault(key, []).append(value)
+                offset += p + c + r
+                pair_index += 1
+            targets.append(entries)
+        # One `logits_to_keep` for all rows: every column any row needs, as often as one row needs it.
+        need: dict[int, int] = {}
+        for entries in targets:
+            counts: dict[int, int] = {}
+            for column, _, _ in entries:
+                counts[column] = counts.get(column, 0) + 1
+            for column, count in counts.items():
+                need[column] = max(need.get(column, 0), count)
+        columns = sorted(column for column, count in need.items() for _ in range(count))
+        first_slot = {}
+        for k, column in enumerate(columns):
+            first_slot.setdefault(column, k)
+        K = max(len(columns), 1)
+        answer_labels = torch.full((n, K), IGNORE_INDEX, dtype=torch.long)
+        answer_slots = torch.full((n, K), -1, dtype=torch.long)
+        for row, entries in enumerate(targets):
+            used: dict[int, int] = {}
+            for column, label, slot in entries:
+                k = first_slot[column] + used.get(column, 0)
+                used[column] = used.get(column, 0) + 1
+                answer_labels[row, k], answer_slots[row, k] = label, slot
+        all_pairs = [pair for pairs in rows for pair in pairs]
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": pair_attention_mask(segment, pair_ids),
+            "position_ids": position_ids,
+            **token_types,
+            "logits_to_keep": torch.tensor(columns if columns else [0], dtype=torch.long),
+            "answer_labels": answer_labels,
+            "answer_slots": answer_slots,
+            "pair_mask": torch.tensor([not pair.get("padding", False) for pair in all_pairs]),
+        }
+        for key in sorted(media):
+            batch[key] = torch.cat(media[key])
         return batch
 
     def _layout(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -483,13 +661,16 @@ class PreferenceCollator(MultimodalCollator):
         return batch
 
 
-def pair_attention_mask(segment: torch.Tensor) -> torch.Tensor:
-    """`(pairs, 1, L, L)` bool mask from segment ids (0 pad, 1 prompt, 2 chosen, 3 rejected): causal, every answer
-    sees the prompt and itself only; padding sees only itself (a row with nothing to attend to would give NaN)."""
+def pair_attention_mask(segment: torch.Tensor, pair_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """`(rows, 1, L, L)` bool mask from segment ids (0 pad, 1 prompt, 2 chosen, 3 rejected): causal, every answer
+    sees the prompt and itself only; padding sees only itself (a row with nothing to attend to would give NaN).
+    With `pair_ids` (which pair each column belongs to; packed rows), attention also stays inside each pair."""
     length = segment.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     query, key = segment[:, :, None], segment[:, None, :]
     allowed = causal & (key != 0) & ((key == 1) | (key == query))
+    if pair_ids is not None:
+        allowed &= pair_ids[:, :, None] == pair_ids[:, None, :]
     allowed |= torch.eye(length, dtype=torch.bool)
     return allowed[:, None]
 

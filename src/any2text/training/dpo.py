@@ -9,7 +9,7 @@ From stage 2's output, LoRA on the language model (the reference is the same mod
 The same module runs under `python -m any2text.dpo`, `torchrun -m any2text.dpo`, `any2text dpo` and with a single
 `.yaml` / `.json` config file, exactly like `any2text.train`, whose model / data / LoRA argument groups and freezing
 flags it shares; the DPO arguments keep TRL's names (`beta`, `loss_type`, `label_smoothing`,
-`precompute_ref_log_probs`) and `ref_model_name_or_path` names the reference of a full fine-tune (default: the
+`precompute_ref_log_probs`, `rpo_alpha`) and `ref_model_name_or_path` names the reference of a full fine-tune (default: the
 starting checkpoint). Logged metrics are TRL's: `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 `rewards/margins`, `logps/chosen`, `logps/rejected`.
 
@@ -39,6 +39,7 @@ from transformers.utils import logging
 
 from ..cli import setup_logging as _setup_logging
 from ..data.loading import parse_dataset_specs
+from ..data.packing import PackedDataset
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
@@ -47,9 +48,10 @@ from .freezing import apply_freezing, parameter_table
 from .lora import apply_lora
 from .model import load_model_and_processor, mark_zero3_leaf_towers
 from .model_card import training_card
+from .throughput import check_packing_arguments
 from .train import make_parser as train_make_parser
 from .train import parse_args as train_parse_args
-from .trainer import DataReportCallback, MultimodalTrainer
+from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 from .workarounds import check_cpu_deepspeed as _check_cpu_deepspeed
 from .workarounds import init_cpu_deepspeed as _init_cpu_deepspeed
 
@@ -114,6 +116,14 @@ class DPOArguments:
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off in the policy and the reference (TRL's default)."}
     )
+    rpo_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of the NLL loss on the chosen answers added to the DPO loss (RPO, TRL's name; the paper "
+            "uses 1.0). DPO alone only orders the two answers and may lower both; this also makes the chosen one "
+            "likely, so generation follows it. Default: None (plain DPO)."
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.loss_type, str):
@@ -129,6 +139,8 @@ class DPOArguments:
             raise ValueError(f"`--label_smoothing` must lie in [0, 0.5), got {self.label_smoothing}.")
         if self.beta <= 0:
             raise ValueError(f"`--beta` must be positive, got {self.beta}.")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ValueError(f"`--rpo_alpha` must be >= 0 (or unset), got {self.rpo_alpha}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,6 +189,12 @@ def dpo_loss(
     raise ValueError(f"Unknown `loss_type` `{loss_type}`; choose from {list(LOSS_TYPES)}.")
 
 
+def rpo_nll(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """RPO's NLL term, as TRL's `nll_loss`: cross-entropy of the chosen answers, averaged over all their tokens in the
+    batch (not per pair), from the summed log-probs and token counts `pair_logps` returns."""
+    return -chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
+
+
 def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of `labels` under `logits` `(n, K, V)`, over positions whose label is not -100, and counts."""
     mask = labels != -100
@@ -196,6 +214,8 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
         logits_to_keep=batch["logits_to_keep"],
         use_cache=False,
     )
+    if "answer_slots" in batch:
+        return _packed_pair_logps(outputs.logits, batch)
     split = batch["chosen_labels"].shape[1]
     chosen, chosen_lengths = answer_logps(outputs.logits[:, :split], batch["chosen_labels"])
     rejected, rejected_lengths = answer_logps(outputs.logits[:, split:], batch["rejected_labels"])
@@ -204,6 +224,24 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
         "rejected_logps": rejected,
         "chosen_lengths": chosen_lengths,
         "rejected_lengths": rejected_lengths,
+    }
+
+
+def _packed_pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Padding-free / packed rows: token log-probs summed into their pair's chosen or rejected slot."""
+    labels, slots = batch["answer_labels"], batch["answer_slots"]
+    mask = slots >= 0
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    num_slots = 2 * batch["pair_mask"].shape[0]
+    sums = torch.zeros(num_slots, dtype=logps.dtype, device=logps.device).index_add(0, slots[mask], logps[mask])
+    counts = torch.zeros(num_slots, dtype=torch.long, device=logps.device).index_add(
+        0, slots[mask], torch.ones_like(slots[mask])
+    )
+    return {
+        "chosen_logps": sums[0::2],
+        "rejected_logps": sums[1::2],
+        "chosen_lengths": counts[0::2],
+        "rejected_lengths": counts[1::2],
     }
 
 
@@ -301,7 +339,7 @@ class DPOTrainer(MultimodalTrainer):
                 table[int(i)] if keep else (0.0, 0.0)
                 for i, keep in zip(inputs["index"].tolist(), inputs["pair_mask"].tolist())
             ]
-            device = inputs["chosen_labels"].device
+            device = inputs["input_ids"].device
             return (
                 torch.tensor([c for c, _ in pairs], device=device),
                 torch.tensor([r for _, r in pairs], device=device),
@@ -371,6 +409,9 @@ class DPOTrainer(MultimodalTrainer):
                 chosen_lengths=policy["chosen_lengths"], rejected_lengths=policy["rejected_lengths"],
             )  # fmt: skip
         loss = per_pair[keep].mean()
+        if args.rpo_alpha is not None:
+            nll = rpo_nll(policy["chosen_logps"][keep], policy["chosen_lengths"][keep])
+            loss = loss + args.rpo_alpha * nll
 
         chosen_rewards = (args.beta * (policy["chosen_logps"] - ref_chosen)).detach()[keep]
         rejected_rewards = (args.beta * (policy["rejected_logps"] - ref_rejected)).detach()[keep]
@@ -382,6 +423,8 @@ class DPOTrainer(MultimodalTrainer):
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         metrics["logps/chosen"].append(gather(policy["chosen_logps"].detach()[keep]).mean().item())
         metrics["logps/rejected"].append(gather(policy["rejected_logps"].detach()[keep]).mean().item())
+        if args.rpo_alpha is not None:
+            metrics["nll_loss"].append(gather(nll.detach()).mean().item())
         return (loss, policy) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -525,11 +568,25 @@ def build_dpo_trainer(
     if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs:
         ref_model = _load_reference(model_args, dpo_args)
 
+    flat = data_args.padding_free or data_args.packing
+    if flat:
+        check_packing_arguments(data_args)
     collator = PreferenceCollator(
-        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image
-    )
+        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image,
+        padding_free=flat,
+    )  # fmt: skip
     train_dataset = build_preference_dataset(data_args, "train", processor, training_args.seed)
     eval_dataset = build_preference_dataset(data_args, "eval", processor, training_args.seed)
+    if data_args.packing:
+        # Bins of whole pairs, at most `--max_length` tokens of `prompt + chosen + rejected` each; a batch holds
+        # `per_device_train_batch_size` bins, one row each (see `PreferenceCollator`).
+        def pack(dataset):
+            if dataset is None:
+                return None
+            lengths = sample_lengths(dataset, collator)
+            return PackedDataset(dataset, lengths, data_args.max_length, data_args.packing_strategy)
+
+        train_dataset, eval_dataset = pack(train_dataset), pack(eval_dataset)
     return DPOTrainer(
         model=model,
         args=training_args,
@@ -559,7 +616,7 @@ def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer
         )  # fmt: skip
         card += (
             f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
-            f"`label_smoothing={dpo_args.label_smoothing}`, reference: "
+            f"`label_smoothing={dpo_args.label_smoothing}`, `rpo_alpha={dpo_args.rpo_alpha}`, reference: "
             f"{'the model with its adapters disabled' if lora_args.use_peft else dpo_args.ref_model_name_or_path or model_args.model_name_or_path}.\n"
         )
         with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
@@ -593,4 +650,5 @@ __all__ = [
     "dpo_loss",
     "main",
     "pair_logps",
+    "rpo_nll",
 ]
