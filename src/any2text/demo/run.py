@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import time
@@ -130,14 +131,14 @@ def run_demo(
     output_dir: str | Path = "demo_output",
     n_train: int = 1200,
     n_test: int = 240,
-    stage1_epochs: float = 1.0,
-    stage2_epochs: float = 5.0,
+    stage1_epochs: float = 0.5,
+    stage2_epochs: float = 6.0,
     use_peft: bool = False,
     seed: int = 0,
     dpo_pairs: int = 256,
     dpo_epochs: float = 3.0,
     stage1_learning_rate: float = 2e-3,
-    stage2_learning_rate: float = 2e-3,
+    stage2_learning_rate: float = 1e-3,
     batch_size: int = 16,
     num_threads: int | None = 1,
 ) -> dict:
@@ -221,20 +222,21 @@ def _run_demo(
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """`any2text demo`'s flags: one per argument of `run_demo`, with its defaults."""
+    defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
     parser = argparse.ArgumentParser(prog="any2text demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--n_train", type=int, default=1200)
-    parser.add_argument("--n_test", type=int, default=240)
-    parser.add_argument("--stage1_epochs", type=float, default=1.0)
-    parser.add_argument("--stage2_epochs", type=float, default=5.0)
-    parser.add_argument("--stage1_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--stage2_learning_rate", type=float, default=2e-3)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--output_dir", default=defaults["output_dir"])
+    for name in ("n_train", "n_test", "batch_size", "seed"):
+        parser.add_argument(f"--{name}", type=int, default=defaults[name])
+    for name in ("stage1_epochs", "stage2_epochs", "stage1_learning_rate", "stage2_learning_rate", "dpo_epochs"):
+        parser.add_argument(f"--{name}", type=float, default=defaults[name])
     parser.add_argument("--use_peft", action="store_true", help="stage 2 with LoRA, then merge-lora")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dpo_pairs", type=int, default=256, help="preference pairs for stage 3 (0: no DPO stage)")
-    parser.add_argument("--dpo_epochs", type=float, default=3.0)
-    parser.add_argument("--num_threads", type=int, default=1, help="torch intra-op threads (0: leave torch's default)")
+    parser.add_argument(
+        "--dpo_pairs", type=int, default=defaults["dpo_pairs"], help="preference pairs for stage 3 (0: no DPO stage)"
+    )
+    parser.add_argument(
+        "--num_threads", type=int, default=defaults["num_threads"], help="torch intra-op threads (0: torch's default)"
+    )
     return parser
 
 
