@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from any2text.data.synthetic import (
+from any2text.demo.synthetic import (
     BEEP_COUNTS,
     COLOR_NAMES,
     POSITIONS,

@@ -16,8 +16,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from any2text.data.collator import MultimodalCollator
 from any2text.data.preference import PreferenceCollator, PreferenceMessages, pair_attention_mask
-from any2text.data.synthetic_preference import generate_preference_data
 from any2text.data.templates import get_template
+from any2text.demo.synthetic_preference import generate_preference_data
 from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pair_logps, parse_args
 
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "score a checkpoint on a benchmark (or on preference pairs)",
     ),
     "chat": ("any2text.evaluation.chat", "main", "chat with a checkpoint about an image and/or audio clip"),
-    "demo-data": ("any2text.data.synthetic", "main", "write the synthetic image/audio question dataset"),
+    "demo-data": ("any2text.demo.synthetic", "main", "write the synthetic image/audio question dataset"),
     "demo": ("any2text.demo", "main", "the whole recipe on tiny models, offline, in minutes"),
 }
 

@@ -26,7 +26,7 @@ Two formats are written from the same rows, so one LLaVA-style template can read
 Example:
 
 ```python
->>> from any2text.data.synthetic import generate_demo_data
+>>> from any2text.demo.synthetic import generate_demo_data
 >>> meta = generate_demo_data("demo_data", n_train=2000, n_test=500, seed=0)
 >>> sorted(meta["question_types"])[:2]
 ['audio_count', 'audio_pitch']
@@ -357,6 +357,95 @@ def _wav_bytes(wave: np.ndarray, sampling_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass
+class _Sample:
+    """One row ready to write: the question type, the conversation, and its medium as file bytes (or `None`)."""
+
+    question_type: str
+    conversations: list[dict]
+    image: bytes | None
+    audio: bytes | None
+
+
+class _DistinctMedia:
+    """Refuses a medium already drawn (in either split), so no image or clip is seen in training and at test time.
+
+    Text facts are few by nature, so identical text rows are allowed (the blind model is expected to get them right).
+    """
+
+    def __init__(self, max_collisions: int = 1000):
+        self.seen: set[bytes] = set()
+        self.collisions = 0
+        self.max_collisions = max_collisions
+
+    def admit(self, media: bytes | None) -> bool:
+        if media is None:
+            return True
+        digest = hashlib.sha1(media).digest()
+        if digest not in self.seen:
+            self.seen.add(digest)
+            return True
+        self.collisions += 1
+        if self.collisions > self.max_collisions:
+            raise ValueError(
+                f"Drew the same medium {self.collisions} times: the rows asked for do not fit in this `image_size`; "
+                "ask for fewer rows or a larger `image_size`."
+            )
+        return False
+
+
+def _draw_sample(name: str, answer: str, rng: np.random.Generator, media: _DistinctMedia, **render) -> _Sample:
+    """A row of type `name` with `answer` whose medium is new, redrawn until it is."""
+    while True:
+        row = _make_row(QUESTION_TYPES[name], answer, rng, **render)
+        image = _png_bytes(row["image"]) if row["image"] is not None else None
+        audio = _wav_bytes(row["audio"], render["sr"]) if row["audio"] is not None else None
+        if media.admit(image or audio):
+            return _Sample(name, row["conversations"], image, audio)
+
+
+_MEDIA_FILES = {"image": ("images", "png"), "audio": ("audio", "wav")}
+
+
+def _save_medium(llava_dir: Path, row_id: str, key: str, data: bytes | None) -> dict | None:
+    """Writes `images/<id>.png` or `audio/<id>.wav` and returns the parquet reference (`None` for no medium)."""
+    if data is None:
+        return None
+    folder, suffix = _MEDIA_FILES[key]
+    path = f"{folder}/{row_id}.{suffix}"
+    (llava_dir / path).write_bytes(data)
+    return {"bytes": data, "path": path}
+
+
+def _write_split(samples: list[_Sample], split: str, llava_dir: Path, parquet_dir: Path) -> None:
+    """`llava/<split>.json` with its media files, and `parquet/<split>.parquet` with the same bytes embedded."""
+    json_rows, parquet_rows = [], []
+    for i, sample in enumerate(samples):
+        row_id = f"{split}-{i:06d}"
+        refs = {key: _save_medium(llava_dir, row_id, key, getattr(sample, key)) for key in _MEDIA_FILES}
+        # LLaVA convention: a row without an image has no `image` key at all.
+        media_paths = {key: ref["path"] for key, ref in refs.items() if ref is not None}
+        common = {"conversations": sample.conversations, "question_type": sample.question_type}
+        json_rows.append({"id": row_id, **media_paths, **common})
+        parquet_rows.append(
+            {"id": row_id, "question_type": sample.question_type, "conversations": sample.conversations, **refs}
+        )
+    with open(llava_dir / f"{split}.json", "w") as f:
+        json.dump(json_rows, f, indent=1)
+    # Small row groups: each row carries media bytes, and readers stream parquet one row group at a time.
+    table = pa.Table.from_pylist(parquet_rows, schema=_parquet_schema())
+    pq.write_table(table, parquet_dir / f"{split}.parquet", 256)
+
+
+def _answer_counts(samples: list[_Sample]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for sample in samples:
+        per_answer = counts.setdefault(sample.question_type, {})
+        answer = sample.conversations[1]["value"]
+        per_answer[answer] = per_answer.get(answer, 0) + 1
+    return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
+
+
 def _parquet_schema() -> pa.Schema:
     # Built through `datasets.Features` so the file carries the feature metadata: `load_dataset("parquet", ...)` then
     # decodes `image` to PIL and keeps `audio` as {"bytes", "path"} (decode=False), with no torchcodec needed.
@@ -372,6 +461,41 @@ def _parquet_schema() -> pa.Schema:
             "audio": Audio(decode=False),
         }
     ).arrow_schema
+
+
+def _mixture(weights: dict[str, float] | None) -> tuple[list[str], np.ndarray]:
+    """The question types with a positive weight and their weights; unknown names are an error."""
+    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    unknown = sorted(set(weights) - set(QUESTION_TYPES))
+    if unknown:
+        raise ValueError(f"Unknown question types {unknown} in `weights`; expected names from {list(QUESTION_TYPES)}.")
+    names = [name for name, w in weights.items() if w > 0]
+    return names, np.array([weights[name] for name in names], dtype=np.float64)
+
+
+def _fresh_dirs(output_dir: Path) -> tuple[Path, Path]:
+    llava_dir, parquet_dir = output_dir / "llava", output_dir / "parquet"
+    for stale in (llava_dir, parquet_dir):
+        if stale.exists():
+            shutil.rmtree(stale)
+    (llava_dir / "images").mkdir(parents=True)
+    (llava_dir / "audio").mkdir(parents=True)
+    parquet_dir.mkdir(parents=True)
+    return llava_dir, parquet_dir
+
+
+def _question_types_meta(names: list[str], weights: np.ndarray) -> dict:
+    return {
+        name: {
+            "modality": QUESTION_TYPES[name].modality,
+            "answers": list(QUESTION_TYPES[name].answers),
+            # Answers are balanced, so a model that ignores the medium scores about this. Text questions are
+            # answerable from the prompt alone; their chance is that of guessing among the answer words.
+            "chance": 1.0 / len(QUESTION_TYPES[name].answers),
+            "weight": float(w),
+        }
+        for name, w in zip(names, weights)
+    }
 
 
 def generate_demo_data(
@@ -401,87 +525,20 @@ def generate_demo_data(
     Returns:
         `dict`: the content of `meta.json` (question types, answer sets, chance, counts per split and the paths).
     """
-    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
-    unknown = sorted(set(weights) - set(QUESTION_TYPES))
-    if unknown:
-        raise ValueError(f"Unknown question types {unknown} in `weights`; expected names from {list(QUESTION_TYPES)}.")
+    names, raw_weights = _mixture(weights)
     if n_train < 1 or n_test < 0:
         raise ValueError(f"Expected `n_train` >= 1 and `n_test` >= 0, got {n_train} and {n_test}.")
-    names = [name for name, w in weights.items() if w > 0]
-    probs = np.array([weights[name] for name in names], dtype=np.float64)
-    probs /= probs.sum()
-
     output_dir = Path(output_dir)
-    llava_dir, parquet_dir = output_dir / "llava", output_dir / "parquet"
-    for stale in (llava_dir, parquet_dir):
-        if stale.exists():
-            shutil.rmtree(stale)
-    (llava_dir / "images").mkdir(parents=True)
-    (llava_dir / "audio").mkdir(parents=True)
-    parquet_dir.mkdir(parents=True)
-
+    llava_dir, parquet_dir = _fresh_dirs(output_dir)
     rng = np.random.default_rng(seed)
-    # Media are hashed across both splits so no image or clip is seen in training and again at test time; text facts
-    # are few by nature, so identical text rows are allowed (the blind model is expected to get them right anyway).
-    seen: set[bytes] = set()
-    collisions = 0
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    schema = _parquet_schema()
+    media = _DistinctMedia()
+    render = {"image_size": image_size, "audio_seconds": audio_seconds, "sr": sampling_rate}
+    counts = {}
     for split, n_rows in (("train", n_train), ("test", n_test)):
-        json_rows, parquet_rows = [], []
-        split_counts: dict[str, dict[str, int]] = {}
-        plan = _balanced_plan(n_rows, names, probs, rng)
-        while len(json_rows) < n_rows:
-            name, answer = plan[len(json_rows)]
-            qtype = QUESTION_TYPES[name]
-            row = _make_row(qtype, answer, rng, image_size, audio_seconds, sampling_rate)
-            image_bytes = _png_bytes(row["image"]) if row["image"] is not None else None
-            audio_bytes = _wav_bytes(row["audio"], sampling_rate) if row["audio"] is not None else None
-            media = image_bytes or audio_bytes
-            if media is not None:
-                digest = hashlib.sha1(media).digest()
-                if digest in seen:
-                    collisions += 1
-                    if collisions > 1000:
-                        raise ValueError(
-                            f"Could not draw {n_train + n_test} distinct media at `image_size`={image_size}; "
-                            "ask for fewer rows or a larger `image_size`."
-                        )
-                    continue
-                seen.add(digest)
-
-            row_id = f"{split}-{len(json_rows):06d}"
-            json_row: dict = {"id": row_id}
-            image_ref = audio_ref = None
-            if image_bytes is not None:
-                json_row["image"] = f"images/{row_id}.png"
-                (llava_dir / json_row["image"]).write_bytes(image_bytes)
-                image_ref = {"bytes": image_bytes, "path": json_row["image"]}
-            if audio_bytes is not None:
-                json_row["audio"] = f"audio/{row_id}.wav"
-                (llava_dir / json_row["audio"]).write_bytes(audio_bytes)
-                audio_ref = {"bytes": audio_bytes, "path": json_row["audio"]}
-            json_row["conversations"] = row["conversations"]
-            json_row["question_type"] = qtype.name
-            json_rows.append(json_row)
-            parquet_rows.append(
-                {
-                    "id": row_id,
-                    "question_type": qtype.name,
-                    "conversations": row["conversations"],
-                    "image": image_ref,
-                    "audio": audio_ref,
-                }
-            )
-            answer = row["conversations"][1]["value"]
-            per_answer = split_counts.setdefault(qtype.name, {})
-            per_answer[answer] = per_answer.get(answer, 0) + 1
-
-        with open(llava_dir / f"{split}.json", "w") as f:
-            json.dump(json_rows, f, indent=1)
-        # Small row groups: each row carries media bytes, and readers stream parquet one row group at a time.
-        pq.write_table(pa.Table.from_pylist(parquet_rows, schema=schema), parquet_dir / f"{split}.parquet", 256)
-        counts[split] = {name: dict(sorted(c.items())) for name, c in sorted(split_counts.items())}
+        plan = _balanced_plan(n_rows, names, raw_weights / raw_weights.sum(), rng)
+        samples = [_draw_sample(name, answer, rng, media, **render) for name, answer in plan]
+        _write_split(samples, split, llava_dir, parquet_dir)
+        counts[split] = _answer_counts(samples)
 
     meta = {
         "seed": seed,
@@ -490,17 +547,7 @@ def generate_demo_data(
         "image_size": image_size,
         "audio_seconds": audio_seconds,
         "sampling_rate": sampling_rate,
-        "question_types": {
-            name: {
-                "modality": QUESTION_TYPES[name].modality,
-                "answers": list(QUESTION_TYPES[name].answers),
-                # Answers are balanced, so a model that ignores the medium scores about this. Text questions
-                # are answerable from the prompt alone; their chance is that of guessing among the answer words.
-                "chance": 1.0 / len(QUESTION_TYPES[name].answers),
-                "weight": float(weights[name]),
-            }
-            for name in names
-        },
+        "question_types": _question_types_meta(names, raw_weights),
         "counts": counts,
         "files": {
             "llava": {split: f"llava/{split}.json" for split in ("train", "test")},

@@ -1,0 +1,267 @@
+"""`make demo` / `any2text demo` / `python -m any2text.demo`: the whole recipe on tiny models, offline, in minutes.
+
+    any2text demo --output_dir demo_output [--use_peft] [--n_train N] [--stage2_epochs E]
+
+1. synthetic data (`demo.synthetic`): image questions (colour, shape, side), audio questions (pitch, number of
+   beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media;
+2. tiny "pretrained" parts saved locally (`demo.parts`: a Llama with the committed tokenizer, a full CLIPModel, a
+   full ClapModel), then assembled by the same builder the real recipe uses;
+3. stage 1 (projectors) on the JSON data and stage 2 (language model + projectors, or LoRA) on the parquet data,
+   both through `any2text.training.train.train`, the function behind `any2text train`;
+4. held-out accuracy per question type for the trained model, the same model with the media withheld ("blind"),
+   and chance; the model is reloaded with `AutoModelForImageTextToText` / `AutoProcessor` for this;
+5. stage 3, DPO (`any2text.dpo`, LoRA) on a preference task stage 2 never taught, whose preferred answer depends on
+   the image or clip: held-out preference accuracy before and after, blind, and greedy answers (see `demo_dpo`);
+6. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import logging
+
+from ..builders import build_llama_vision_audio
+from ..data.loading import DatasetSpec, load_spec
+from ..data.media import resolve_path
+from ..training.arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
+from .parts import IMAGE_SIZE, SAMPLING_RATE, save_tiny_parts
+from .report import evaluate_questions, per_modality, plot_losses, results_markdown
+from .synthetic import DEFAULT_WEIGHTS, generate_demo_data
+
+logger = logging.get_logger(__name__)
+
+# Shape is the hardest question for a random frozen encoder (it needs the layout of many patches): ask it more.
+DEMO_WEIGHTS = {**DEFAULT_WEIGHTS, "image_shape": 2.5}
+
+
+def train_stage(
+    model: Path,
+    output: Path,
+    data: Path,
+    *,
+    train_language_model: bool,
+    epochs: float,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    use_peft: bool = False,
+) -> Path:
+    """One stage through the training API (`any2text train` parses its flags into these same dataclasses).
+
+    One DataLoader worker prepares the next batch (media decoding, mel spectrograms) on the second core while the
+    model trains on the first.
+    """
+    from ..training.train import train
+
+    model_args = ModelArguments(
+        model_name_or_path=str(model), freeze_mm_proj=False, freeze_language_model=not train_language_model
+    )
+    data_args = DataArguments(train_datasets=str(data), train_template="LLAVA", train_split="train")
+    lora_args = LoraArguments(use_peft=use_peft, lora_r=32, lora_alpha=64)
+    training_args = MultimodalTrainingArguments(
+        output_dir=str(output), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=5,
+        save_strategy="no", report_to="none", use_cpu=True, seed=seed, disable_tqdm=False, log_level="warning",
+        dataloader_num_workers=1, dataloader_persistent_workers=True,
+    )  # fmt: skip
+    train(model_args, data_args, lora_args, training_args)
+    return output
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op threads. The demo's matrices are tiny: a second thread buys little and, on a busy
+    machine, threads waiting for each other make every step many times slower."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _test_rows(data_dir: Path) -> list[dict]:
+    rows = load_spec(DatasetSpec(path=str(data_dir / "llava/test.json"), template="LLAVA"))
+    root = data_dir / "llava"
+    return [
+        {**row, **{key: resolve_path(row[key], root) for key in ("image", "audio") if row.get(key)}} for row in rows
+    ]
+
+
+def _evaluate(final: Path, data_dir: Path, meta: dict) -> tuple[dict, dict, list]:
+    """Held-out accuracy per question type and per modality, for the model reloaded through the Auto classes."""
+    model = AutoModelForImageTextToText.from_pretrained(final).eval()
+    processor = AutoProcessor.from_pretrained(final)
+    per_type, samples = evaluate_questions(model, processor, _test_rows(data_dir))
+    for kind, r in per_type.items():
+        r["chance"] = meta["question_types"][kind]["chance"]
+    return per_type, per_modality(per_type), samples
+
+
+class _Clock:
+    """Wall time per demo step, in the order the steps ran."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[f"{name}_s"] = now - self.last
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        return self.timings | {"total_s": time.perf_counter() - self.start}
+
+
+def run_demo(
+    output_dir: str | Path = "demo_output",
+    n_train: int = 1200,
+    n_test: int = 240,
+    stage1_epochs: float = 0.5,
+    stage2_epochs: float = 6.0,
+    use_peft: bool = False,
+    seed: int = 0,
+    dpo_pairs: int = 256,
+    dpo_epochs: float = 3.0,
+    stage1_learning_rate: float = 2e-3,
+    stage2_learning_rate: float = 1e-3,
+    batch_size: int = 16,
+    num_threads: int | None = 1,
+) -> dict:
+    """Runs the demo into `output_dir` (replaced) and returns what `results.json` holds."""
+    with _torch_threads(num_threads):
+        return _run_demo(
+            Path(output_dir), n_train, n_test, stage1_epochs, stage2_epochs, use_peft, seed, dpo_pairs, dpo_epochs,
+            stage1_learning_rate, stage2_learning_rate, batch_size,
+        )  # fmt: skip
+
+
+def _run_demo(
+    out: Path, n_train: int, n_test: int, stage1_epochs: float, stage2_epochs: float, use_peft: bool, seed: int,
+    dpo_pairs: int, dpo_epochs: float, stage1_lr: float, stage2_lr: float, batch_size: int,
+) -> dict:  # fmt: skip
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    clock = _Clock()
+    logger.warning("[1/7] writing synthetic data")
+    meta = generate_demo_data(
+        out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS
+    )
+    clock.lap("data")
+    logger.warning("[2/7] saving tiny pretrained parts and building the model with the real builder")
+    parts = save_tiny_parts(out / "parts", seed=seed)
+    build_llama_vision_audio(
+        parts["language_model"], parts["clip"], parts["clap"], save_path=out / "model", dtype="float32", seed=seed
+    )
+    clock.lap("build")
+
+    logger.warning("[3/7] stage 1: projectors only (LLaVA JSON data)")
+    common = {"batch_size": batch_size, "seed": seed}
+    stage1 = train_stage(out / "model", out / "stage1", out / "data/llava/train.json", train_language_model=False,
+                         epochs=stage1_epochs, learning_rate=stage1_lr, **common)  # fmt: skip
+    clock.lap("stage1")
+    logger.warning("[4/7] stage 2: language model + projectors (parquet data)")
+    stage2 = train_stage(stage1, out / "stage2", out / "data/parquet/train.parquet", train_language_model=True,
+                         epochs=stage2_epochs, learning_rate=stage2_lr, use_peft=use_peft, **common)  # fmt: skip
+    final = stage2
+    if use_peft:
+        from ..training.merge import merge_lora
+
+        final = out / "stage2_merged"
+        merge_lora(str(stage2), str(final))
+    clock.lap("stage2")
+
+    logger.warning("[5/7] held-out evaluation: trained vs blind vs chance")
+    per_type, modalities, samples = _evaluate(final, out / "data", meta)
+    clock.lap("eval")
+
+    dpo_results = None
+    if dpo_pairs:
+        from ..demo_dpo import run_dpo_stage
+
+        logger.warning("[6/7] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
+        dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=max(n_test // 3, 32), epochs=dpo_epochs,
+                                    seed=seed, image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
+        clock.lap("dpo")
+
+    results = {
+        "per_type": per_type,
+        "per_modality": modalities,
+        "timings": clock.total(),
+        "settings": {"n_train": n_train, "n_test": n_test, "stage1_epochs": stage1_epochs,
+                     "stage2_epochs": stage2_epochs, "stage1_learning_rate": stage1_lr,
+                     "stage2_learning_rate": stage2_lr, "batch_size": batch_size, "use_peft": use_peft, "seed": seed},
+        "examples": [
+            {"question_type": k, "question": q, "prediction": p, "truth": t} for k, q, p, t in samples[:8]
+        ],
+        "dpo": dpo_results,
+    }  # fmt: skip
+    logger.warning("[7/7] writing results")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_markdown(results))
+    stages = {"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}
+    if dpo_results is not None:
+        stages["stage 3 (DPO, LoRA)"] = out / "dpo"
+    plot_losses(stages, out / "loss_curves.png")
+    return results
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """`any2text demo`'s flags: one per argument of `run_demo`, with its defaults."""
+    defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
+    parser = argparse.ArgumentParser(prog="any2text demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default=defaults["output_dir"])
+    for name in ("n_train", "n_test", "batch_size", "seed"):
+        parser.add_argument(f"--{name}", type=int, default=defaults[name])
+    for name in ("stage1_epochs", "stage2_epochs", "stage1_learning_rate", "stage2_learning_rate", "dpo_epochs"):
+        parser.add_argument(f"--{name}", type=float, default=defaults[name])
+    parser.add_argument("--use_peft", action="store_true", help="stage 2 with LoRA, then merge-lora")
+    parser.add_argument(
+        "--dpo_pairs", type=int, default=defaults["dpo_pairs"], help="preference pairs for stage 3 (0: no DPO stage)"
+    )
+    parser.add_argument(
+        "--num_threads", type=int, default=defaults["num_threads"], help="torch intra-op threads (0: torch's default)"
+    )
+    return parser
+
+
+def _print_summary(results: dict, output_dir: str) -> None:
+    print("\n" + results_markdown(results))
+    print("A few held-out answers:")
+    for ex in results["examples"]:
+        print(f"  [{ex['question_type']}] {ex['question']!r} -> {ex['prediction']!r} (truth: {ex['truth']!r})")
+    if results["dpo"]:
+        print("Preference task, greedy answers before -> after DPO:")
+        for ex in results["dpo"]["examples"]:
+            print(
+                f"  [{ex['kind']}] {ex['prompt']!r}: {ex['before']!r} -> {ex['after']!r} (preferred: {ex['preferred']!r})"
+            )
+    print(f"\nTotal {results['timings']['total_s']:.0f} s. Results, loss curves and the models are in {output_dir}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.set_verbosity_warning()
+    settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
+    settings["num_threads"] = args.num_threads or None
+    results = run_demo(args.output_dir, **settings)
+    _print_summary(results, args.output_dir)
+    return 0
+
+
+__all__ = ["DEMO_WEIGHTS", "main", "run_demo", "train_stage"]
