@@ -522,3 +522,19 @@ def test_dpo_trains_padding_free_and_packed(checkpoint, pairs_file, tmp_path, fl
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert len(trainer._ref_tables["train"]) == 16  # every pair's reference log-probs, through the packed rows
     assert any(h.get("rewards/margins", 0) != 0 for h in trainer.state.log_history)
+
+
+def test_demo_preference_answers_differ_at_their_first_token(tmp_path):
+    """Greedy generation follows a preferred answer only if the first token decides it: the demo task's two answers
+    must start with different tokens, neither a prefix of the other (`bear` -> `be|ar` vs `bird` -> `b|ir|d` was not)."""
+    from transformers import AutoTokenizer
+
+    from any2text.builders.presets import tiny_tokenizer_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    rows = [json.loads(line) for line in generate_preference_data(tmp_path, 8, 0)["train"].read_text().splitlines()]
+    assert {row["chosen"] for row in rows} == {"warm", "cool", "bird", "lion"}
+    for row in rows:
+        first = [tokenizer.convert_ids_to_tokens(tokenizer(row[key], add_special_tokens=False)["input_ids"])[0]
+                 for key in ("chosen", "rejected")]  # fmt: skip
+        assert not first[0].startswith(first[1]) and not first[1].startswith(first[0]), (row, first)

@@ -1,7 +1,7 @@
 """The DPO stage of `make demo`: align the stage-2 model on a preference task it was never taught.
 
 The task (`any2text.data.synthetic_preference`): "Is this colour warm or cool?" about the demo's shapes and "Would a
-bird or a bear make this sound?" about its beeps. The preferred answer depends on the medium only and both answers
+bird or a lion make this sound?" about its beeps. The preferred answer depends on the medium only and both answers
 are equally frequent, so the stage-2 model prefers the right answer about half of the time, and so does any model
 that does not look at the medium. DPO (LoRA on the language model; the reference is the same model with the adapters
 disabled) runs through `any2text.dpo` on JSON-lines pairs with media paths, like a user's data.
@@ -9,6 +9,15 @@ disabled) runs through `any2text.dpo` on JSON-lines pairs with media paths, like
 Reported on held-out pairs: the log-prob preference accuracy before and after (`log p(chosen) > log p(rejected)`),
 the implicit-reward accuracy after (against the stage-2 model, DPO's `rewards/accuracies`), the same with the media
 withheld ("blind", stays near chance), and how often greedy generation answers with the preferred word.
+
+Why `rpo_alpha=1.0` (TRL's RPO: DPO plus the NLL of the chosen answers): stage 2 never produced these words, so
+before DPO the greedy answer is a stage-2 word ("square", "one") and both answers are unlikely. Plain DPO only
+orders the two answers: it reaches 100% preference accuracy by pushing the rejected answer down (summed log-prob
+-34 -> -69 in `make demo`) while the chosen one stays unlikely (-33 -> -25 over its ~4 tokens), so the freed
+probability goes to other tokens and greedy answers never follow the preferred one (measured: 0%, with answers like
+"udiudiudi"). The generation prompt, the answer's first token and the pair layout are not the cause: the
+prompt ids `generate` sees equal the ids the pair collator trains on, and `pair_logps` equals two ordinary forwards
+(`tests/test_dpo.py`). The NLL term makes the chosen answer likely as well as preferred.
 """
 
 from __future__ import annotations
@@ -29,14 +38,18 @@ from .evaluation.preference import preference_accuracy, score_pairs
 logger = logging.get_logger(__name__)
 
 
-def _dpo_args(model: Path, output: Path, data: Path, epochs: float, lr: float, seed: int) -> list[str]:
-    return [
+def _dpo_args(
+    model: Path, output: Path, data: Path, epochs: float, lr: float, seed: int, rpo_alpha: float | None, beta: float,
+    batch_size: int,
+) -> list[str]:  # fmt: skip
+    extra = [] if rpo_alpha is None else ["--rpo_alpha", str(rpo_alpha)]
+    return extra + [
         "--model_name_or_path", str(model), "--output_dir", str(output),
         "--train_datasets", str(data), "--train_template", "TRL-Preference",
         "--use_peft", "True", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0",
         "--freeze_language_model", "False", "--freeze_mm_proj", "False",
-        "--beta", "0.1", "--loss_type", "sigmoid",
-        "--per_device_train_batch_size", "16", "--num_train_epochs", str(epochs), "--learning_rate", str(lr),
+        "--beta", str(beta), "--loss_type", "sigmoid", "--precompute_ref_log_probs", "True",
+        "--per_device_train_batch_size", str(batch_size), "--num_train_epochs", str(epochs), "--learning_rate", str(lr),
         "--lr_scheduler_type", "cosine", "--warmup_steps", "3", "--logging_steps", "5", "--save_strategy", "no",
         "--report_to", "none", "--use_cpu", "True", "--dataloader_num_workers", "0", "--seed", str(seed),
         "--disable_tqdm", "False", "--log_level", "warning",
@@ -62,10 +75,17 @@ def _by_kind(kinds: list[str], values: list[bool]) -> dict[str, float]:
 
 
 def run_dpo_stage(
-    out: Path, model_dir: Path, n_train: int = 400, n_test: int = 100, epochs: float = 3.0, lr: float = 4e-3,
-    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000,
+    out: Path, model_dir: Path, n_train: int = 128, n_test: int = 100, epochs: float = 3.0, lr: float = 8e-3,
+    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, rpo_alpha: float | None = 1.0, beta: float = 0.5,
+    batch_size: int = 8,
 ) -> dict:  # fmt: skip
-    """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results."""
+    """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results.
+
+    Defaults (128 pairs, 3 epochs of batch 8 = 48 steps, lr 8e-3, beta 0.5, rpo_alpha 1.0, reference log-probs
+    precomputed) measured on held-out pairs: preference accuracy 50% -> 100%, blind 50% -> 50%, greedy answer =
+    preferred answer 0% -> 94%. A larger beta than TRL's 0.1 keeps the DPO term from being drowned by the NLL term in
+    so few steps (with beta 0.1 the audio task stayed at chance).
+    """
     from .training.dpo import main as dpo_main
     from .training.merge import merge_lora
 
@@ -88,7 +108,7 @@ def run_dpo_stage(
     before_answers = generate_batch(before_model, processor, prompts, max_new_tokens=3, batch_size=32)
     del before_model
 
-    if dpo_main(_dpo_args(model_dir, out / "dpo", files["train"], epochs, lr, seed)):
+    if dpo_main(_dpo_args(model_dir, out / "dpo", files["train"], epochs, lr, seed, rpo_alpha, beta, batch_size)):
         raise RuntimeError("`any2text dpo` failed")
     merge_lora(str(out / "dpo"), str(out / "dpo_merged"))
     after_model = AutoModelForImageTextToText.from_pretrained(out / "dpo_merged").eval()

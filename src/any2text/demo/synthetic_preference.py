@@ -1,10 +1,12 @@
 """Synthetic preference pairs for the DPO stage of `make demo`: a task SFT never taught, decided by the media.
 
 - Images (the demo's shapes): "Is this colour warm or cool?" -> `warm` for red / yellow, `cool` for green / blue.
-- Audio (the demo's beeps): "Would a bird or a bear make this sound?" -> `bird` for high beeps, `bear` for low ones.
+- Audio (the demo's beeps): "Would a bird or a lion make this sound?" -> `bird` for high beeps, `lion` for low ones.
 
 The preferred answer is read off the medium only and both answers occur equally often, so a model that has not
-learned the task (or does not look at the medium) prefers the right answer half of the time. Rows are written in
+learned the task (or does not look at the medium) prefers the right answer half of the time. The two answers of a
+task start with different tokens, neither a prefix of the other (`bird` / `lion`, not `bird` / `bear`, which the
+demo's tokenizer splits `b|ir|d` / `be|ar`), so the first generated token decides the greedy answer. Rows are written in
 TRL's preference format as JSON lines, with media as paths relative to the file (`--media_root` / the file's
 folder)::
 
@@ -23,9 +25,9 @@ import soundfile as sf
 from .synthetic import COLOR_NAMES, POSITIONS, SHAPES, make_audio, make_image
 
 WARM = {"red": "warm", "yellow": "warm", "green": "cool", "blue": "cool"}
-SOURCE = {"high": "bird", "low": "bear"}
+SOURCE = {"high": "bird", "low": "lion"}
 IMAGE_PROMPT = "Is this colour warm or cool?"
-AUDIO_PROMPT = "Would a bird or a bear make this sound?"
+AUDIO_PROMPT = "Would a bird or a lion make this sound?"
 
 
 def _pair_row(kind: str, index: int, answer: str, other: str, media: str) -> dict:
@@ -77,7 +79,7 @@ def generate_preference_data(
                 name = f"audio/{counter}.wav"
                 sf.write(folder / name, wave, sampling_rate)
                 answer = SOURCE[pitch]
-                rows.append(_pair_row("audio_source", counter, answer, "bear" if answer == "bird" else "bird", name))
+                rows.append(_pair_row("audio_source", counter, answer, "lion" if answer == "bird" else "bird", name))
             counter += 1
         order = rng.permutation(len(rows))
         paths[split] = folder / f"{split}.jsonl"
