@@ -185,7 +185,7 @@ def test_pair_logps_equal_separate_forwards_with_media_encoded_once(checkpoint):
 def test_generation_sees_the_prompt_tokens_dpo_trains_on(checkpoint):
     """The demo's greedy answers come from `generate_batch`: its (left-padded) prompt ids must be exactly the ids the
     pair collator puts in front of the answers, and the first answer token must be a trained label."""
-    from any2text.evaluation.generation import generate_batch
+    from any2text.inference import generate_batch
 
     processor = AutoProcessor.from_pretrained(checkpoint)
     pairs = _mixed_pairs()

@@ -2,7 +2,8 @@
 
 - `run`: the pipeline (`run_demo`, and `main` behind `any2text demo` / `python -m any2text.demo`);
 - `synthetic`: the image / audio / text questions it trains and scores on (`any2text demo-data`);
-- `synthetic_preference`: the preference pairs of its DPO stage;
+- `dpo`: its DPO stage (`run_dpo_stage`);
+- `synthetic_preference`: the preference pairs of that stage;
 - `parts`: the tiny random "pretrained" parts the builder assembles;
 - `report`: held-out scoring with and without the media, tables and loss curves.
 

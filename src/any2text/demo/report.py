@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..data.templates import get_template
-from ..evaluation.generation import generate_batch
+from ..inference import generate_batch
 
 MODALITIES = ("image", "audio", "text")
 
@@ -114,7 +114,7 @@ def results_markdown(results: dict) -> str:
     if timings:
         lines += ["", "Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in timings.items()) + "."]
     if results.get("dpo"):
-        from ..demo_dpo import dpo_markdown
+        from .dpo import dpo_markdown
 
         lines += ["", dpo_markdown(results["dpo"]).rstrip()]
     return "\n".join(lines) + "\n"

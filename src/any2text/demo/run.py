@@ -11,7 +11,7 @@
 4. held-out accuracy per question type for the trained model, the same model with the media withheld ("blind"),
    and chance; the model is reloaded with `AutoModelForImageTextToText` / `AutoProcessor` for this;
 5. stage 3, DPO (`any2text.dpo`, LoRA) on a preference task stage 2 never taught, whose preferred answer depends on
-   the image or clip: held-out preference accuracy before and after, blind, and greedy answers (see `demo_dpo`);
+   the image or clip: held-out preference accuracy before and after, blind, and greedy answers (see `demo.dpo`);
 6. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
 """
 
@@ -192,7 +192,7 @@ def _run_demo(
 
     dpo_results = None
     if dpo_pairs:
-        from ..demo_dpo import run_dpo_stage
+        from .dpo import run_dpo_stage
 
         logger.warning("[6/7] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
         dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=max(n_test // 3, 32), epochs=dpo_epochs,

@@ -1,6 +1,6 @@
 """The DPO stage of `make demo`: align the stage-2 model on a preference task it was never taught.
 
-The task (`any2text.data.synthetic_preference`): "Is this colour warm or cool?" about the demo's shapes and "Would a
+The task (`any2text.demo.synthetic_preference`): "Is this colour warm or cool?" about the demo's shapes and "Would a
 bird or a lion make this sound?" about its beeps. The preferred answer depends on the medium only and both answers
 are equally frequent, so the stage-2 model prefers the right answer about half of the time, and so does any model
 that does not look at the medium. DPO (LoRA on the language model; the reference is the same model with the adapters
@@ -29,11 +29,11 @@ from pathlib import Path
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
 
-from .data.loading import DatasetSpec
-from .data.preference import PreferenceDataset, PreferenceMessages
-from .data.synthetic_preference import generate_preference_data
-from .evaluation.generation import generate_batch
-from .evaluation.preference import preference_accuracy, score_pairs
+from ..data.loading import DatasetSpec
+from ..data.preference import PreferenceDataset, PreferenceMessages
+from ..evaluation.preference import preference_accuracy, score_pairs
+from ..inference import generate_batch
+from .synthetic_preference import generate_preference_data
 
 logger = logging.get_logger(__name__)
 
