@@ -33,8 +33,6 @@ from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
 logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
 
-# The name `evaluation/preference.py` imports; switch it to `load_inference_model` and delete this line.
-load_model_and_processor = load_inference_model
 
 RUN_JSON = "run.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -81,10 +81,10 @@ def preference_accuracy(
 
 def run_preference_eval(args: PreferenceEvalArguments, model: Any = None, processor: Any = None) -> dict[str, Any]:
     """Score `args.data` and write predictions.jsonl, scores.json and scores.md; returns the scores.json dict."""
-    from .evaluate import load_model_and_processor
+    from ..inference import load_inference_model
 
     if model is None:
-        model, processor = load_model_and_processor(args.model, args.dtype, args.device)
+        model, processor = load_inference_model(args.model, args.dtype, args.device)
     spec = DatasetSpec(path=args.data, template=args.template, split=args.split, media_root=args.media_root)
     dataset = PreferenceDataset(spec, sampling_rate=getattr(getattr(processor, "feature_extractor", None),
                                                             "sampling_rate", None))  # fmt: skip
@@ -93,7 +93,7 @@ def run_preference_eval(args: PreferenceEvalArguments, model: Any = None, proces
     policy = score_pairs(model, processor, pairs, args.batch_size)
     reference = None
     if args.ref_model is not None:
-        ref, _ = load_model_and_processor(args.ref_model, args.dtype, args.device)
+        ref, _ = load_inference_model(args.ref_model, args.dtype, args.device)
         reference = score_pairs(ref, processor, pairs, args.batch_size)
         del ref
     right = preference_accuracy(policy, reference)
