@@ -34,6 +34,7 @@ from ..builders import build_llama_vision_audio
 from ..data.loading import DatasetSpec, load_spec
 from ..data.media import resolve_path
 from ..training.arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
+from ..training.train import train
 from .parts import IMAGE_SIZE, SAMPLING_RATE, save_tiny_parts
 from .report import evaluate_questions, per_modality, plot_losses, results_markdown
 from .synthetic import DEFAULT_WEIGHTS, generate_demo_data
@@ -61,8 +62,6 @@ def train_stage(
     One DataLoader worker prepares the next batch (media decoding, mel spectrograms) on the second core while the
     model trains on the first.
     """
-    from ..training.train import train
-
     model_args = ModelArguments(
         model_name_or_path=str(model), freeze_mm_proj=False, freeze_language_model=not train_language_model
     )
