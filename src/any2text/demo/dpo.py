@@ -86,8 +86,8 @@ def run_dpo_stage(
     preferred answer 0% -> 94%. A larger beta than TRL's 0.1 keeps the DPO term from being drowned by the NLL term in
     so few steps (with beta 0.1 the audio task stayed at chance).
     """
-    from .training.dpo import main as dpo_main
-    from .training.merge import merge_lora
+    from ..training.dpo import main as dpo_main
+    from ..training.merge import merge_lora
 
     files = generate_preference_data(
         out / "data/preference", n_train, n_test, seed=seed, image_size=image_size, sampling_rate=sampling_rate

@@ -134,7 +134,7 @@ def run_demo(
     stage2_epochs: float = 6.0,
     use_peft: bool = False,
     seed: int = 0,
-    dpo_pairs: int = 256,
+    dpo_pairs: int = 128,
     dpo_epochs: float = 3.0,
     stage1_learning_rate: float = 2e-3,
     stage2_learning_rate: float = 1e-3,
@@ -194,7 +194,7 @@ def _run_demo(
         from .dpo import run_dpo_stage
 
         logger.warning("[6/7] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
-        dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=max(n_test // 3, 32), epochs=dpo_epochs,
+        dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=min(max(n_test // 3, 32), 64), epochs=dpo_epochs,
                                     seed=seed, image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
         clock.lap("dpo")
 
