@@ -341,7 +341,7 @@ def build_trainer(
     packed = prepare_packing(
         data_args, collator, train_dataset, eval_dataset, ensure_image,
         lengths_of=lambda dataset: _checked_lengths(sample_lengths(dataset, collator), collator),
-        attn_implementation=language_model_attention(model),
+        attn_implementation=language_model_attention(model), model=model,
     )  # fmt: skip
     train_dataset, eval_dataset = packed.train_dataset, packed.eval_dataset
     warn_if_data_in_main_process(training_args)
