@@ -290,6 +290,41 @@ def test_resume_with_packing_is_exact_and_reports_throughput(workdir, tmp_path, 
     assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 4
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp_path, monkeypatch, workers):
+    """With `--dataloader_num_workers 1`, no image is decoded and no batch processed in the training process."""
+    import os
+
+    import any2text.data.loading as loading
+    from any2text.training.train import build_trainer, parse_args
+
+    in_main = []  # appended to in this process only: a forked worker appends to its own copy
+    main_pid = os.getpid()
+
+    def spy(function):
+        def wrapped(*args, **kwargs):
+            if os.getpid() == main_pid:
+                in_main.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(loading, "load_image", spy(loading.load_image))
+    monkeypatch.setattr(MultimodalCollator, "__call__", spy(MultimodalCollator.__call__))
+    args = common_args(
+        workdir, packing="True", max_length="120", per_device_train_batch_size="2",
+        dataloader_num_workers=str(workers), output_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer = build_trainer(*parse_args(["--model_name_or_path", str(workdir / "base")] + args))
+    in_main.clear()  # packing measured lengths up front (text only, no media decoded)
+    batches = [batch for _, batch in zip(range(2), trainer.get_train_dataloader())]
+    assert all("pixel_values" in batch or "input_features" in batch for batch in batches)
+    if workers:
+        assert in_main == []
+    else:  # control: the spies do see work done in this process
+        assert "load_image" in in_main and "__call__" in in_main
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
