@@ -12,8 +12,8 @@ our builders from the same saved parts: `build_llama_vision_audio` (ours) and `b
 Variants (each run in its own process, interleaved over `--repeats` rounds; the figure is the median round):
 - `padded`: `any2text.train` as shipped (batches of `--batch` samples, right-padded);
 - `padding_free`: `--padding_free True` (the same batches as one row: same loss, see tests/test_packing.py);
-- `packed`: `--packing True --max_length M` (best-fit-decreasing rows; rows per step chosen so a step holds about
-  `--batch` samples on average);
+- `packed`: `--packing True --max_length M` (best-fit-decreasing rows of about `--batch / --pack_rows` samples,
+  `--pack_rows` rows a step; see `packing_plan`);
 - `trl`: TRL's `SFTTrainer` (vision path; TRL refuses padding-free / packing for vision data) on the stock Llava.
 
 Every variant runs the Trainer's loop with `dataloader_num_workers=0`, so a step's time includes its data
@@ -323,9 +323,10 @@ def main() -> None:
         summary[variant] = {key: statistics.median(r[key] for r in results) for key in results[0] if key != "attn"}
     base = summary.get("padded")
     print(
-        "\n| variant | samples/s | tokens/s | samples/step | step (s) | loss | peak RSS (MB) | samples/s vs padded |"
+        "\n| variant | samples/s | tokens/s | samples/step | pad share | step (s) | loss | peak RSS (MB) | "
+        "samples/s vs padded | tokens/s vs padded |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, s in summary.items():
         ratio = f"x{s['samples_per_s'] / base['samples_per_s']:.2f}" if base else "-"
         token_ratio = f"x{s['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
