@@ -12,8 +12,8 @@ our builders from the same saved parts: `build_llama_vision_audio` (ours) and `b
 Variants (each run in its own process, interleaved over `--repeats` rounds; the figure is the median round):
 - `padded`: `any2text.train` as shipped (batches of `--batch` samples, right-padded);
 - `padding_free`: `--padding_free True` (the same batches as one row: same loss, see tests/test_packing.py);
-- `packed`: `--packing True --max_length M` (best-fit-decreasing rows; rows per step chosen so a step holds about
-  `--batch` samples on average);
+- `packed`: `--packing True --max_length M` (best-fit-decreasing rows of about `--batch / --pack_rows` samples,
+  `--pack_rows` rows a step; see `packing_plan`);
 - `trl`: TRL's `SFTTrainer` (vision path; TRL refuses padding-free / packing for vision data) on the stock Llava.
 
 Every variant runs the Trainer's loop with `dataloader_num_workers=0`, so a step's time includes its data
@@ -115,8 +115,13 @@ def prepare(workdir: Path, samples: int, seed: int) -> dict:
     return info
 
 
-def packing_plan(workdir: Path, batch: int) -> tuple[int, int, list[int]]:
-    """`max_length` (the longest sample, rounded up to a multiple of 64) and rows per step that hold about `batch` samples."""
+def packing_plan(workdir: Path, batch: int, rows: int) -> tuple[int, int, list[int]]:
+    """`max_length` and rows per step for `--packing`: `rows` rows holding about `batch` samples per step.
+
+    A row's capacity is `batch / rows` mean samples (at least the longest sample), rounded up to a multiple of 64.
+    Under `sdpa` a packed row attends per sample (`any2text_varlen_sdpa`), so a longer row costs no extra attention,
+    and fewer, longer rows leave less padding at their ends.
+    """
     from transformers import AutoProcessor
 
     from any2text.data.collator import MultimodalCollator
@@ -126,7 +131,8 @@ def packing_plan(workdir: Path, batch: int) -> tuple[int, int, list[int]]:
     collator = MultimodalCollator(AutoProcessor.from_pretrained(workdir / "ours"))
     dataset = MultimodalDataset(parse_dataset_specs(f"{workdir / 'data.json'},", templates="LLaVA,"))
     lengths = [collator.sample_length(dataset.messages(i, decode_media=False)) for i in range(len(dataset))]
-    max_length = -(-max(lengths) // 64) * 64
+    capacity = max(max(lengths), batch * sum(lengths) / len(lengths) / rows)
+    max_length = -(-int(capacity) // 64) * 64
     bins = bfd_bins(lengths, max_length)
     rows = max(1, round(batch * len(bins) / len(lengths)))
     return max_length, rows, lengths
@@ -171,6 +177,7 @@ class Counting:
         self.pad_token_id = pad_token_id
         self.samples: list[int] = []
         self.tokens: list[int] = []
+        self.positions: list[int] = []
 
     def __call__(self, features):
         batch = self.collator(features)
@@ -179,6 +186,7 @@ class Counting:
             self.tokens.append(int(batch["attention_mask"].sum()))
         else:
             self.tokens.append(int((batch["input_ids"] != self.pad_token_id).sum()))
+        self.positions.append(batch["input_ids"].numel())
         return batch
 
 
@@ -198,7 +206,8 @@ def run_any2text(variant: str, workdir: Path, args: argparse.Namespace, max_leng
     if variant == "packed":
         flags += ["--packing", "True", "--max_length", str(max_length), "--per_device_train_batch_size", str(rows)]
     trainer = build_trainer(*parse_args(flags))
-    return _train(trainer, trainer.processing_class.tokenizer.pad_token_id)
+    result = _train(trainer, trainer.processing_class.tokenizer.pad_token_id)
+    return {**result, "attn": trainer.model.config.text_config._attn_implementation}
 
 
 def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
@@ -244,7 +253,9 @@ def _train(trainer, pad_token_id: int) -> dict:
         counting.samples[1 : len(clock.times)],
         counting.tokens[1 : len(clock.times)],
     )
+    positions = counting.positions[1 : len(clock.times)]
     return {
+        "pad_share": 1 - sum(tokens) / sum(positions),
         "samples_per_s": sum(samples) / sum(times),
         "tokens_per_s": sum(tokens) / sum(times),
         "step_s": statistics.median(times),
@@ -265,6 +276,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pack_rows", type=int, default=2, help="rows per packed step (see `packing_plan`)")
+    parser.add_argument("--trl_repeats", type=int, default=1, help="rounds that run `trl` (the slowest variant)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workdir", default=str(REPO / "build" / "bench_stage2"))
     parser.add_argument("--seed", type=int, default=0)
@@ -283,7 +296,7 @@ def main() -> None:
         return
 
     prepare(workdir, args.samples, args.seed)
-    max_length, rows, lengths = packing_plan(workdir, args.batch)
+    max_length, rows, lengths = packing_plan(workdir, args.batch, args.pack_rows)
     padded_share = _padding_share(lengths, args.batch)
     print(f"{len(lengths)} samples, lengths median {int(np.median(lengths))} max {max(lengths)}; padded batches of "
           f"{args.batch} are {padded_share:.0%} padding; packed: max_length {max_length}, {rows} rows/step")  # fmt: skip
@@ -291,6 +304,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {variant: [] for variant in variants}
     for round_ in range(args.repeats):
         for variant in variants:  # interleaved: each round runs every variant once, so load drifts hit all alike
+            if variant == "trl" and round_ >= args.trl_repeats:
+                continue
             command = [
                 sys.executable, __file__, "--worker", variant, "--workdir", str(workdir), "--steps", str(args.steps),
                 "--batch", str(args.batch), "--max_length", str(max_length), "--rows", str(rows),
@@ -305,18 +320,25 @@ def main() -> None:
 
     summary = {}
     for variant, results in runs.items():
-        summary[variant] = {key: statistics.median(r[key] for r in results) for key in results[0]}
+        summary[variant] = {key: statistics.median(r[key] for r in results) for key in results[0] if key != "attn"}
     base = summary.get("padded")
     print(
-        "\n| variant | samples/s | tokens/s | samples/step | step (s) | loss | peak RSS (MB) | samples/s vs padded |"
+        "\n| variant | samples/s | tokens/s | samples/step | pad share | step (s) | loss | peak RSS (MB) | "
+        "samples/s vs padded | tokens/s vs padded |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, s in summary.items():
         ratio = f"x{s['samples_per_s'] / base['samples_per_s']:.2f}" if base else "-"
+        token_ratio = f"x{s['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
         print(
             f"| {variant} | {s['samples_per_s']:.2f} | {s['tokens_per_s']:.0f} | {s['samples_per_step']:.1f} | "
-            f"{s['step_s']:.2f} | {s['loss']:.3f} | {s['peak_rss_mb']:.0f} | {ratio} |"
+            f"{s['pad_share']:.0%} | {s['step_s']:.2f} | {s['loss']:.3f} | {s['peak_rss_mb']:.0f} | {ratio} | "
+            f"{token_ratio} |"
         )
+    if base:  # per round, so a load burst on one round shows
+        for variant in runs:
+            per_round = [r["samples_per_s"] / b["samples_per_s"] for r, b in zip(runs[variant], runs["padded"])]
+            print(f"{variant} vs padded per round: " + ", ".join(f"x{x:.2f}" for x in per_round))
     RESULTS.mkdir(exist_ok=True)
     out = {"args": {k: v for k, v in vars(args).items() if k not in ("worker",)}, "max_length": max_length,
            "rows_per_step": rows, "padding_share": padded_share, "runs": runs, "median": summary}  # fmt: skip

@@ -14,7 +14,15 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArg
 
 from any2text.data.collator import IGNORE_INDEX, MultimodalCollator
 from any2text.data.loading import MultimodalDataset, parse_dataset_specs
-from any2text.data.packing import PackedCollator, PackedDataset, bfd_bins
+from any2text.data.packing import (
+    VARLEN_SDPA,
+    PackedCollator,
+    PackedDataset,
+    bfd_bins,
+    sample_bounds,
+    use_varlen_sdpa,
+    varlen_sdpa_attention_forward,
+)
 from any2text.training.throughput import apply_liger_kernel
 from any2text.training.train import main
 from test_train import common_args, losses, weights
@@ -89,7 +97,9 @@ def _assert_same(model, padded, flat):
         ("any2text", "text", "sdpa"),
         ("any2text", "mixed", "sdpa"),
         ("any2text", "mixed", "eager"),
+        ("any2text", "mixed", VARLEN_SDPA),
         ("llava", "image", "sdpa"),
+        ("llava", "image", VARLEN_SDPA),
         ("llava", "text", "sdpa"),
         ("llava", "mixed", "eager"),
     ],
@@ -99,6 +109,8 @@ def test_padding_free_and_packed_equal_padded(checkpoints, checkpoint, kind, att
     # The default is SDPA where a part supports it (CLAP does not, so `sdpa` cannot be asked for the whole model).
     kwargs = {"attn_implementation": "eager"} if attn == "eager" else {}
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if attn == VARLEN_SDPA:  # what `--padding_free` / `--packing` switch an `sdpa` language model to
+        assert use_varlen_sdpa(model.model.language_model)
     assert model.config.text_config._attn_implementation == attn
     for tower in (model.model.vision_tower, getattr(model.model, "audio_tower", None)):
         if tower is not None:  # frozen, as in stage 1 / 2 (and fast): projectors and the language model train
@@ -132,6 +144,44 @@ def test_padding_free_and_packed_equal_padded(checkpoints, checkpoint, kind, att
     crossed = {**flat, "position_ids": torch.arange(flat["input_ids"].shape[1])[None]}
     with torch.no_grad():
         assert not torch.allclose(model(**crossed).loss, loss, atol=1e-4)
+
+
+class _Attention(torch.nn.Module):
+    is_causal = True
+
+
+def test_varlen_sdpa_attends_within_each_sample_without_a_row_mask(monkeypatch):
+    """Per-sample SDPA equals SDPA over the row under the block-diagonal causal mask, and never gets a mask itself."""
+    torch.manual_seed(0)
+    lengths = [[5, 9, 2], [7, 1, 4, 4]]  # two rows of 16, each ending in a pad "sample"
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in lengths])
+    assert sample_bounds(position_ids) == [[(0, 5), (5, 14), (14, 16)], [(0, 7), (7, 8), (8, 12), (12, 16)]]
+    query = torch.randn(2, 4, 16, 8, requires_grad=True)
+    key, value = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(2))  # grouped-query: 2 KV heads
+
+    sample = torch.stack([torch.repeat_interleave(torch.arange(len(row)), torch.tensor(row)) for row in lengths])
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    mask = (causal & (sample[:, :, None] == sample[:, None, :]))[:, None]
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=mask, scale=0.3
+    ).transpose(1, 2)
+    grads_expected = torch.autograd.grad(expected.square().sum(), (query, key, value))
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **k: calls.append(k.get("attn_mask")) or sdpa(*a, **k),
+    )
+    output, _ = varlen_sdpa_attention_forward(
+        _Attention(), query, key, value, None, scaling=0.3, position_ids=position_ids
+    )
+    assert len(calls) == 7 and all(m is None for m in calls)  # one causal call per sample, no (row, row) mask
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=0)
+    grads = torch.autograd.grad(output.square().sum(), (query, key, value))
+    for got, want in zip(grads, grads_expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,6 +284,41 @@ def test_resume_with_packing_is_exact_and_reports_throughput(workdir, tmp_path, 
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     assert losses(full)[2:] == pytest.approx(losses(resumed)[2:], rel=1e-5)
     assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp_path, monkeypatch, workers):
+    """With `--dataloader_num_workers 1`, no image is decoded and no batch processed in the training process."""
+    import os
+
+    import any2text.data.loading as loading
+    from any2text.training.train import build_trainer, parse_args
+
+    in_main = []  # appended to in this process only: a forked worker appends to its own copy
+    main_pid = os.getpid()
+
+    def spy(function):
+        def wrapped(*args, **kwargs):
+            if os.getpid() == main_pid:
+                in_main.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(loading, "load_image", spy(loading.load_image))
+    monkeypatch.setattr(MultimodalCollator, "__call__", spy(MultimodalCollator.__call__))
+    args = common_args(
+        workdir, packing="True", max_length="120", per_device_train_batch_size="2",
+        dataloader_num_workers=str(workers), output_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer = build_trainer(*parse_args(["--model_name_or_path", str(workdir / "base")] + args))
+    in_main.clear()  # packing measured lengths up front (text only, no media decoded)
+    batches = [batch for _, batch in zip(range(2), trainer.get_train_dataloader())]
+    assert all("pixel_values" in batch or "input_features" in batch for batch in batches)
+    if workers:
+        assert in_main == []
+    else:  # control: the spies do see work done in this process
+        assert "load_image" in in_main and "__call__" in in_main
 
 
 @pytest.mark.slow

@@ -34,6 +34,9 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
 from .collator import IGNORE_INDEX, MultimodalCollator
@@ -44,6 +47,7 @@ PACKING_STRATEGIES = ("bfd",)
 # Per-token keys of the collator's padded output; every other tensor is per media item.
 _PER_TOKEN_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
 PACKED_KEY = "packed"
+VARLEN_SDPA = "any2text_varlen_sdpa"
 
 
 def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -88,6 +92,97 @@ def bfd_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
             bisect.insort(free_capacities, free)
         bins_with_free[free].append(bin_id)
     return bins
+
+
+def sample_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """`(start, end)` of each sample in each row of packed `position_ids` (a sample starts where positions restart)."""
+    restarts = torch.diff(position_ids, dim=-1) != 1
+    bounds = []
+    for row in restarts:
+        starts = [0, *(torch.nonzero(row).flatten() + 1).tolist()]
+        bounds.append(list(zip(starts, [*starts[1:], position_ids.shape[-1]], strict=True)))
+    return bounds
+
+
+def varlen_sdpa_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA over each packed sample on its own (causal), instead of over the whole row under a block-diagonal mask.
+
+    With packed `position_ids`, stock `sdpa` gets a dense `(row, row)` mask: its cost is the squared ROW length, and
+    CPU kernels (and SDPA's masked paths on GPU) do not skip the masked blocks, so one padding-free row of 8 samples
+    pays several times the attention of the padded batch. Per sample, causal, the cost is the sum of the squared
+    sample lengths, below the padded batch's. Same math as the masked row, so losses and gradients match
+    (`tests/test_packing.py`). Anything else (a 4D mask, a KV cache, one sample per row, bidirectional layers) goes
+    to stock `sdpa` unchanged. Registered as `any2text_varlen_sdpa` (see `use_varlen_sdpa`).
+    """
+    position_ids = kwargs.get("position_ids")
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if (
+        attention_mask is not None
+        or position_ids is None
+        or query.shape[2] != key.shape[2]
+        or query.shape[2] != position_ids.shape[-1]
+        or not getattr(module, "is_causal", True)
+    ):
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if kwargs.get("sliding_window") is not None or kwargs.get("softcap") is not None:
+        raise ValueError(
+            f"`{VARLEN_SDPA}` computes full causal attention per sample; this layer asks for a sliding window or a "
+            "logit softcap. Pass `--attn_implementation eager` (or `flash_attention_2` on GPU) for this model."
+        )
+    bounds = sample_bounds(position_ids.expand(query.shape[0], -1))
+    if all(len(row) == 1 for row in bounds):
+        return sdpa(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    rows = []
+    # `split` (not slicing): its backward is one concatenation, where each slice's would be a zero-filled full row.
+    for q, k, v, row in zip(query.unbind(0), key.unbind(0), value.unbind(0), bounds, strict=True):
+        sizes = [end - start for start, end in row]
+        parts = [
+            torch.nn.functional.scaled_dot_product_attention(
+                q_i[None], k_i[None], v_i[None], dropout_p=dropout, scale=scaling, is_causal=True
+            )
+            for q_i, k_i, v_i in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1), strict=True)
+        ]
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def _varlen_sdpa_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """No mask unless there is padding: `varlen_sdpa_attention_forward` finds sample bounds in `position_ids`."""
+    if attention_mask is None:
+        return None
+    return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention_forward)
+AttentionMaskInterface.register(VARLEN_SDPA, _varlen_sdpa_mask)
+
+
+def use_varlen_sdpa(language_model: torch.nn.Module) -> bool:
+    """Switch a language model that runs `sdpa` to `any2text_varlen_sdpa` for packed rows; True when switched.
+
+    Only `sdpa` is switched: flash-attention has its own variable-length kernel, eager / flex are the user's choice.
+    Models with sliding-window layers keep `sdpa` (the per-sample path computes full causal attention).
+    """
+    config = language_model.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return False
+    language_model.set_attn_implementation(VARLEN_SDPA)
+    return True
 
 
 class PackedDataset(torch.utils.data.Dataset):
@@ -266,8 +361,12 @@ __all__ = [
     "PACKING_STRATEGIES",
     "PackedCollator",
     "PackedDataset",
+    "VARLEN_SDPA",
     "bfd_bins",
     "concat_rows",
     "flatten_padded_batch",
+    "sample_bounds",
     "stack_rows",
+    "use_varlen_sdpa",
+    "varlen_sdpa_attention_forward",
 ]

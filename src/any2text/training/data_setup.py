@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
+import torch
 from transformers import TrainingArguments
 
 from ..data.bad_rows import BAD_ROWS_FILE, BadRowLog
@@ -52,12 +53,14 @@ def build_training_data(
     processor: Any,
     ensure_image: bool = False,
     attn_implementation: str | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[MultimodalCollator, PackedData]:
     """The collator, and the datasets with the collator the Trainer is given: packed ones with `--padding_free` /
     `--packing` (`throughput.prepare_packing`), else the same. The datasets and collator share one bad-row record.
 
     `ensure_image`: give every batch an image (a stock model under ZeRO-3). `attn_implementation`: the language
-    model's, which decides how packed rows are laid out.
+    model's, which decides how packed rows are laid out; `model`, to switch its `sdpa` to per-sample attention for
+    packed rows (`throughput.prepare_packing`).
     """
     # One record of bad rows for the datasets and the collator: each row counted once, one cap, one file.
     bad_rows = BadRowLog(data_args.max_bad_rows, path=os.path.join(training_args.output_dir, BAD_ROWS_FILE))
@@ -78,7 +81,9 @@ def build_training_data(
     validate = data_args.validate_rows and not measured
     train_dataset = build_dataset(data_args, "train", processor, training_args.seed, bad_rows, check, validate)
     eval_dataset = build_dataset(data_args, "eval", processor, training_args.seed, bad_rows, check)
-    packed = prepare_packing(data_args, collator, train_dataset, eval_dataset, ensure_image, attn_implementation)
+    packed = prepare_packing(
+        data_args, collator, train_dataset, eval_dataset, ensure_image, attn_implementation, model=model
+    )
     return collator, packed
 
 

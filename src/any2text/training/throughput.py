@@ -18,7 +18,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.utils import is_liger_kernel_available, logging
 
 from ..data.collator import MultimodalCollator
-from ..data.packing import PackedCollator, PackedDataset
+from ..data.packing import VARLEN_SDPA, PackedCollator, PackedDataset, use_varlen_sdpa
 from .arguments import DataArguments
 from .freezing import find_components
 from .trainer import sample_lengths
@@ -46,16 +46,22 @@ def prepare_packing(
     eval_dataset: torch.utils.data.Dataset | None,
     ensure_image: bool,
     attn_implementation: str | None = None,
+    model: torch.nn.Module | None = None,
 ) -> PackedData:
     """The collator and datasets for `--padding_free` / `--packing` (unchanged when neither is set).
 
     Packing fills rows from exact sample lengths (`trainer.sample_lengths`), so a packed run reads every sample's text
     once before training (not its media). `attn_implementation` is the language model's: flash-attention gets all
     packed rows as one row.
+    `model`, when given, has an `sdpa` language model switched to per-sample SDPA (`any2text_varlen_sdpa`): stock
+    `sdpa` would attend over each whole packed row under a dense block-diagonal mask, quadratic in the row length.
     """
     if not (data_args.padding_free or data_args.packing):
         return PackedData(collator, train_dataset, eval_dataset)
     check_packing_arguments(data_args)
+    if model is not None and use_varlen_sdpa(find_components(model)["language_model"].modules[0]):
+        attn_implementation = VARLEN_SDPA
+        logger.info(f"Packed rows: the language model's `sdpa` runs per sample (`{VARLEN_SDPA}`).")
     # flash-attention reads packed `position_ids` only in a batch of one row (see `PackedCollator.single_row`).
     single_row = "flash" in str(attn_implementation or "")
     wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image, single_row=single_row)

@@ -87,8 +87,9 @@ def build_trainer(
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
     model = prepare_model(model, model_args, lora_args, training_args)
     collator, data = build_training_data(
-        data_args, training_args, processor, ensure_image, attn_implementation=language_model_attention(model)
-    )
+        data_args, training_args, processor, ensure_image, attn_implementation=language_model_attention(model),
+        model=model,
+    )  # fmt: skip
     warn_if_data_in_main_process(training_args)
     return MultimodalTrainer(
         model=model,
