@@ -38,15 +38,13 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from ..cli import setup_logging as _setup_logging
-from ..data.loading import parse_dataset_specs
 from ..data.packing import PackedDataset
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .checkpoints import resolve_resume_checkpoint
-from .freezing import apply_freezing, parameter_table
-from .lora import apply_lora
-from .model import load_model_and_processor, mark_zero3_leaf_towers
+from .freezing import parameter_table
+from .model import load_model_and_processor, prepare_model
 from .model_card import training_card
 from .throughput import check_packing_arguments
 from .train import make_parser as train_make_parser
@@ -493,25 +491,15 @@ def parse_args(argv: list[str] | None = None):
 
 def build_preference_dataset(data_args: DataArguments, split: str, processor, seed: int) -> IndexedDataset | None:
     """The `train` / `eval` preference set the comma-list arguments describe, items indexed for reference log-probs."""
-    prefix = "train" if split == "train" else "eval"
-    if not getattr(data_args, f"{prefix}_datasets"):
+    specs = data_args.dataset_specs(split)
+    if specs is None:
         return None
-    specs = parse_dataset_specs(
-        getattr(data_args, f"{prefix}_datasets"),
-        templates=getattr(data_args, f"{prefix}_template"),
-        splits=getattr(data_args, f"{prefix}_split"),
-        data_files=getattr(data_args, f"{prefix}_data_files"),
-        names=getattr(data_args, f"{prefix}_name"),
-        sizes=getattr(data_args, f"{prefix}_size"),
-        weights=data_args.train_weights if prefix == "train" else None,
-        media_roots=data_args.media_root if prefix == "train" else data_args.eval_media_root,
-    )
     feature_extractor = getattr(processor, "feature_extractor", None)
     dataset = PreferenceDataset(
         specs,
         sampling_rate=getattr(feature_extractor, "sampling_rate", None),
         skip_bad_rows=data_args.skip_bad_rows,
-        num_samples=data_args.train_num_samples if prefix == "train" else None,
+        num_samples=data_args.train_num_samples if split == "train" else None,
         seed=seed,
         validate_rows=data_args.validate_rows,
     )
@@ -522,9 +510,7 @@ def _load_reference(model_args: ModelArguments, dpo_args: DPOArguments):
     path = dpo_args.ref_model_name_or_path or model_args.model_name_or_path
     ref_args = copy.copy(model_args)
     ref_args.model_name_or_path = path
-    model, _ = load_model_and_processor(ref_args)
-    if is_deepspeed_zero3_enabled():
-        mark_zero3_leaf_towers(model)
+    model, _ = load_model_and_processor(ref_args)  # under ZeRO-3 with its towers as leaves, as the policy's
     return model.eval().requires_grad_(False)
 
 
@@ -553,16 +539,7 @@ def build_dpo_trainer(
 
     model, processor = load_model_and_processor(model_args)
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
-    if is_deepspeed_zero3_enabled():
-        mark_zero3_leaf_towers(model)
-        if getattr(model, "_weight_conversions", None) is not None:
-            model._weight_conversions = None  # see `any2text.train`: keeps the saved keys ours under ZeRO-3
-    apply_freezing(model, model_args, use_peft=lora_args.use_peft)
-    if training_args.gradient_checkpointing:
-        model.enable_input_require_grads()
-    if lora_args.use_peft:
-        model = apply_lora(model, lora_args, model_args)
-    logger.info(f"Parameters per component:\n{parameter_table(model)}")
+    model = prepare_model(model, model_args, lora_args, training_args)  # as `any2text.train` does
 
     ref_model = None
     if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs:
