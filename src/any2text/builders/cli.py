@@ -10,10 +10,9 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from ..cli import setup_logging
+from ..data.loading import none_if_unset
 from ..inference import DTypeName
 from .presets import DEFAULT_AUDIO_TOWER, DEFAULT_LANGUAGE_MODEL, DEFAULT_VISION_TOWER
-
-NONE_VALUES = ("", "none", "None")
 
 
 @dataclass
@@ -44,8 +43,8 @@ def run_build(args: BuildArguments):
     from .llama_vision import build_llama_vision
     from .llama_vision_audio import build_llama_vision_audio
 
-    vision = None if args.vision_tower_path in NONE_VALUES else args.vision_tower_path
-    audio = None if args.audio_tower_path in NONE_VALUES else args.audio_tower_path
+    vision = none_if_unset(args.vision_tower_path)
+    audio = none_if_unset(args.audio_tower_path)
     common = dict(
         save_path=args.save_path,
         dtype=args.dtype,

@@ -101,12 +101,15 @@ def _broadcast(argument: str, value: Any, count: int) -> list[Any]:
     return items
 
 
-def _optional(value: Any) -> Any:
-    return None if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")) else value
+def none_if_unset(value: Any) -> Any:
+    """`None` for a value left unset on a command line or in a config file (`None`, "", "none", "null"), else it."""
+    return (
+        None if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")) else value
+    )
 
 
 def _to_number(argument: str, value: Any, cast: type) -> Any:
-    value = _optional(value)
+    value = none_if_unset(value)
     if value is None:
         return None
     message = f"`{argument}` value `{value}` must be a positive {cast.__name__}."
@@ -152,7 +155,7 @@ def parse_dataset_specs(
         "weights": _broadcast("weights", weights, count),
         "media_roots": _broadcast("media_roots", media_roots, count),
     }
-    if any(_optional(t) is None for t in columns["templates"]):
+    if any(none_if_unset(t) is None for t in columns["templates"]):
         raise ValueError(f"Every dataset needs a template; got `templates={templates!r}` for {count} datasets.")
     specs = []
     for i, path in enumerate(paths):
@@ -161,12 +164,12 @@ def parse_dataset_specs(
             DatasetSpec(
                 path=path,
                 template=template,
-                split=_optional(columns["splits"][i]) or "train",
-                data_files=_optional(columns["data_files"][i]),
-                name=_optional(columns["names"][i]),
+                split=none_if_unset(columns["splits"][i]) or "train",
+                data_files=none_if_unset(columns["data_files"][i]),
+                name=none_if_unset(columns["names"][i]),
                 size=_to_number("sizes", columns["sizes"][i], int),
                 weight=_to_number("weights", columns["weights"][i], float),
-                media_root=_optional(columns["media_roots"][i]),
+                media_root=none_if_unset(columns["media_roots"][i]),
             )
         )
     return specs

@@ -27,6 +27,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..data.loading import none_if_unset
+
 logger = logging.get_logger(__name__)
 
 MANIFEST_NAME = "checkpoint_manifest.json"
@@ -179,7 +181,7 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
     Raises:
         ValueError: no complete checkpoint to resume from, or an explicit path that is not a complete checkpoint.
     """
-    if value is None or value is False or str(value).lower() in ("", "false", "none"):
+    if value is False or none_if_unset(value) is None or str(value).lower() == "false":
         return None
     if value is True or str(value).lower() in ("true", "last", "latest"):
         newest, torn = newest_complete_checkpoint(output_dir)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import logging
+
+from ..cli import setup_logging
 
 logger = logging.get_logger(__name__)
 
@@ -38,9 +39,8 @@ def merge_lora(model: str, output: str, base_model: str | None = None, dtype: st
     base = base_model or PeftConfig.from_pretrained(model).base_model_name_or_path
     if not base:
         raise ValueError(f"`{model}/adapter_config.json` does not name its base model; pass `--base_model`.")
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     logger.info(f"Merging the adapter in `{model}` into `{base}`.")
-    base_weights = AutoModelForImageTextToText.from_pretrained(base, dtype=torch_dtype)
+    base_weights = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)  # the name ("bfloat16", "auto")
     merged = PeftModel.from_pretrained(base_weights, model).merge_and_unload()
     merged.save_pretrained(output)
     # The training run saved its processor beside the adapter; an adapter copied alone falls back to the base's.
@@ -65,7 +65,7 @@ def make_merge_parser() -> argparse.ArgumentParser:
 def merge_lora_main(argv: list[str] | None = None) -> int:
     """`any2text merge-lora --model OUT --output MERGED [--base_model BASE] [--dtype auto]`."""
     args = make_merge_parser().parse_args(argv)
-    logging.set_verbosity_info()
+    setup_logging()
     merge_lora(args.model, args.output, base_model=args.base_model, dtype=args.dtype)
     return 0
 
