@@ -309,5 +309,3 @@ def test_cli_and_example_scripts(parts, tmp_path):  # noqa: F811
         argv = ["--language_model_path", str(parts.llama), "--vision_tower_path", str(parts.clip)]
         module.main(argv + extra + ["--save_path", str(tmp_path / script)])
         assert (tmp_path / script / "README.md").exists()
-        doc = module.__doc__.strip().splitlines()
-        assert doc[2].strip().startswith(f"python examples/{script}.py")
