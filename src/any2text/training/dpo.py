@@ -25,7 +25,6 @@ keeps the model's zero-contribution tower dummies, so mixed-modality batches do 
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,13 +41,11 @@ from ..data.packing import PackedDataset
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
-from .checkpoints import resolve_resume_checkpoint
-from .freezing import parameter_table
 from .model import load_model_and_processor, prepare_model
-from .model_card import training_card
 from .throughput import check_packing_arguments
 from .train import make_parser as train_make_parser
 from .train import parse_args as train_parse_args
+from .train import run_stage
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 from .workarounds import check_cpu_deepspeed as _check_cpu_deepspeed
 from .workarounds import init_cpu_deepspeed as _init_cpu_deepspeed
@@ -582,29 +579,16 @@ def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer
     """Run stage 3: align, save the model (or adapter) and processor to `output_dir`, `trainer_state.json`, card."""
     transformers.set_seed(training_args.seed)
     trainer = build_dpo_trainer(model_args, data_args, lora_args, dpo_args, training_args)
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        card = training_card(
-            trainer.model, model_args, data_args, lora_args, training_args, parameter_table(trainer.model),
-            trainer.state.log_history,
-        )  # fmt: skip
-        card += (
-            f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
-            f"`label_smoothing={dpo_args.label_smoothing}`, `rpo_alpha={dpo_args.rpo_alpha}`, reference: "
-            f"{'the model with its adapters disabled' if lora_args.use_peft else dpo_args.ref_model_name_or_path or model_args.model_name_or_path}.\n"
-        )
-        with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
-            f.write(card)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return trainer
+    reference = (
+        "the model with its adapters disabled"
+        if lora_args.use_peft
+        else dpo_args.ref_model_name_or_path or model_args.model_name_or_path
+    )
+    card_section = (
+        f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
+        f"`label_smoothing={dpo_args.label_smoothing}`, `rpo_alpha={dpo_args.rpo_alpha}`, reference: {reference}.\n"
+    )
+    return run_stage(trainer, model_args, data_args, lora_args, training_args, card_section=card_section)
 
 
 def main(argv: list[str] | None = None) -> int:

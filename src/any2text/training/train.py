@@ -115,6 +115,19 @@ def train(
     """
     transformers.set_seed(training_args.seed)
     trainer = build_trainer(model_args, data_args, lora_args, training_args)
+    return run_stage(trainer, model_args, data_args, lora_args, training_args)
+
+
+def run_stage(
+    trainer: MultimodalTrainer,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    lora_args: LoraArguments,
+    training_args: TrainingArguments,
+    card_section: str = "",
+) -> MultimodalTrainer:
+    """What every stage does with its trainer (SFT and DPO alike): train (resuming when asked), count skipped steps,
+    save the model, state and model card (`card_section` appended), log and save the metrics, evaluate."""
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     _report_skipped_steps(trainer, result.metrics)
@@ -126,7 +139,7 @@ def train(
             trainer.state.log_history,
         )  # fmt: skip
         with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
-            f.write(card)
+            f.write(card + card_section)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if trainer.eval_dataset is not None:
@@ -162,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["build_trainer", "load_model_and_processor", "main", "make_parser", "parse_args", "train"]
+__all__ = ["build_trainer", "load_model_and_processor", "main", "make_parser", "parse_args", "run_stage", "train"]
