@@ -5,7 +5,8 @@
 
 The data: LLaVA-format rows, each one 224 px image (256 tokens after CLIP-14's CLS is dropped), a short prompt and an
 answer of long-tailed length (log-normal, median ≈ 60 tokens, capped), like LLaVA-Instruct. The model: a random
-2-layer Llama (hidden 256, vocabulary 32,000) and a 2-layer CLIP ViT (224 px, patch 14), both checkpoints written by
+2-layer Llama (hidden 256, vocabulary 32,000; `--lm_layers` / `--lm_hidden` make it deeper / wider, closer to a
+real language model's share of the step) and a 2-layer CLIP ViT (224 px, patch 14), both checkpoints written by
 our builders from the same saved parts: `build_llama_vision_audio` (ours) and `build_llama_vision` (stock
 `LlavaForConditionalGeneration`, the peer's). Stage 2: vision tower frozen, projector + language model train.
 
@@ -47,7 +48,7 @@ WORDS = (
 # Setup (parent process)
 
 
-def prepare(workdir: Path, samples: int, seed: int) -> dict:
+def prepare(workdir: Path, samples: int, seed: int, lm_layers: int = 2, lm_hidden: int = 256) -> dict:
     """Write the LM, CLIP, both checkpoints and the dataset into `workdir` (once)."""
     import torch
     from PIL import Image
@@ -70,8 +71,8 @@ def prepare(workdir: Path, samples: int, seed: int) -> dict:
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
     text = LlamaConfig(
-        vocab_size=32000, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=32000, hidden_size=lm_hidden, intermediate_size=2 * lm_hidden, num_hidden_layers=lm_layers,
+        num_attention_heads=lm_hidden // 64, num_key_value_heads=lm_hidden // 64, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     LlamaForCausalLM(text).save_pretrained(workdir / "lm")
@@ -281,6 +282,10 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workdir", default=str(REPO / "build" / "bench_stage2"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lm_layers", type=int, default=2, help="decoder layers of the random Llama (a new --workdir)"
+    )
+    parser.add_argument("--lm_hidden", type=int, default=256, help="its hidden size (a multiple of 64)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max_length", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
@@ -295,7 +300,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    prepare(workdir, args.samples, args.seed)
+    prepare(workdir, args.samples, args.seed, args.lm_layers, args.lm_hidden)
     max_length, rows, lengths = packing_plan(workdir, args.batch, args.pack_rows)
     padded_share = _padding_share(lengths, args.batch)
     print(f"{len(lengths)} samples, lengths median {int(np.median(lengths))} max {max(lengths)}; padded batches of "
