@@ -19,6 +19,7 @@ from any2text.data.preference import PreferenceCollator, PreferenceMessages, pai
 from any2text.data.templates import get_template
 from any2text.demo.synthetic_preference import generate_preference_data
 from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pair_logps, parse_args
+from conftest import REPO, run_example_script
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +367,6 @@ def test_full_finetune_resume_with_precomputed_reference_is_exact(checkpoint, pa
 @pytest.mark.parametrize("script", ["dpo_image.sh", "dpo_audio.sh"])
 def test_dpo_example_scripts_parse(script, monkeypatch, tmp_path):
     from any2text.data.loading import parse_dataset_specs
-    from conftest import REPO, run_example_script
 
     monkeypatch.chdir(REPO)
     (words,) = run_example_script(REPO / "examples" / script, tmp_path).modules["any2text.dpo"]
@@ -509,10 +509,13 @@ def test_dpo_trains_padding_free_and_packed(checkpoint, pairs_file, tmp_path, fl
                                   "--use_peft", "True", "--precompute_ref_log_probs", "True", "--max_steps", "2",
                                   "--save_strategy", "no"))  # fmt: skip
     trainer = build_dpo_trainer(*groups)
-    packed = isinstance(trainer.train_dataset.dataset, PackedDataset)
+    # The trainer may wrap a dataset whose items do not name their row (see `MultimodalTrainer`).
+    dataset = trainer.train_dataset
+    bins = dataset if isinstance(dataset, PackedDataset) else getattr(dataset, "dataset", None)
+    packed = isinstance(bins, PackedDataset)
     assert packed == (flag == "--packing")
     if packed:
-        assert len(trainer.train_dataset) < 16 and max(trainer.train_dataset.dataset.lengths) <= 400
+        assert len(trainer.train_dataset) < 16 and max(bins.lengths) <= 400
     batch = next(iter(trainer.get_train_dataloader()))
     assert "answer_slots" in batch and batch["input_ids"].shape[1] <= 400
     # One row per bin (4 bins a batch), or the whole batch in one row.
