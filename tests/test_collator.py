@@ -7,12 +7,12 @@ from PIL import Image
 
 from any2text.data.collator import IGNORE_INDEX, MultimodalCollator
 from any2text.data.loading import MultimodalDataset, parse_dataset_specs
-from test_train_helpers import SAMPLING_RATE, tiny_llava_processor, tiny_processor, write_llava_data
+from conftest import SAMPLING_RATE, tiny_models, write_llava_data
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return tiny_processor()
+    return tiny_models().get_cheap_processor()
 
 
 def image(color=(255, 0, 0)):
@@ -158,7 +158,7 @@ def test_truncation_text_cuts_text_but_never_a_media_span(processor, media_first
 
 
 def test_stock_llava_processor_labels(processor):
-    llava = tiny_llava_processor()
+    llava = tiny_models().get_llava_processor()
     collator = MultimodalCollator(llava)
     messages = [user(image(), "What color?"), assistant("Red."), user("Sure?"), assistant("Yes.")]
     batch = collator([{"messages": messages}, {"messages": [user("Hi"), assistant("Hello.")]}])
@@ -170,13 +170,13 @@ def test_stock_llava_processor_labels(processor):
 
 
 def test_audio_with_an_image_only_processor_is_a_clear_error():
-    collator = MultimodalCollator(tiny_llava_processor())
+    collator = MultimodalCollator(tiny_models().get_llava_processor())
     with pytest.raises(ValueError, match="takes no audio"):
         collator([{"messages": [user(clip(), "Q"), assistant("A")]}])
 
 
 def test_template_without_media_placeholders_is_a_clear_error():
-    llava = tiny_llava_processor()
+    llava = tiny_models().get_llava_processor()
     llava.chat_template = llava.tokenizer.chat_template  # the text-only Llama-3 template drops image items
     with pytest.raises(ValueError, match="renders 0 `<image>`"):
         MultimodalCollator(llava)([{"messages": [user(image(), "Q"), assistant("A")]}])
@@ -206,9 +206,7 @@ def test_ensure_image_adds_a_blank_row_that_changes_nothing(tmp_path):
     """For stock Llava under ZeRO-3: a text-only batch still runs the vision tower, at zero loss and gradient."""
     from transformers import LlavaForConditionalGeneration
 
-    from test_train_helpers import build_tiny_llava
-
-    llava = tiny_llava_processor()
+    llava = tiny_models().get_llava_processor()
     samples = [{"messages": [user("Hi"), assistant("Hello.")]}, {"messages": [user("Bye"), assistant("See you.")]}]
     plain = MultimodalCollator(llava)(samples)
     guarded = MultimodalCollator(llava, ensure_image=True)(samples)
@@ -219,7 +217,7 @@ def test_ensure_image_adds_a_blank_row_that_changes_nothing(tmp_path):
     with_image = [{"messages": [user(image(), "Colour?"), assistant("Red.")]}, *samples]
     assert MultimodalCollator(llava, ensure_image=True)(with_image)["input_ids"].shape[0] == 3
 
-    model = LlavaForConditionalGeneration.from_pretrained(build_tiny_llava(tmp_path / "llava"))
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_models().save_llava_checkpoint(tmp_path / "llava"))
     model.train()
     plain_loss = model(**plain).loss
     guarded_loss = model(**guarded).loss

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from test_train_helpers import write_llava_data
+from conftest import write_llava_data
 
 
 @pytest.mark.slow

@@ -25,8 +25,8 @@ from any2text.data.packing import (
 )
 from any2text.training.throughput import apply_liger_kernel
 from any2text.training.train import main
+from conftest import SAMPLING_RATE, tiny_models, write_llava_data
 from test_train import common_args, losses, weights
-from test_train_helpers import SAMPLING_RATE, build_tiny_checkpoint, write_llava_data
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Same samples, same loss and gradients
@@ -207,7 +207,7 @@ def test_bfd_never_splits_a_sample():
 
 
 def test_packed_rows_hold_whole_samples_within_max_length(tmp_path):
-    path = build_tiny_checkpoint(tmp_path / "ours")
+    path = tiny_models().save_checkpoint(tmp_path / "ours")
     processor = AutoProcessor.from_pretrained(path)
     data = write_llava_data(tmp_path / "data", ["image", "audio", "both", "text"] * 3)
     specs = parse_dataset_specs(f"{data},", templates="LLaVA,")

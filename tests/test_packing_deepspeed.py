@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_helpers import write_llava_data
+from conftest import write_llava_data
 
 
 @pytest.mark.slow

@@ -25,12 +25,12 @@ from any2text.data import (
 from any2text.data.bad_rows import check_max_bad_rows
 from any2text.data.collator import IGNORE_INDEX, MultimodalCollator
 from any2text.data.media import MediaOutsideRootError, NonFiniteMediaError
-from test_train_helpers import SAMPLING_RATE, tiny_processor
+from conftest import SAMPLING_RATE, tiny_models, write_llava_data
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return tiny_processor()
+    return tiny_models().get_cheap_processor()
 
 
 def turns(question="Q?", answer="A."):
@@ -348,7 +348,6 @@ def test_embedded_bytes_are_read_whatever_the_media_root():
 @pytest.mark.slow
 def test_train_skips_bad_rows_once_each_and_stops_on_a_wrong_media_root(tiny_checkpoint, tmp_path, caplog):
     from any2text.training.train import main
-    from test_train_helpers import write_llava_data
 
     data = write_llava_data(tmp_path / "data", ["image", "text"] * 4)
     rows = json.loads(data.read_text())

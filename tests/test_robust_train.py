@@ -16,8 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from any2text.training.checkpoints import MANIFEST_NAME, checkpoint_problems, resolve_resume_checkpoint, write_manifest
 from any2text.training.nonfinite import NonFiniteError
 from any2text.training.train import build_trainer, main, parse_args
-from conftest import train_args
-from test_train_helpers import write_llava_data
+from conftest import train_args, write_llava_data
 
 # Rows in order (sequential sampling, 2 per batch): step 1 = rows 0, 1; step 2 = rows 2, 3; step 3 = rows 4, 5; ...
 KINDS = ["image", "audio", "both", "text"] * 2

@@ -12,8 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from any2text.training.merge import merge_lora, merge_lora_main
 from any2text.training.train import main, parse_args
-from conftest import train_args
-from test_train_helpers import write_llava_data
+from conftest import train_args, write_llava_data
 
 
 @pytest.fixture(scope="module")

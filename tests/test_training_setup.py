@@ -12,7 +12,7 @@ from any2text.training.arguments import DataArguments, LoraArguments
 from any2text.training.nonfinite import gradients_are_finite
 from any2text.training.parsing import parse_argument_groups
 from any2text.training.trainer import sample_lengths
-from test_train_helpers import tiny_processor, write_llava_data
+from conftest import tiny_models, write_llava_data
 
 
 def test_dataset_specs_follow_the_comma_lists_and_weights_train_only():
@@ -44,7 +44,7 @@ def test_unknown_flag_hint_comes_from_the_dataclass_fields():
 @pytest.fixture(scope="module")
 def dataset_and_collator(tmp_path_factory):
     data = write_llava_data(tmp_path_factory.mktemp("lengths"), ["image", "audio", "both", "text"])
-    processor = tiny_processor()
+    processor = tiny_models().get_cheap_processor()
     specs = DataArguments(train_datasets=str(data), train_template="LLaVA").dataset_specs("train")
     return specs, processor
 
