@@ -22,6 +22,19 @@ from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pa
 from conftest import REPO, run_example_script
 
 
+def _assert_equal_to_separate_forwards(got, model, processor, pairs):
+    """`pair_logps`' answers equal two ordinary forwards of [prompt | chosen] and [prompt | rejected] per pair."""
+    sft = MultimodalCollator(processor)
+    for i, pair in enumerate(pairs):
+        for side, conversation in (("chosen", list(pair)), ("rejected", [*pair.prompt, *pair.rejected])):
+            single = sft([{"messages": conversation}])
+            labels = single.pop("labels")
+            with torch.no_grad():
+                logits = model(**single).logits
+            expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
+            torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint) -> Path:
     return tiny_checkpoint
@@ -172,15 +185,7 @@ def test_pair_logps_equal_separate_forwards_with_media_encoded_once(checkpoint):
     # Logits only at answer positions: fewer than the longest answers of both sides plus one.
     assert len(batch["logits_to_keep"]) == batch["chosen_labels"].shape[1] + batch["rejected_labels"].shape[1]
 
-    sft = MultimodalCollator(processor)
-    for i, pair in enumerate(pairs):
-        for side, conversation in (("chosen", list(pair)), ("rejected", [*pair.prompt, *pair.rejected])):
-            single = sft([{"messages": conversation}])
-            labels = single.pop("labels")
-            with torch.no_grad():
-                logits = model(**single).logits
-            expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
-            torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+    _assert_equal_to_separate_forwards(got, model, processor, pairs)
 
 
 def test_generation_sees_the_prompt_tokens_dpo_trains_on(checkpoint):
@@ -385,15 +390,7 @@ def test_stock_llava_pair_logps_equal_separate_forwards(tiny_llava_checkpoint):
     pairs = [_mixed_pairs()[0], _mixed_pairs()[2]]
     with torch.no_grad():
         got = pair_logps(model, PreferenceCollator(processor)([{"messages": pair} for pair in pairs]))
-    sft = MultimodalCollator(processor)
-    for i, pair in enumerate(pairs):
-        for side, conversation in (("chosen", list(pair)), ("rejected", [*pair.prompt, *pair.rejected])):
-            single = sft([{"messages": conversation}])
-            labels = single.pop("labels")
-            with torch.no_grad():
-                logits = model(**single).logits
-            expected = answer_logps(logits[:, :-1], labels[:, 1:])[0]
-            torch.testing.assert_close(got[f"{side}_logps"][i : i + 1], expected, rtol=1e-4, atol=1e-4)
+    _assert_equal_to_separate_forwards(got, model, processor, pairs)
 
 
 def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_file, tmp_path):
