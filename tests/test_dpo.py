@@ -538,3 +538,22 @@ def test_demo_preference_answers_differ_at_their_first_token(tmp_path):
         first = [tokenizer.convert_ids_to_tokens(tokenizer(row[key], add_special_tokens=False)["input_ids"])[0]
                  for key in ("chosen", "rejected")]  # fmt: skip
         assert not first[0].startswith(first[1]) and not first[1].startswith(first[0]), (row, first)
+
+
+def test_a_pairs_media_are_read_once_for_both_answers(checkpoint, monkeypatch):
+    import any2text.data.collator as collator_module
+
+    calls = {"image": 0, "audio": 0}
+    for kind in calls:
+        original = getattr(collator_module, f"load_{kind}")
+
+        def counting(*args, _original=original, _kind=kind, **kwargs):
+            calls[_kind] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(collator_module, f"load_{kind}", counting)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    batch = PreferenceCollator(processor)([{"messages": pair} for pair in _mixed_pairs()])
+    # One image and one clip in the three pairs: each decoded once, not once per answer.
+    assert calls == {"image": 1, "audio": 1}
+    assert batch["pixel_values"].shape[0] == 1 and batch["input_features"].shape[0] == 1

@@ -274,9 +274,10 @@ class MultimodalCollator:
                     "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
                 )
 
-    def _encode(self, messages: list[dict], index: int) -> dict[str, Any]:
+    def _encode(self, messages: list[dict], index: int, media: tuple[list, list] | None = None) -> dict[str, Any]:
+        """One sample's tokens, labels and processed media; `media` (images, clips) when already loaded."""
         text, spans = self._render(messages)
-        images, clips = self._load_media(messages)
+        images, clips = self._load_media(messages) if media is None else media
         self._check_placeholders(text, images, clips, index)
         encoded = self._process(text, images, clips)
         input_ids = encoded["input_ids"][0]

@@ -32,6 +32,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from .collator import IGNORE_INDEX, MultimodalCollator, SampleTooLongError
 from .loading import MultimodalDataset
+from .media import media_refs
 from .packing import PACKED_KEY
 from .templates import (
     AUDIO_PLACEHOLDER,
@@ -376,8 +377,15 @@ class PreferenceCollator(MultimodalCollator):
         return start
 
     def _encode_pair(self, messages: PreferenceMessages, index: int) -> dict[str, Any] | None:
-        chosen = self._encode(messages, index)
-        rejected = self._encode([*messages.prompt, *messages.rejected], index)
+        rejected_messages = [*messages.prompt, *messages.rejected]
+        media = self._load_media(list(messages))
+        chosen = self._encode(messages, index, media)
+        # The media of a pair live in its shared prompt: read (decode, resample) them once for both sides.
+        shared = all(
+            len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+            for a, b in zip(media_refs(list(messages)), media_refs(rejected_messages), strict=True)
+        )
+        rejected = self._encode(rejected_messages, index, media if shared else None)
         start = self._last_span_start(chosen["labels"])
         if start is None or self._last_span_start(rejected["labels"]) != start:
             raise ValueError(
