@@ -37,16 +37,15 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
 from ..cli import setup_logging as _setup_logging
-from ..data.packing import PackedDataset
 from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .model import load_model_and_processor, prepare_model
-from .throughput import check_packing_arguments
+from .throughput import check_packing_arguments, pack_dataset
 from .train import make_parser as train_make_parser
 from .train import parse_args as train_parse_args
 from .train import run_stage
-from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
+from .trainer import DataReportCallback, MultimodalTrainer
 from .workarounds import check_cpu_deepspeed as _check_cpu_deepspeed
 from .workarounds import init_cpu_deepspeed as _init_cpu_deepspeed
 
@@ -554,13 +553,8 @@ def build_dpo_trainer(
     if data_args.packing:
         # Bins of whole pairs, at most `--max_length` tokens of `prompt + chosen + rejected` each; a batch holds
         # `per_device_train_batch_size` bins, one row each (see `PreferenceCollator`).
-        def pack(dataset):
-            if dataset is None:
-                return None
-            lengths = sample_lengths(dataset, collator)
-            return PackedDataset(dataset, lengths, data_args.max_length, data_args.packing_strategy)
-
-        train_dataset, eval_dataset = pack(train_dataset), pack(eval_dataset)
+        train_dataset = pack_dataset(train_dataset, collator, data_args)
+        eval_dataset = pack_dataset(eval_dataset, collator, data_args)
     return DPOTrainer(
         model=model,
         args=training_args,

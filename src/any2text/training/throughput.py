@@ -67,17 +67,19 @@ def prepare_packing(
     wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image, single_row=single_row)
     if not data_args.packing:
         return PackedData(wrapped, train_dataset, eval_dataset)
-
-    def pack(dataset):
-        if dataset is None:
-            return None
-        return PackedDataset(
-            dataset, sample_lengths(dataset, collator), data_args.max_length, data_args.packing_strategy
-        )
-
-    packed_train = pack(train_dataset)
+    packed_train = pack_dataset(train_dataset, collator, data_args)
     spi = packed_train.samples_per_item if packed_train is not None else 1.0
-    return PackedData(wrapped, packed_train, pack(eval_dataset), spi)
+    return PackedData(wrapped, packed_train, pack_dataset(eval_dataset, collator, data_args), spi)
+
+
+def pack_dataset(
+    dataset: torch.utils.data.Dataset | None, collator: Any, data_args: DataArguments
+) -> PackedDataset | None:
+    """`--packing`: `dataset`'s samples (or DPO pairs) in bins of at most `--max_length` tokens, as measured by
+    `collator` (`trainer.sample_lengths`); `None` stays `None`."""
+    if dataset is None:
+        return None
+    return PackedDataset(dataset, sample_lengths(dataset, collator), data_args.max_length, data_args.packing_strategy)
 
 
 def language_model_attention(model: torch.nn.Module) -> str | None:
@@ -187,6 +189,7 @@ __all__ = [
     "apply_liger_kernel",
     "check_packing_arguments",
     "language_model_attention",
+    "pack_dataset",
     "prepare_packing",
     "warn_if_data_in_main_process",
 ]
