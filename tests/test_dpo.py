@@ -144,6 +144,19 @@ def test_rpo_alpha_adds_trl_nll_on_chosen_tokens():
     torch.testing.assert_close(loss, dpo + 0.7 * nll)
     torch.testing.assert_close(rpo_nll(torch.stack(pc), torch.tensor([2, 3])), flat)
     assert fake._metrics["train"]["nll_loss"] == [pytest.approx(float(flat))]
+    # TRL's metrics: means over the pairs of beta-scaled log-ratios, their order and margin, and the policy log-probs.
+    chosen_r = [0.5 * (float(pc[i]) - [-6.0, -9.0][i]) for i in range(2)]
+    rejected_r = [0.5 * (float(pr[i]) - [-4.0, -5.0][i]) for i in range(2)]
+    expected = {
+        "rewards/chosen": sum(chosen_r) / 2,
+        "rewards/rejected": sum(rejected_r) / 2,
+        "rewards/accuracies": sum(c > r for c, r in zip(chosen_r, rejected_r, strict=True)) / 2,
+        "rewards/margins": (sum(chosen_r) - sum(rejected_r)) / 2,
+        "logps/chosen": float(sum(pc)) / 2,
+        "logps/rejected": float(sum(pr)) / 2,
+    }
+    for name, value in expected.items():
+        assert fake._metrics["train"][name] == [pytest.approx(value, abs=1e-5)], name
     with pytest.raises(ValueError, match="rpo_alpha"):
         DPOArguments(rpo_alpha=-1.0)
     assert parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--rpo_alpha", "1.0"])[3].rpo_alpha == 1.0

@@ -409,16 +409,22 @@ class DPOTrainer(MultimodalTrainer):
 
         chosen_rewards = (args.beta * (policy["chosen_logps"] - ref_chosen)).detach()[keep]
         rejected_rewards = (args.beta * (policy["rejected_logps"] - ref_rejected)).detach()[keep]
-        gather = self.accelerator.gather_for_metrics
+        # One gather and one device sync a step for all of TRL's metrics (a column each, a row per pair).
+        per_pair_metrics = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": policy["chosen_logps"].detach()[keep],
+            "logps/rejected": policy["rejected_logps"].detach()[keep],
+        }
+        columns = torch.stack([value.float() for value in per_pair_metrics.values()], dim=1)
+        means = self.accelerator.gather_for_metrics(columns).mean(dim=0).tolist()
         metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        metrics["logps/chosen"].append(gather(policy["chosen_logps"].detach()[keep]).mean().item())
-        metrics["logps/rejected"].append(gather(policy["rejected_logps"].detach()[keep]).mean().item())
+        for name, value in zip(per_pair_metrics, means, strict=True):
+            metrics[name].append(value)
         if args.rpo_alpha is not None:
-            metrics["nll_loss"].append(gather(nll.detach()).mean().item())
+            metrics["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
         return (loss, policy) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
