@@ -370,8 +370,9 @@ class DPOTrainer(MultimodalTrainer):
             )
         batch_size = self.dpo_args.precompute_ref_batch_size or self.args.per_device_train_batch_size
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator, num_workers=0
-        )
+            dataset, batch_size=batch_size, shuffle=False, collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,  # media decoded off the main process, as in training
+        )  # fmt: skip
         table: dict[int, tuple[float, float]] = {}
         reference, context = self._reference_model(model)
         with torch.no_grad(), context:
