@@ -315,6 +315,9 @@ def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp
     in_main.clear()  # packing measured lengths up front (text only, no media decoded)
     batches = [batch for _, batch in zip(range(2), trainer.get_train_dataloader())]
     assert all("pixel_values" in batch or "input_features" in batch for batch in batches)
+    # Per-sample SDPA (what packing switches `sdpa` to) takes a batch's bins as one row, with no pad tail.
+    pad_token_id = trainer.processing_class.tokenizer.pad_token_id
+    assert all(batch["input_ids"].shape[0] == 1 and (batch["input_ids"] != pad_token_id).all() for batch in batches)
     if workers:
         assert in_main == []
     else:  # control: the spies do see work done in this process

@@ -248,10 +248,11 @@ class PackedCollator:
             A batch without any image gets an extra row with one blank image and no labels (stock Llava under
             ZeRO-3 must run its vision tower every step; see `MultimodalCollator`).
         single_row (`bool`, *optional*, defaults to `False`):
-            Put every row of a packed batch into ONE row. Needed for flash-attention, whose variable-length path
-            (transformers' `_is_packed_sequence`) reads `position_ids` only for a batch of one row; with several
-            rows it would attend across samples. SDPA / eager handle several rows (cheaper on CPU: the dense mask
-            is quadratic in the row length).
+            Put every row of a packed batch into ONE row, with no pad tail. Needed for flash-attention, whose
+            variable-length path (transformers' `_is_packed_sequence`) reads `position_ids` only for a batch of one
+            row; with several rows it would attend across samples. Also used with `any2text_varlen_sdpa` (attention
+            per sample: a longer row costs nothing, and the shorter rows' padding is gone). Stock SDPA / eager keep
+            several rows: their dense block-diagonal mask is quadratic in the row length.
 
     Rows are right-padded to the longest row; pad positions form one more "sample" of their own, with no labels.
     """

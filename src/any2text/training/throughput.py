@@ -62,8 +62,9 @@ def prepare_packing(
     if model is not None and use_varlen_sdpa(find_components(model)["language_model"].modules[0]):
         attn_implementation = VARLEN_SDPA
         logger.info(f"Packed rows: the language model's `sdpa` runs per sample (`{VARLEN_SDPA}`).")
-    # flash-attention reads packed `position_ids` only in a batch of one row (see `PackedCollator.single_row`).
-    single_row = "flash" in str(attn_implementation or "")
+    # flash-attention reads packed `position_ids` only in a batch of one row (see `PackedCollator.single_row`); the
+    # per-sample SDPA pays nothing for a longer row, so one row spares the pad tail a packed batch's rows would need.
+    single_row = "flash" in str(attn_implementation or "") or attn_implementation == VARLEN_SDPA
     wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image, single_row=single_row)
     if not data_args.packing:
         return PackedData(wrapped, train_dataset, eval_dataset)
