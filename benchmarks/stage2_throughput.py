@@ -1,13 +1,13 @@
 """Stage-2 training throughput on long-tailed answers: any2text padded vs padding-free vs packed, and TRL + stock Llava.
 
     .venv/bin/pip install --no-deps --target build/trl trl     # the peer only; never a project dependency
-    python benchmarks/stage2_throughput.py [--samples 96] [--steps 6] [--repeats 3] [--batch 8]
+    python benchmarks/stage2_throughput.py [--samples 64] [--epochs 2] [--repeats 3] [--batch 8]
 
 The data: LLaVA-format rows, each one 224 px image (256 tokens after CLIP-14's CLS is dropped), a short prompt and an
 answer of long-tailed length (log-normal, median ≈ 60 tokens, capped), like LLaVA-Instruct. The model: a random
-2-layer Llama (hidden 256, vocabulary 32,000; `--lm_layers` / `--lm_hidden` make it deeper / wider, closer to a
-real language model's share of the step) and a 2-layer CLIP ViT (224 px, patch 14), both checkpoints written by
-our builders from the same saved parts: `build_llama_vision_audio` (ours) and `build_llama_vision` (stock
+Llama (vocabulary 32,000; by default 8 layers, hidden 512, MLP 4x hidden as in Llama-3.2-1B: `--lm_layers` /
+`--lm_hidden` / `--lm_ffn`) and a 2-layer CLIP ViT (224 px, patch 14), both checkpoints written by our builders from
+the same saved parts: `build_llama_vision_audio` (ours) and `build_llama_vision` (stock
 `LlavaForConditionalGeneration`, the peer's). Stage 2: vision tower frozen, projector + language model train.
 
 Variants (each run in its own process, interleaved over `--repeats` rounds; the figure is the median round):
@@ -18,8 +18,12 @@ Variants (each run in its own process, interleaved over `--repeats` rounds; the 
 - `trl`: TRL's `SFTTrainer` (vision path; TRL refuses padding-free / packing for vision data) on the stock Llava.
 
 Every variant runs the Trainer's loop with `dataloader_num_workers=0`, so a step's time includes its data
-(collation, image processing). Reported: samples/s and real (non-pad) tokens/s over the steps after the first,
-the mean training loss of those steps, and peak RSS. Writes benchmarks/results/stage2_throughput.json.
+(collation, image processing). any2text's variants train `--epochs` epochs and are timed over the last one, so
+every variant is timed on the very same samples (with few steps, which samples a step draws moves its time more
+than the variants differ: the attention of a 1,300-token sample is 12x that of a 370-token one); the first epoch
+warms up. TRL, the slowest by far, runs `--trl_steps` steps, timed after the first. Reported: samples/s and real
+(non-pad) tokens/s over the timed steps, their mean training loss, and peak RSS. Writes
+benchmarks/results/stage2_throughput.json.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ WORDS = (
 # Setup (parent process)
 
 
-def prepare(workdir: Path, samples: int, seed: int, lm_layers: int = 2, lm_hidden: int = 256) -> dict:
+def prepare(workdir: Path, samples: int, seed: int, lm_layers: int, lm_hidden: int, lm_ffn: float) -> dict:
     """Write the LM, CLIP, both checkpoints and the dataset into `workdir` (once)."""
     import torch
     from PIL import Image
@@ -71,7 +75,7 @@ def prepare(workdir: Path, samples: int, seed: int, lm_layers: int = 2, lm_hidde
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
     text = LlamaConfig(
-        vocab_size=32000, hidden_size=lm_hidden, intermediate_size=2 * lm_hidden, num_hidden_layers=lm_layers,
+        vocab_size=32000, hidden_size=lm_hidden, intermediate_size=int(lm_ffn * lm_hidden), num_hidden_layers=lm_layers,
         num_attention_heads=lm_hidden // 64, num_key_value_heads=lm_hidden // 64, max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
@@ -121,7 +125,7 @@ def packing_plan(workdir: Path, batch: int, rows: int) -> tuple[int, int, list[i
 
     A row's capacity is `batch / rows` mean samples (at least the longest sample), rounded up to a multiple of 64.
     Under `sdpa` a packed row attends per sample (`any2text_varlen_sdpa`), so a longer row costs no extra attention,
-    and fewer, longer rows leave less padding at their ends.
+    and a step's rows are joined into one row with no padding.
     """
     from transformers import AutoProcessor
 
@@ -158,6 +162,7 @@ class StepClock:
             def on_step_end(self, args, state, control, **kwargs):
                 now = time.perf_counter()
                 clock.times.append(now - clock.last)
+                clock.epochs.append(state.epoch)  # after this step: (epoch index) + (its share of the epoch)
                 clock.last = now
 
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -165,6 +170,7 @@ class StepClock:
                     clock.losses.append(float(logs["loss"]))
 
         self.times: list[float] = []
+        self.epochs: list[float] = []
         self.losses: list[float] = []
         self.last = 0.0
         self.callback = _Callback()
@@ -198,7 +204,7 @@ def run_any2text(variant: str, workdir: Path, args: argparse.Namespace, max_leng
         "--model_name_or_path", str(workdir / "ours"), "--output_dir", str(workdir / "out" / variant),
         "--train_datasets", f"{workdir / 'data.json'},", "--train_template", "LLaVA,",
         "--freeze_language_model", "False", "--per_device_train_batch_size", str(args.batch),
-        "--max_steps", str(args.steps), "--learning_rate", "1e-4", "--logging_steps", "1", "--save_strategy", "no",
+        "--num_train_epochs", str(args.epochs), "--learning_rate", "1e-4", "--logging_steps", "1", "--save_strategy", "no",
         "--use_cpu", "True", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0",
         "--log_level", "error", "--dataloader_num_workers", "0",
     ]  # fmt: skip
@@ -207,7 +213,7 @@ def run_any2text(variant: str, workdir: Path, args: argparse.Namespace, max_leng
     if variant == "packed":
         flags += ["--packing", "True", "--max_length", str(max_length), "--per_device_train_batch_size", str(rows)]
     trainer = build_trainer(*parse_args(flags))
-    result = _train(trainer, trainer.processing_class.tokenizer.pad_token_id)
+    result = _train(trainer, trainer.processing_class.tokenizer.pad_token_id, timed_after_epoch=args.epochs - 1)
     return {**result, "attn": trainer.model.config.text_config._attn_implementation}
 
 
@@ -234,7 +240,7 @@ def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
     model.model.vision_tower.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(workdir / "llava")
     config = SFTConfig(
-        output_dir=str(workdir / "out" / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        output_dir=str(workdir / "out" / "trl"), per_device_train_batch_size=args.batch, max_steps=args.trl_steps,
         learning_rate=1e-4, logging_steps=1, save_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True,
         seed=0, max_length=None, dataloader_num_workers=0, log_level="error",
     )  # fmt: skip
@@ -242,26 +248,29 @@ def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
     return _train(trainer, processor.tokenizer.pad_token_id)
 
 
-def _train(trainer, pad_token_id: int) -> dict:
+def _train(trainer, pad_token_id: int, timed_after_epoch: float | None = None) -> dict:
+    """Train; time the steps of the epochs after `timed_after_epoch` (None: every step after the first)."""
     counting = Counting(trainer.data_collator, pad_token_id)
     trainer.data_collator = counting
     clock = StepClock()
     trainer.add_callback(clock.callback)
     trainer.train()
-    # Step 0 warms up (allocations, first-call overheads); the rest are timed. Batch i is step i (no workers, GA 1).
-    times, samples, tokens = (
-        clock.times[1:],
-        counting.samples[1 : len(clock.times)],
-        counting.tokens[1 : len(clock.times)],
-    )
-    positions = counting.positions[1 : len(clock.times)]
+    # Batch i is step i (no workers, no gradient accumulation).
+    if timed_after_epoch is None:
+        timed = list(range(1, len(clock.times)))
+    else:  # a step ends at epoch e + k/n; it is in a timed epoch when that is past `timed_after_epoch`
+        timed = [i for i, epoch in enumerate(clock.epochs) if epoch > timed_after_epoch + 1e-6]
+    times = [clock.times[i] for i in timed]
+    samples, tokens = [counting.samples[i] for i in timed], [counting.tokens[i] for i in timed]
+    positions = [counting.positions[i] for i in timed]
     return {
         "pad_share": 1 - sum(tokens) / sum(positions),
         "samples_per_s": sum(samples) / sum(times),
         "tokens_per_s": sum(tokens) / sum(times),
         "step_s": statistics.median(times),
         "samples_per_step": sum(samples) / len(samples),
-        "loss": statistics.mean(clock.losses[1:]),
+        "loss": statistics.mean(clock.losses[i] for i in timed),
+        "timed_steps": len(timed),
         "first_loss": clock.losses[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -273,24 +282,25 @@ def _train(trainer, pad_token_id: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2, help="any2text trains this many, timed over the last")
+    parser.add_argument("--trl_steps", type=int, default=4, help="steps TRL runs, timed after the first")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--pack_rows", type=int, default=2, help="rows per packed step (see `packing_plan`)")
     parser.add_argument("--trl_repeats", type=int, default=1, help="rounds that run `trl` (the slowest variant)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workdir", default=str(REPO / "build" / "bench_stage2"))
+    parser.add_argument("--workdir", default=None, help="default: build/bench_stage2_<LM shape>_N<samples>")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--lm_layers", type=int, default=2, help="decoder layers of the random Llama (a new --workdir)"
-    )
-    parser.add_argument("--lm_hidden", type=int, default=256, help="its hidden size (a multiple of 64)")
+    parser.add_argument("--lm_layers", type=int, default=8, help="decoder layers of the random Llama")
+    parser.add_argument("--lm_hidden", type=int, default=512, help="its hidden size (a multiple of 64)")
+    parser.add_argument("--lm_ffn", type=float, default=4.0, help="its MLP width over the hidden size")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max_length", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    workdir = Path(args.workdir)
+    shape = f"L{args.lm_layers}_H{args.lm_hidden}_F{args.lm_ffn:g}"
+    workdir = Path(args.workdir or REPO / "build" / f"bench_stage2_{shape}_N{args.samples}")
 
     if args.worker:
         if args.worker == "trl":
@@ -300,7 +310,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    prepare(workdir, args.samples, args.seed, args.lm_layers, args.lm_hidden)
+    prepare(workdir, args.samples, args.seed, args.lm_layers, args.lm_hidden, args.lm_ffn)
     max_length, rows, lengths = packing_plan(workdir, args.batch, args.pack_rows)
     padded_share = _padding_share(lengths, args.batch)
     print(f"{len(lengths)} samples, lengths median {int(np.median(lengths))} max {max(lengths)}; padded batches of "
@@ -312,7 +322,8 @@ def main() -> None:
             if variant == "trl" and round_ >= args.trl_repeats:
                 continue
             command = [
-                sys.executable, __file__, "--worker", variant, "--workdir", str(workdir), "--steps", str(args.steps),
+                sys.executable, __file__, "--worker", variant, "--workdir", str(workdir), "--epochs", str(args.epochs),
+                "--trl_steps", str(args.trl_steps),
                 "--batch", str(args.batch), "--max_length", str(max_length), "--rows", str(rows),
             ]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}

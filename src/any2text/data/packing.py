@@ -9,8 +9,9 @@ never crosses samples and the loss and gradients equal the padded batch's (`test
 - **Padding-free** (`PackedCollator(collator)`): the samples of a batch, in order, become ONE row.
 - **Packing** (`PackedDataset` + `PackedCollator(collator, packing=True)`): samples are bin-packed, best-fit
   decreasing on their exact lengths (media tokens counted, without loading media), into bins of at most
-  `max_length` tokens; a dataset item is a bin and a batch holds `per_device_train_batch_size` bins, one row each.
-  A sample, and its media, is never split.
+  `max_length` tokens; a dataset item is a bin and a batch holds `per_device_train_batch_size` bins, one row each
+  (joined into one row without padding under flash-attention or `any2text_varlen_sdpa`, see `single_row`). A sample,
+  and its media, is never split.
 
 Worked example::
 
