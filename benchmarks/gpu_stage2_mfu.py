@@ -9,7 +9,8 @@ language model (fully, or LoRA r=16 on its attention and MLP projections with `-
 a 48-token prompt and an answer of long-tailed length (log-normal, median 60 tokens, capped at 1,500), as in
 LLaVA-Instruct; the same samples for every variant.
 
-Variants (attention: flash-attention 2 when `flash_attn` is installed, else SDPA; printed):
+Variants (attention: flash-attention 2 when `flash_attn` is installed, else SDPA, per sample for padding-free and
+packed rows as in training; printed):
 - `llava`: stock `LlavaForConditionalGeneration` on the padded batch, logits at every position. This is what TRL's
   `SFTTrainer` feeds a stock Llava (its vision collator pads; TRL refuses padding-free and packing for vision data),
   so it stands for "stock Llava + TRL" (the CPU benchmark `stage2_throughput.py` runs TRL itself);
@@ -34,11 +35,11 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from any2text import LlamaVisionAudioConfig, LlamaVisionAudioForConditionalGeneration
-from any2text.data.packing import bfd_bins, concat_rows, flatten_padded_batch, stack_rows
+from any2text.data.packing import bfd_bins, concat_rows, flatten_padded_batch, stack_rows, use_varlen_sdpa
 
 PEAK_TFLOPS = 989.0
 IMAGE_TOKEN_ID = 128256
-PAD_ID = 128257
+PAD_ID = 128004  # Llama-3's <|finetune_right_pad_id|>; 128257 is our audio token (and would count as one)
 PROMPT = 48
 
 
@@ -92,7 +93,7 @@ def padded_batch(samples: list[dict], device: str) -> dict:
 
 def packed_batch(groups: list[list[dict]], single_row: bool) -> dict:
     """One padding-free row per group, through the same flattening the collator wrapper uses; with flash-attention
-    all in ONE row (its varlen path reads packed `position_ids` only in a batch of one row)."""
+    (its varlen path reads packed `position_ids` only in a batch of one row) or per-sample SDPA all in ONE row."""
     rows = [flatten_padded_batch(padded_batch(group, "cpu")) for group in groups]
     return stack_rows([concat_rows(rows)] if single_row else rows, PAD_ID)
 
@@ -132,17 +133,25 @@ def run(variant: str, samples: list[dict], args, attn: str) -> dict:
     model, projector, tower, lm = build("llava" if variant == "llava" else "any2text", text, vision, args.lora, attn,
                                         args.device)  # fmt: skip
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    # As `--padding_free` / `--packing` do in training: SDPA attends per sample, and packed rows join into one row.
+    varlen = variant in ("padding_free", "packed") and use_varlen_sdpa(lm)
     steps = []
     if variant == "packed":
         lengths = [len(s["input_ids"]) for s in samples]
         bins = bfd_bins(lengths, args.max_length)
         rows = max(1, round(args.batch * len(bins) / len(samples)))
         for i in range(0, len(bins) - rows + 1, rows):
-            steps.append(packed_batch([[samples[j] for j in b] for b in bins[i : i + rows]], "flash" in attn))
+            steps.append(
+                packed_batch([[samples[j] for j in b] for b in bins[i : i + rows]], "flash" in attn or varlen)
+            )
     else:
         for i in range(0, len(samples) - args.batch + 1, args.batch):
             group = samples[i : i + args.batch]
             steps.append(packed_batch([group], False) if variant == "padding_free" else padded_batch(group, "cpu"))
+    if len(steps) < 3 + args.steps:
+        raise ValueError(
+            f"{variant}: {len(steps)} batches for 3 warm-up + {args.steps} timed steps; pass more samples."
+        )
     warmup, timed = steps[:3], steps[3 : 3 + args.steps]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     for batch in warmup:
@@ -173,7 +182,7 @@ def run(variant: str, samples: list[dict], args, attn: str) -> dict:
     result = {
         "variant": variant,
         "lora": args.lora,
-        "attn_implementation": attn,
+        "attn_implementation": lm.config._attn_implementation,
         "steps": len(timed),
         "step_s": seconds / len(timed),
         "samples_per_s": n_samples / seconds,
@@ -218,7 +227,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes, for a smoke run")
     args = parser.parse_args()
     attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") and args.device == "cuda" else "sdpa"
-    samples = make_samples(args.batch * (args.steps + 3) * 2)
+    # Enough for every variant's warm-up and timed steps (packed bins hold more samples than they have rows).
+    samples = make_samples(args.batch * (args.steps + 3) * 4)
     results = [run(variant, samples, args, attn) for variant in args.variants.split(",")]
     by_name = {r["variant"]: r for r in results}
     summary = {
