@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+# The benchmark's folder is first on `sys.path` when it runs as a script.
+from stage2_throughput import RESULT, add_setup_arguments, prepare, run_worker, workdir_of
+
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = {"any2text": "ours", "llava": "llava"}
 
@@ -90,36 +89,24 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2, help="timed passes per process; the fastest counts")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--lm_layers", type=int, default=8)
-    parser.add_argument("--lm_hidden", type=int, default=512)
-    parser.add_argument("--lm_ffn", type=float, default=4.0)
-    parser.add_argument("--samples", type=int, default=64, help="rows written by `prepare` (at least --prompts)")
-    parser.add_argument("--workdir", default=None, help="default: stage2_throughput.py's, shared")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_setup_arguments(parser)  # stage2_throughput.py's: the same checkpoints and data, written once
     args = parser.parse_args()
-    shape = f"L{args.lm_layers}_H{args.lm_hidden}_F{args.lm_ffn:g}"
-    workdir = Path(args.workdir or REPO / "build" / f"bench_stage2_{shape}_N{args.samples}")
+    if args.prompts > args.samples:
+        parser.error(f"--prompts {args.prompts} needs at least as many --samples (rows of data), got {args.samples}.")
+    workdir = workdir_of(args)
 
     if args.worker:
-        print("RESULT " + json.dumps(run_variant(args.worker, workdir, args)), flush=True)
+        print(RESULT + json.dumps(run_variant(args.worker, workdir, args)), flush=True)
         return
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from stage2_throughput import prepare
-
-    prepare(workdir, max(args.samples, args.prompts), 0, args.lm_layers, args.lm_hidden, args.lm_ffn)
+    prepare(workdir, args.samples, 0, args.lm_layers, args.lm_hidden, args.lm_ffn)
     runs: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     for round_ in range(args.repeats):
         for variant in VARIANTS:  # interleaved, so load drifts hit both alike
-            command = [sys.executable, __file__, "--worker", variant, "--workdir", str(workdir)]
-            for name in ("prompts", "batch", "new_tokens", "device", "dtype", "trials"):
-                command += [f"--{name}", str(getattr(args, name))]
-            env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise RuntimeError(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-            runs[variant].append(json.loads(line[len("RESULT ") :]))
+            flags = ["--workdir", str(workdir)]
+            for name in ("samples", "prompts", "batch", "new_tokens", "device", "dtype", "trials"):
+                flags += [f"--{name}", str(getattr(args, name))]
+            runs[variant].append(run_worker(__file__, variant, flags))
             print(f"round {round_}: {variant}: {runs[variant][-1]}", flush=True)
 
     keys = ("tokens_per_s", "decode_tokens_per_s", "prefill_s", "total_s")

@@ -277,12 +277,40 @@ def _train(trainer, pad_token_id: int, timed_after_epoch: float | None = None) -
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Driver
+# Driver (also used by generation_throughput.py, which shares the checkpoints)
+
+RESULT = "RESULT "
+
+
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that pick the written checkpoints and data (`prepare`), and the hidden `--worker` flag."""
+    parser.add_argument("--samples", type=int, default=64, help="rows of data written")
+    parser.add_argument("--workdir", default=None, help="default: build/bench_stage2_<LM shape>_N<samples>")
+    parser.add_argument("--lm_layers", type=int, default=8, help="decoder layers of the random Llama")
+    parser.add_argument("--lm_hidden", type=int, default=512, help="its hidden size (a multiple of 64)")
+    parser.add_argument("--lm_ffn", type=float, default=4.0, help="its MLP width over the hidden size")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def workdir_of(args: argparse.Namespace) -> Path:
+    shape = f"L{args.lm_layers}_H{args.lm_hidden}_F{args.lm_ffn:g}"
+    return Path(args.workdir or REPO / "build" / f"bench_stage2_{shape}_N{args.samples}")
+
+
+def run_worker(script: str, variant: str, flags: list[str]) -> dict:
+    """Run `script --worker variant *flags` in its own process (this checkout's `src` first on the path) and return
+    the dict it printed after `RESULT`."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, script, "--worker", variant, *flags]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    line = next((x for x in done.stdout.splitlines() if x.startswith(RESULT)), None)
+    if line is None:
+        raise RuntimeError(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(line[len(RESULT) :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2, help="any2text trains this many, timed over the last")
     parser.add_argument("--trl_steps", type=int, default=4, help="steps TRL runs, timed after the first")
     parser.add_argument("--repeats", type=int, default=3)
@@ -290,24 +318,19 @@ def main() -> None:
     parser.add_argument("--pack_rows", type=int, default=2, help="rows per packed step (see `packing_plan`)")
     parser.add_argument("--trl_repeats", type=int, default=1, help="rounds that run `trl` (the slowest variant)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workdir", default=None, help="default: build/bench_stage2_<LM shape>_N<samples>")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lm_layers", type=int, default=8, help="decoder layers of the random Llama")
-    parser.add_argument("--lm_hidden", type=int, default=512, help="its hidden size (a multiple of 64)")
-    parser.add_argument("--lm_ffn", type=float, default=4.0, help="its MLP width over the hidden size")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    add_setup_arguments(parser)
     parser.add_argument("--max_length", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    shape = f"L{args.lm_layers}_H{args.lm_hidden}_F{args.lm_ffn:g}"
-    workdir = Path(args.workdir or REPO / "build" / f"bench_stage2_{shape}_N{args.samples}")
+    workdir = workdir_of(args)
 
     if args.worker:
         if args.worker == "trl":
             result = run_trl(workdir, args)
         else:
             result = run_any2text(args.worker, workdir, args, args.max_length, args.rows)
-        print("RESULT " + json.dumps(result), flush=True)
+        print(RESULT + json.dumps(result), flush=True)
         return
 
     prepare(workdir, args.samples, args.seed, args.lm_layers, args.lm_hidden, args.lm_ffn)
@@ -321,17 +344,11 @@ def main() -> None:
         for variant in variants:  # interleaved: each round runs every variant once, so load drifts hit all alike
             if variant == "trl" and round_ >= args.trl_repeats:
                 continue
-            command = [
-                sys.executable, __file__, "--worker", variant, "--workdir", str(workdir), "--epochs", str(args.epochs),
-                "--trl_steps", str(args.trl_steps),
+            flags = [
+                "--workdir", str(workdir), "--epochs", str(args.epochs), "--trl_steps", str(args.trl_steps),
                 "--batch", str(args.batch), "--max_length", str(max_length), "--rows", str(rows),
             ]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise RuntimeError(f"{variant} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-            runs[variant].append(json.loads(line[len("RESULT ") :]))
+            runs[variant].append(run_worker(__file__, variant, flags))
             print(f"round {round_}: {variant}: {runs[variant][-1]}", flush=True)
 
     summary = {}
