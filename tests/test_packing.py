@@ -184,6 +184,29 @@ def test_varlen_sdpa_attends_within_each_sample_without_a_row_mask(monkeypatch):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_varlen_sdpa_finds_the_samples_once_per_forward(checkpoints, monkeypatch):
+    """Every layer gets the same `position_ids`: their samples are found once a forward (a device sync on GPU)."""
+    import any2text.data.packing as packing
+
+    model = AutoModelForImageTextToText.from_pretrained(checkpoints["any2text"])
+    assert use_varlen_sdpa(model.model.language_model) and model.config.text_config.num_hidden_layers > 1
+    collator = MultimodalCollator(AutoProcessor.from_pretrained(checkpoints["any2text"]))
+    batch = PackedCollator(collator)([_sample(kind, answer) for kind, answer in zip(BATCHES["text"], ANSWERS)])
+    calls = []
+    monkeypatch.setattr(packing, "sample_bounds", lambda p: calls.append(p) or sample_bounds(p))
+    with torch.no_grad():
+        model(**batch)
+        assert len(calls) == 1
+        model(**batch)  # the same `position_ids` tensor again: nothing to find
+        assert len(calls) == 1
+        model(**{**batch, "position_ids": batch["position_ids"].clone()})  # the next batch's: found again
+    assert len(calls) == 2
+    position_ids = torch.tensor([[0, 1, 2, 0, 1]])
+    assert packing._bounds_once(position_ids) == [[(0, 3), (3, 5)]]
+    position_ids[0, 2] = 0  # changed in place: not the cached bounds any more
+    assert packing._bounds_once(position_ids) == [[(0, 2), (2, 3), (3, 5)]]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bins: whole samples, never over max_length
 

@@ -30,6 +30,7 @@ shifted loss needs nothing else). `use_cache=False` rides in the batch: a model 
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,20 @@ def sample_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return bounds
 
 
+# The bounds of the last packed `position_ids` seen, with its version: every decoder layer of a forward gets the same
+# tensor, so its samples are found once per forward (on a GPU, `.tolist()` is a device sync), not once per layer.
+_last_bounds: tuple[weakref.ref, int, list[list[tuple[int, int]]]] | None = None
+
+
+def _bounds_once(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    global _last_bounds
+    if _last_bounds is not None and _last_bounds[0]() is position_ids and _last_bounds[1] == position_ids._version:
+        return _last_bounds[2]
+    bounds = sample_bounds(position_ids)
+    _last_bounds = (weakref.ref(position_ids), position_ids._version, bounds)
+    return bounds
+
+
 def varlen_sdpa_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -139,7 +154,9 @@ def varlen_sdpa_attention_forward(
             f"`{VARLEN_SDPA}` computes full causal attention per sample; this layer asks for a sliding window or a "
             "logit softcap. Pass `--attn_implementation eager` (or `flash_attention_2` on GPU) for this model."
         )
-    bounds = sample_bounds(position_ids.expand(query.shape[0], -1))
+    bounds = _bounds_once(position_ids if position_ids.dim() == 2 else position_ids.view(1, -1))
+    if len(bounds) != query.shape[0]:  # one row of positions for the whole batch
+        bounds = bounds * query.shape[0]
     if all(len(row) == 1 for row in bounds):
         return sdpa(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
