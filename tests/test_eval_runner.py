@@ -13,6 +13,7 @@ import torch
 from transformers import BatchFeature
 
 import any2text.evaluation.evaluate as runner
+import any2text.evaluation.predictors as predictors
 from any2text.evaluation.evaluate import EvalArguments, main, read_predictions, run_evaluation, score_predictions
 from any2text.inference import generate_batch
 from any2text.models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
@@ -119,7 +120,7 @@ def test_runner_resumes_after_a_crash(tiny_llava, mme_parquet, tmp_path, monkeyp
             raise RuntimeError("simulated crash")
         return generate_batch(model, processor, batch_of_messages, **kwargs)
 
-    monkeypatch.setattr(runner, "generate_batch", crash_on_second_batch)
+    monkeypatch.setattr(predictors, "generate_batch", crash_on_second_batch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "2", "--max_new_tokens", "3"))
     path = out / "mme" / "predictions.jsonl"
@@ -130,7 +131,9 @@ def test_runner_resumes_after_a_crash(tiny_llava, mme_parquet, tmp_path, monkeyp
     with path.open("a") as handle:
         handle.write('{"id": "2", "predic')
     calls.clear()
-    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["Yes"] * len(b))[1])
+    monkeypatch.setattr(
+        predictors, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["Yes"] * len(b))[1]
+    )
     main(_argv(tiny_llava, mme_parquet, out, "--batch_size", "2", "--max_new_tokens", "3"))
 
     assert calls == [2, 2]  # only the four missing items were generated
@@ -142,7 +145,7 @@ def test_runner_resumes_after_a_crash(tiny_llava, mme_parquet, tmp_path, monkeyp
 
 def test_limit_then_full_run_only_generates_the_rest(tiny_llava, mme_parquet, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["No"] * len(b))[1])
+    monkeypatch.setattr(predictors, "generate_batch", lambda m, p, b, **kw: (calls.append(len(b)), ["No"] * len(b))[1])
     out = tmp_path / "out"
     first = main(_argv(tiny_llava, mme_parquet, out, "--limit", "4", "--batch_size", "8"))
     assert first["num_items"] == 4 and calls == [4]
@@ -208,7 +211,7 @@ def test_item_failing_in_the_processor_is_found_in_its_batch(tiny_llava, mme_par
             raise ValueError("audio holds NaN")  # e.g. the processor refusing one item's media
         return ["Yes"] * len(batch_of_messages)
 
-    monkeypatch.setattr(runner, "generate_batch", fails_on_a_prompt)
+    monkeypatch.setattr(predictors, "generate_batch", fails_on_a_prompt)
     with pytest.raises(runner.BadItemError, match=r"item `4` \(row 4\) cannot be evaluated: audio holds NaN\. Fix"):
         main(_argv(tiny_llava, mme_parquet, tmp_path / "a", "--batch_size", "4"))
     calls.clear()
@@ -332,7 +335,7 @@ def test_runner_on_an_any2text_audio_checkpoint(tmp_path, tester):
 
 
 def test_resume_refuses_predictions_of_another_run(tiny_llava, mme_parquet, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: ["Yes"] * len(b))
+    monkeypatch.setattr(predictors, "generate_batch", lambda m, p, b, **kw: ["Yes"] * len(b))
     out = tmp_path / "out"
     main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "3"))
     path = out / "mme" / "predictions.jsonl"
@@ -341,7 +344,7 @@ def test_resume_refuses_predictions_of_another_run(tiny_llava, mme_parquet, tmp_
     assert len(read_predictions(path)) == 6 and path.read_bytes().endswith(b"\n")
     with pytest.raises(ValueError, match=r"another run.*max_new_tokens.*--overwrite"):
         main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "5"))
-    monkeypatch.setattr(runner, "generate_batch", lambda m, p, b, **kw: ["No"] * len(b))
+    monkeypatch.setattr(predictors, "generate_batch", lambda m, p, b, **kw: ["No"] * len(b))
     main(_argv(tiny_llava, mme_parquet, out, "--max_new_tokens", "5", "--overwrite", "True"))
     assert {r["prediction"] for r in read_predictions(path)} == {"No"}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from transformers.utils import logging
 
@@ -47,64 +47,126 @@ _SCALAR_REFERENCE_METRICS = {"mme", "mmbench", "wer"}
 
 @dataclass
 class EvalItem:
-    """One evaluation example: a stable `id`, chat `messages`, acceptable `references` and extra metric inputs."""
+    """One evaluation example: a stable `id`, chat `messages`, acceptable `references` and extra metric inputs.
+
+    For a scoring benchmark `messages` is the pair (`PreferenceMessages`: prompt + chosen, `rejected` attached) and
+    `references` is empty.
+    """
 
     id: str
     messages: list[dict[str, Any]]
-    references: list[str]
+    references: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
-        """The text of the user turn (media left out), as recorded in predictions.jsonl."""
-        return "".join(part["text"] for part in self.messages[-1]["content"] if part["type"] == "text")
+        """The text of the last user turn (media left out), as recorded in predictions.jsonl."""
+        user = [message for message in self.messages if message["role"] == "user"] or self.messages
+        content = user[-1]["content"]
+        if isinstance(content, str):
+            return content
+        return "".join(part["text"] for part in content if part["type"] == "text")
 
 
 # (row, row index) -> (references, metric meta).
 ReferenceReader = Callable[[dict[str, Any], int], tuple[list[str], dict[str, Any]]]
+# Prediction records (predictions.jsonl objects) -> scores (`{name: value}`).
+MetricFn = Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """How a benchmark predicts: by generating text (`Generate`) or by scoring pairs (`ScorePairs`).
+
+    `check` refuses a template that cannot serve (before any row is read); `build_item` turns a row into an `EvalItem` with the benchmark's template; `load` loads what predicting needs
+    (from `args.model`, unless `model` / `processor` are given) and returns a function from a batch of items to one
+    prediction record per item (the fields written to predictions.jsonl beside `id`, `prompt`, `references`,
+    `meta`). That function raises `ValueError` / `TypeError` / `KeyError` / `OSError` for bad data (the runner then
+    retries the batch item by item to name the bad ones); anything else stops the run. `options` are the
+    `EvalArguments` fields only this kind of predictor reads; `run_keys` those that change its predictions (a
+    resumed run must have the same values).
+    """
+
+    options: tuple[str, ...]
+    run_keys: tuple[str, ...]
+
+    def check(self, benchmark: Benchmark, template: str) -> None:
+        """Raise a `ValueError` naming the fix when `template` cannot make this predictor's items."""
+
+    def build_item(self, benchmark: Benchmark, row: dict[str, Any], row_index: int, template: str,
+                   prompt_suffix: str | None = None) -> EvalItem: ...  # fmt: skip
+
+    def load(self, benchmark: Benchmark, args: Any, model: Any = None, processor: Any = None) -> PredictFn: ...
+
+
+PredictFn = Callable[[list[EvalItem]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Everything the runner needs to know about one benchmark.
+    """A registered benchmark: where its rows come from, the template that prompts them, how to predict, the metric.
 
     Args:
-        name: registry key, e.g. `"vqav2"`.
-        metric: packaged metric name (see `any2text.evaluation.metrics.METRIC_NAMES`).
-        modality: `"image"` or `"audio"`: the media column put in front of the prompt.
-        media_column: the row column holding the image / audio.
-        required_columns: columns a row must have; checked once before generation starts.
+        name: registry key and `--benchmark` value, e.g. `"vqav2"`.
+        template: the registered template (`any2text.data.templates`) that turns a row into the prompt (generation)
+            or the pair (scoring); `--template` replaces it.
+        predict: how to predict: `Generate()` (the default) or `ScorePairs(...)` (see `any2text.evaluation.predictors`).
+        metric: a packaged metric name (see `any2text.evaluation.metrics.METRIC_NAMES`), fed `predictions`,
+            `references` and the items' `meta`; or a function `records -> scores` for predictions that are not text.
+        primary_score: the headline key of the scores; a tuple: the first of these keys the scores have.
+        default_data / default_subset / default_split: where the rows are read from when `--data` (`--subset`,
+            `--split`) is not given; a local file's only split is `train`.
+        required_columns: columns a row must have, checked once before predicting; `None`: the template's.
         id_columns: columns tried in order for a stable item id; the row index is used when none is present.
-        template: the registered template whose `prompt(row, suffix)` asks the question.
-        references: reads a row's references and the metric's extra inputs.
-        prompt_suffix: the instruction appended to the question when it is not the template's own; `None`: the
-            template's.
-        default_data / default_subset / default_split: where lmms-eval reads the benchmark from.
-        max_new_tokens: generation budget used unless the caller sets one.
-        primary_score: the headline key of the metric's result.
         group_columns: for datasets with one reference per row (AudioCaps: 5 rows per clip), the columns that
             identify one item; its rows become one item with every reference.
+        modality / media_column: (generation) the medium put in front of the prompt and the column holding it.
+        references: (generation) reads a row's references and the metric's extra inputs.
+        prompt_suffix: (generation) the instruction appended to the question when it is not the template's own;
+            `None`: the template's.
+        max_new_tokens: (generation) budget used unless the caller sets one.
     """
 
     name: str
-    metric: str
-    modality: str
-    media_column: str
-    required_columns: tuple[str, ...]
-    id_columns: tuple[str, ...]
     template: str
-    references: ReferenceReader
-    default_data: str | None
-    default_split: str
-    max_new_tokens: int
-    primary_score: str
+    metric: str | MetricFn
+    primary_score: str | tuple[str, ...]
+    predict: Predictor = None  # type: ignore[assignment]  # `Generate()`, set in __post_init__
+    default_data: str | None = None
+    default_split: str = "train"
     default_subset: str | None = None
-    prompt_suffix: str | None = None
+    required_columns: tuple[str, ...] | None = None
+    id_columns: tuple[str, ...] = ("id",)
     group_columns: tuple[str, ...] = ()
+    modality: str | None = None
+    media_column: str | None = None
+    references: ReferenceReader | None = None
+    prompt_suffix: str | None = None
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.predict is None:
+            from .predictors import Generate
+
+            object.__setattr__(self, "predict", Generate())
+        if not isinstance(self.predict, Predictor):
+            raise TypeError(
+                f"Benchmark `{self.name}`: `predict` must be a `Predictor` (`build_item`, `load`, `options`, "
+                f"`run_keys`), e.g. `Generate()` or `ScorePairs(...)`; got {type(self.predict).__name__}."
+            )
 
     @property
     def prompt_template(self) -> Template:
         return get_template(self.template)
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", self.name)
+
+    def primary_key(self, scores: dict[str, Any]) -> str:
+        """The headline key of `scores`."""
+        keys = (self.primary_score,) if isinstance(self.primary_score, str) else self.primary_score
+        return next((key for key in keys if key in scores), keys[0])
 
     def item_id(self, row: dict[str, Any], row_index: int) -> str:
         for column in self.id_columns:
@@ -112,36 +174,23 @@ class Benchmark:
                 return str(row[column])
         return str(row_index)
 
-    def check_columns(self, column_names: Sequence[str]) -> None:
-        missing = [c for c in self.required_columns if c not in column_names]
+    def check_columns(self, column_names: Sequence[str], template: str | None = None) -> None:
+        if self.required_columns is None:
+            missing = get_template(template or self.template).missing_columns(column_names)
+        else:
+            missing = [c for c in self.required_columns if c not in column_names]
         if missing:
             raise ValueError(
                 f"Benchmark `{self.name}` needs columns {missing} that the dataset lacks (it has "
                 f"{list(column_names)}). Point `--data` at a {self.name} dataset (default `{self.default_data}`) "
-                "or pick the matching `--benchmark`."
+                "or pick the matching `--benchmark` / `--template`."
             )
 
-    def build_item(self, row: dict[str, Any], row_index: int, prompt_suffix: str | None = None) -> EvalItem:
-        """Turn one dataset row into an `EvalItem`; `prompt_suffix` overrides the benchmark's default."""
-        suffix = next((s for s in (prompt_suffix, self.prompt_suffix) if s is not None), None)
-        try:
-            text = self.prompt_template.prompt(row, suffix)
-            references, meta = self.references(row, row_index)
-        except (KeyError, TypeError, ValueError, SyntaxError) as err:
-            raise ValueError(f"Benchmark `{self.name}`: cannot read row {row_index}: {err!r}.") from err
-        media = row.get(self.media_column)
-        if media is None:
-            raise ValueError(
-                f"Benchmark `{self.name}`: row {row_index} has no `{self.media_column}`; drop rows without media "
-                "before evaluating (a text-only answer would silently be scored)."
-            )
-        content = [{"type": self.modality, self.modality: media}, {"type": "text", "text": text}]
-        return EvalItem(
-            id=self.item_id(row, row_index),
-            messages=[{"role": "user", "content": content}],
-            references=references,
-            meta=meta,
-        )
+    def build_item(
+        self, row: dict[str, Any], row_index: int, prompt_suffix: str | None = None, template: str | None = None
+    ) -> EvalItem:
+        """Turn one dataset row into an `EvalItem`; `prompt_suffix` / `template` override the benchmark's."""
+        return self.predict.build_item(self, row, row_index, template or self.template, prompt_suffix)
 
     def metric_inputs(self, records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         """Keyword arguments for the metric's `compute` from prediction records (predictions.jsonl objects)."""
@@ -155,7 +204,9 @@ class Benchmark:
         return inputs
 
     def score(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Score prediction records with the benchmark's metric; records without references are left out."""
+        """Score prediction records with the benchmark's metric; text predictions without references are left out."""
+        if not isinstance(self.metric, str):
+            return self.metric(records) if records else {}
         labelled = [r for r in records if r.get("references")]
         if len(labelled) < len(records):
             logger.warning(
@@ -240,150 +291,204 @@ def _aqa(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]
 # ---------------------------------------------------------------------------------------------------------------------
 # Registry
 
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(
+    name: str,
+    *,
+    template: str,
+    metric: str | MetricFn,
+    primary_score: str | tuple[str, ...],
+    predict: Predictor | None = None,
+    replace: bool = False,
+    **fields: Any,
+) -> Benchmark:
+    """Register a benchmark: `any2text eval --benchmark NAME` then runs it with the one runner.
+
+    Args:
+        name: the `--benchmark` value.
+        template: registered template turning a row into the prompt (generation) or the pair (scoring).
+        metric: packaged metric name, or a function `records -> scores`.
+        primary_score: headline key of the scores (or keys, the first present wins).
+        predict: `Generate()` (default) or `ScorePairs(...)`, or any `Predictor`.
+        replace: replace a benchmark registered under `name` (otherwise that is an error).
+        fields: the other fields of `Benchmark` (`default_data`, `default_split`, `required_columns`, ...).
+
+    Example (a reward-model benchmark is this, see `any2text.evaluation.benchmarks`)::
+
+        register_benchmark("my_pairs", template="TRL-Preference", metric=pair_scores("reward"),
+                           primary_score="accuracy", predict=ScorePairs(load_model=..., make_scorer=...))
+    """
+    if name in BENCHMARKS and not replace:
+        raise ValueError(
+            f"A benchmark named `{name}` is already registered; pick another name or pass `replace=True`."
+        )
+    benchmark = Benchmark(name=name, template=template, metric=metric, primary_score=primary_score, predict=predict,
+                          **fields)  # fmt: skip
+    BENCHMARKS[name] = benchmark
+    return benchmark
+
+
 _IMAGE = {"modality": "image", "media_column": "image"}
 _AUDIO = {"modality": "audio", "media_column": "audio"}
 
-BENCHMARKS: dict[str, Benchmark] = {
-    bench.name: bench
-    for bench in (
-        Benchmark(
-            name="vqav2",
-            metric="vqa_accuracy",
-            **_IMAGE,
-            required_columns=("image", "question"),
-            id_columns=("question_id",),
-            template="VQAv2",
-            references=_answers("answers"),
-            default_data="lmms-lab/VQAv2",
-            default_split="validation",
-            max_new_tokens=16,
-            primary_score="accuracy",
-        ),
-        Benchmark(
-            name="okvqa",
-            metric="vqa_accuracy",
-            **_IMAGE,
-            required_columns=("image", "question", "answers"),
-            id_columns=("question_id",),
-            template="OK-VQA",
-            references=_answers("answers"),
-            prompt_suffix=OKVQA_SUFFIX,
-            default_data="lmms-lab/OK-VQA",
-            default_split="val2014",
-            max_new_tokens=16,
-            primary_score="accuracy",
-        ),
-        Benchmark(
-            name="aokvqa_mc",
-            metric="mmbench",
-            **_IMAGE,
-            required_columns=("image", "question", "choices"),
-            id_columns=("question_id",),
-            template="A-OKVQA-MC",
-            references=_aokvqa_mc,
-            default_data="HuggingFaceM4/A-OKVQA",
-            default_split="validation",
-            max_new_tokens=8,
-            primary_score="accuracy",
-        ),
-        Benchmark(
-            name="aokvqa_da",
-            metric="vqa_accuracy",
-            **_IMAGE,
-            required_columns=("image", "question", "direct_answers"),
-            id_columns=("question_id",),
-            template="A-OKVQA-DA",
-            references=_answers("direct_answers"),
-            default_data="HuggingFaceM4/A-OKVQA",
-            default_split="validation",
-            max_new_tokens=16,
-            primary_score="accuracy",
-        ),
-        Benchmark(
-            name="mme",
-            metric="mme",
-            **_IMAGE,
-            required_columns=("image", "question", "question_id", "category"),
-            # `question_id` is the image path, shared by the two questions of an image: not unique.
-            id_columns=(),
-            template="MME",
-            references=_mme,
-            default_data="lmms-lab/MME",
-            default_split="test",
-            max_new_tokens=16,
-            primary_score="total",
-        ),
-        Benchmark(
-            name="mmbench",
-            metric="mmbench",
-            **_IMAGE,
-            required_columns=("image", "question", "index", "category", "A", "B"),
-            id_columns=("index",),
-            template="MMBench",
-            references=_mmbench,
-            default_data="lmms-lab/MMBench",
-            default_subset="en",
-            default_split="dev",
-            max_new_tokens=16,
-            primary_score="accuracy",
-        ),
-        Benchmark(
-            name="clotho",
-            metric="cider",
-            **_AUDIO,
-            required_columns=("audio",),
-            id_columns=("index", "file_name", "id"),
-            template="Clotho",
-            references=lambda row, row_index: (_captions(row), {}),
-            default_data="CLAPv2/Clotho",
-            default_split="test",
-            max_new_tokens=48,
-            primary_score="cider",
-        ),
-        Benchmark(
-            name="audiocaps",
-            metric="cider",
-            **_AUDIO,
-            required_columns=("audio",),
-            id_columns=("audiocap_id", "id"),
-            template="AudioCaps",
-            references=lambda row, row_index: (_captions(row), {}),
-            default_data="jp1924/AudioCaps",
-            default_split="test",
-            max_new_tokens=48,
-            primary_score="cider",
-            group_columns=("youtube_id", "start_time"),
-        ),
-        Benchmark(
-            name="librispeech",
-            metric="wer",
-            **_AUDIO,
-            required_columns=("audio", "text"),
-            id_columns=("id",),
-            template="LibriSpeech",
-            references=_asr,
-            default_data="openslr/librispeech_asr",
-            default_subset="clean",
-            default_split="test",
-            max_new_tokens=256,
-            primary_score="wer",
-        ),
-        Benchmark(
-            name="clotho_aqa",
-            metric="exact_match",
-            **_AUDIO,
-            required_columns=("audio", "question", "answer"),
-            id_columns=("id",),
-            template="Clotho-AQA",
-            references=_aqa,
-            default_data="lmms-lab/ClothoAQA",
-            default_subset="clotho_aqa",
-            default_split="clotho_aqa_val_filtered",
-            max_new_tokens=8,
-            primary_score="exact_match",
-        ),
-    )
-}
+register_benchmark(
+    "vqav2",
+    metric="vqa_accuracy",
+    **_IMAGE,
+    required_columns=("image", "question"),
+    id_columns=("question_id",),
+    template="VQAv2",
+    references=_answers("answers"),
+    default_data="lmms-lab/VQAv2",
+    default_split="validation",
+    max_new_tokens=16,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "okvqa",
+    metric="vqa_accuracy",
+    **_IMAGE,
+    required_columns=("image", "question", "answers"),
+    id_columns=("question_id",),
+    template="OK-VQA",
+    references=_answers("answers"),
+    prompt_suffix=OKVQA_SUFFIX,
+    default_data="lmms-lab/OK-VQA",
+    default_split="val2014",
+    max_new_tokens=16,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "aokvqa_mc",
+    metric="mmbench",
+    **_IMAGE,
+    required_columns=("image", "question", "choices"),
+    id_columns=("question_id",),
+    template="A-OKVQA-MC",
+    references=_aokvqa_mc,
+    default_data="HuggingFaceM4/A-OKVQA",
+    default_split="validation",
+    max_new_tokens=8,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "aokvqa_da",
+    metric="vqa_accuracy",
+    **_IMAGE,
+    required_columns=("image", "question", "direct_answers"),
+    id_columns=("question_id",),
+    template="A-OKVQA-DA",
+    references=_answers("direct_answers"),
+    default_data="HuggingFaceM4/A-OKVQA",
+    default_split="validation",
+    max_new_tokens=16,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "mme",
+    metric="mme",
+    **_IMAGE,
+    required_columns=("image", "question", "question_id", "category"),
+    # `question_id` is the image path, shared by the two questions of an image: not unique.
+    id_columns=(),
+    template="MME",
+    references=_mme,
+    default_data="lmms-lab/MME",
+    default_split="test",
+    max_new_tokens=16,
+    primary_score="total",
+)
+register_benchmark(
+    "mmbench",
+    metric="mmbench",
+    **_IMAGE,
+    required_columns=("image", "question", "index", "category", "A", "B"),
+    id_columns=("index",),
+    template="MMBench",
+    references=_mmbench,
+    default_data="lmms-lab/MMBench",
+    default_subset="en",
+    default_split="dev",
+    max_new_tokens=16,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "clotho",
+    metric="cider",
+    **_AUDIO,
+    required_columns=("audio",),
+    id_columns=("index", "file_name", "id"),
+    template="Clotho",
+    references=lambda row, row_index: (_captions(row), {}),
+    default_data="CLAPv2/Clotho",
+    default_split="test",
+    max_new_tokens=48,
+    primary_score="cider",
+)
+register_benchmark(
+    "audiocaps",
+    metric="cider",
+    **_AUDIO,
+    required_columns=("audio",),
+    id_columns=("audiocap_id", "id"),
+    template="AudioCaps",
+    references=lambda row, row_index: (_captions(row), {}),
+    default_data="jp1924/AudioCaps",
+    default_split="test",
+    max_new_tokens=48,
+    primary_score="cider",
+    group_columns=("youtube_id", "start_time"),
+)
+register_benchmark(
+    "librispeech",
+    metric="wer",
+    **_AUDIO,
+    required_columns=("audio", "text"),
+    id_columns=("id",),
+    template="LibriSpeech",
+    references=_asr,
+    default_data="openslr/librispeech_asr",
+    default_subset="clean",
+    default_split="test",
+    max_new_tokens=256,
+    primary_score="wer",
+)
+register_benchmark(
+    "clotho_aqa",
+    metric="exact_match",
+    **_AUDIO,
+    required_columns=("audio", "question", "answer"),
+    id_columns=("id",),
+    template="Clotho-AQA",
+    references=_aqa,
+    default_data="lmms-lab/ClothoAQA",
+    default_subset="clotho_aqa",
+    default_split="clotho_aqa_val_filtered",
+    max_new_tokens=8,
+    primary_score="exact_match",
+)
+
+
+# Scoring benchmarks: held-out preference pairs in any preference template (`--template`, default TRL's format).
+from .predictors import ScorePairs, pair_scores  # noqa: E402  (a predictor module that builds `EvalItem`s)
+from .preference import load_policy, load_reward_model, logp_scorer, reward_scorer  # noqa: E402
+
+register_benchmark(
+    "preference",
+    template="TRL-Preference",
+    predict=ScorePairs(name="logp", load_model=load_policy, make_scorer=logp_scorer, reference=True),
+    metric=pair_scores("logp"),
+    primary_score=("reward_accuracy", "logp_accuracy"),
+)
+register_benchmark(
+    "reward",
+    template="TRL-Preference",
+    predict=ScorePairs(name="reward", load_model=load_reward_model, make_scorer=reward_scorer),
+    metric=pair_scores("reward"),
+    primary_score="accuracy",
+)
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -393,4 +498,4 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[name]
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "EvalItem", "get_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "EvalItem", "Predictor", "get_benchmark", "register_benchmark"]

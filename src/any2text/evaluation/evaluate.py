@@ -1,13 +1,20 @@
-"""Evaluate a checkpoint on one benchmark: generate, save predictions as they come, score.
+"""Evaluate a checkpoint on one registered benchmark: predict, save predictions as they come, score.
 
     python -m any2text.evaluation.evaluate --model ckpt/ --benchmark mme --data lmms-lab/MME --output_dir eval/
+    any2text eval --model out/dpo --benchmark preference --ref_model out/stage2 --data pairs.jsonl --output_dir eval/
 
-writes ``eval/mme/predictions.jsonl`` (one object per item: id, prompt, prediction, references, meta), appended and
-flushed after every batch, then ``eval/mme/scores.json`` and ``eval/mme/scores.md``. Rerunning the same command
-resumes: ids already in predictions.jsonl are not generated again. An item that cannot be evaluated (a corrupt image,
-an unreadable row) stops the run with an error naming its id; with `--skip_bad_items True` it is skipped instead,
-counted and listed in scores.json (a rerun tries it again). `--data` takes a Hub id, a local dataset folder,
-or a single .parquet / .json / .jsonl / .csv / .arrow file; it defaults to the benchmark's lmms-eval source.
+One runner serves every benchmark of `any2text.evaluation.benchmarks.BENCHMARKS` (`register_benchmark` adds one),
+whether it predicts by generating (`vqav2`, `mme`, `clotho`, ...) or by scoring pairs (`preference`, `reward`). It
+writes ``eval/<benchmark>/predictions.jsonl`` (one object per item: id, prompt, the prediction fields, references,
+meta), appended and flushed after every batch, then ``scores.json`` and ``scores.md``. Rerunning the same command
+resumes: ids already in predictions.jsonl are not predicted again; a rerun with another model, dataset, template or
+prediction setting into the same folder is refused unless `--overwrite True`. An item that cannot be evaluated (a
+corrupt image, an unreadable row, a media path outside the media root) stops the run with an error naming its id;
+with `--skip_bad_items True` it is skipped instead, counted and listed in scores.json (a rerun tries it again).
+`--data` is read by the training loader (`any2text.data.loading.load_spec`): a Hub id, a dataset folder, or a single
+.parquet / .json / .jsonl / .csv / .arrow file; it defaults to the benchmark's lmms-eval source. Relative media
+paths start from `--media_root` (default: the data file's folder); paths leading outside it need
+`--allow_media_outside_root True`.
 """
 
 from __future__ import annotations
@@ -26,9 +33,9 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..cli import setup_logging
-from ..data.loading import FILE_BUILDERS
-from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
-from .benchmarks import BENCHMARKS, Benchmark, EvalItem, get_benchmark
+from ..inference import DTypeName
+from .benchmarks import BENCHMARKS, Benchmark, EvalItem, PredictFn, get_benchmark
+from .rows import Rows, bad_row_reason, load_rows, resolve_media
 
 # Under `python -m` __name__ is "__main__"; the spec name keeps the logger under the "any2text" hierarchy.
 logger = logging.get_logger(__spec__.name if __spec__ is not None else __name__)
@@ -54,22 +61,51 @@ class BadItemError(ValueError):
 
 @dataclass
 class EvalArguments:
-    """Arguments of `python -m any2text.evaluation.evaluate` (and `any2text eval`)."""
+    """Arguments of `any2text eval` (and `python -m any2text.evaluation.evaluate`), for every benchmark."""
 
-    model: str = field(metadata={"help": "Checkpoint folder or Hub id loadable with AutoModelForImageTextToText."})
+    model: str = field(
+        metadata={"help": "Checkpoint folder or Hub id: the generative model, or the reward model for `reward`."}
+    )
     benchmark: str = field(metadata={"help": f"One of {sorted(BENCHMARKS)}."})
     output_dir: str = field(metadata={"help": "Results go to OUTPUT_DIR/<benchmark>/."})
     data: str | None = field(
         default=None,
-        metadata={"help": "Hub id, local dataset folder or .parquet/.json/.jsonl file. Default: the benchmark's."},
+        metadata={
+            "help": "Hub id, dataset folder or .parquet/.json/.jsonl/.csv/.arrow file. Default: the benchmark's."
+        },
     )
     subset: str | None = field(default=None, metadata={"help": "Dataset config name (e.g. `en` for MMBench)."})
-    split: str | None = field(default=None, metadata={"help": "Dataset split. Default: the benchmark's."})
+    split: str | None = field(
+        default=None, metadata={"help": "Dataset split. Default: the benchmark's (a single file: its only split)."}
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Template reading the rows instead of the benchmark's (pairs: AA_TI2T, AA_TA2T, RLAIF-V...)."
+        },
+    )
+    media_root: str | None = field(
+        default=None, metadata={"help": "Folder relative media paths start from. Default: the data file's folder."}
+    )
+    allow_media_outside_root: bool = field(
+        default=False, metadata={"help": "Read media paths that lead outside the media root (refused otherwise)."}
+    )
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first LIMIT rows."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Default: the benchmark's budget."})
+    batch_size: int = field(default=8, metadata={"help": "Items per batch (per forward / generation call)."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Generation benchmarks: answer budget. Default: the benchmark's."}
+    )
     prompt_suffix: str | None = field(
-        default=None, metadata={"help": "Replace the benchmark's instruction appended to each question."}
+        default=None,
+        metadata={"help": "Generation benchmarks: replace the instruction appended to each question."},
+    )
+    ref_model: str | None = field(
+        default=None,
+        metadata={"help": "`preference`: reference checkpoint; scores implicit-reward accuracy against it."},
+    )
+    score_blind: bool = field(
+        default=True,
+        metadata={"help": "Pair benchmarks: also score every pair with its media withheld (`blind_*` scores)."},
     )
     dtype: DTypeName = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16 or float16."})
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
@@ -92,36 +128,36 @@ class EvalArguments:
             raise ValueError(f"`--batch_size` must be >= 1, got {self.batch_size}.")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"`--limit` must be >= 0, got {self.limit}.")
+        options = get_benchmark(self.benchmark).predict.options
+        for name in _PREDICTOR_OPTIONS:
+            if getattr(self, name) is not None and name not in options:
+                users = sorted(n for n, b in BENCHMARKS.items() if name in b.predict.options)
+                raise ValueError(
+                    f"`--{name}` does not apply to `--benchmark {self.benchmark}` (it is read by {users}); drop it."
+                )
+
+
+# Arguments only some predictors read (unset: None); passing one to a benchmark that ignores it is an error.
+_PREDICTOR_OPTIONS = ("max_new_tokens", "prompt_suffix", "ref_model")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data
 
 
-def load_eval_dataset(data: str, split: str | None = None, subset: str | None = None) -> datasets.Dataset:
-    """Load `data` (Hub id, folder, or one file) as a `Dataset`, with audio kept as raw bytes.
-
-    Image and audio columns are cast to `decode=False`: decoding happens later, item by item, with
-    `any2text.data.media` (torchcodec, datasets' audio decoder, is not usable everywhere) and only for rows that are
-    actually generated, so a corrupt medium is reported as that item's error rather than breaking a whole batch read.
-    """
-    path = Path(data)
-    if path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"`--data {data}`: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
-        # A single file is always datasets' "train" split, whatever --split says.
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-    else:
-        dataset = datasets.load_dataset(data, subset, split=split)
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(f"`--data {data}` has several splits {list(dataset)}; choose one with `--split`.")
-    for name, feature in dataset.features.items():
-        if isinstance(feature, datasets.Audio) and feature.decode:
-            dataset = dataset.cast_column(name, datasets.Audio(decode=False))
-        elif isinstance(feature, datasets.Image) and feature.decode:
-            dataset = dataset.cast_column(name, datasets.Image(decode=False))
-    return dataset
+def load_benchmark_rows(benchmark: Benchmark, args: EvalArguments) -> Rows:
+    """The rows `args` select for `benchmark`, read by the training loader, columns checked."""
+    data = args.data or benchmark.default_data
+    if data is None:
+        raise ValueError(f"Benchmark `{benchmark.name}` has no default dataset; pass `--data`.")
+    subset = args.subset if args.subset is not None else (benchmark.default_subset if args.data is None else None)
+    template = args.template or benchmark.template
+    benchmark.predict.check(benchmark, template)
+    # Without its own column list, a benchmark's rows are its template's: the loader checks them.
+    checked = template if benchmark.required_columns is None else None
+    rows = load_rows(data, args.split, benchmark.default_split, subset, checked, args.media_root)
+    benchmark.check_columns(rows.dataset.column_names, template)
+    return rows
 
 
 def item_ids(benchmark: Benchmark, dataset: datasets.Dataset) -> list[str]:
@@ -191,48 +227,41 @@ def _bad_item(benchmark: Benchmark, item_id: str, row: int, error: Exception) ->
 
 
 def _prepare_items(
-    benchmark: Benchmark,
-    dataset: datasets.Dataset,
-    indices: Sequence[int],
-    ids: Sequence[str],
-    processor: Any,
-    prompt_suffix: str | None,
-) -> tuple[list[EvalItem], list[BadItemError]]:
-    """The items of rows `indices` with their media decoded, and an error for each row that could not be prepared."""
+    benchmark: Benchmark, dataset: datasets.Dataset, indices: Sequence[int], ids: Sequence[str],
+    args: EvalArguments, media_root: str | None,
+) -> tuple[list[EvalItem], list[BadItemError]]:  # fmt: skip
+    """The items of rows `indices`, media paths resolved, and an error for each row that could not be prepared."""
     items, bad = [], []
+    template = args.template or benchmark.template
     for row, index in zip(dataset.select(indices), indices):
         try:
-            item = benchmark.build_item(row, index, prompt_suffix)
-            item.messages = decode_media(item.messages, processor)
+            reason = bad_row_reason(row)
+            if reason is not None:
+                raise ValueError(reason)
+            item = benchmark.build_item(row, index, args.prompt_suffix, template)
+            item.messages = resolve_media(item.messages, media_root, args.allow_media_outside_root)
             items.append(item)
         except _BAD_ITEM_ERRORS as error:
             bad.append(_bad_item(benchmark, ids[index], index, error))
     return items, bad
 
 
-def _generate(
-    benchmark: Benchmark,
-    model: Any,
-    processor: Any,
-    items: list[EvalItem],
-    rows: dict[str, int],
-    max_new_tokens: int,
-    batch_size: int,
-) -> tuple[list[tuple[EvalItem, str]], list[BadItemError]]:
-    """Answers of `items`; when the batch fails on its data, the items are retried one by one to find the bad ones."""
+def _predict(
+    benchmark: Benchmark, predict: PredictFn, items: list[EvalItem], rows: dict[str, int]
+) -> tuple[list[tuple[EvalItem, dict[str, Any]]], list[BadItemError]]:
+    """Predictions of `items`; when the batch fails on its data, the items are retried one by one to find the bad
+    ones."""
     if not items:
         return [], []
-    kwargs = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     if len(items) > 1:
         try:
-            answers = generate_batch(model, processor, [item.messages for item in items], **kwargs)
-            return list(zip(items, answers)), []
+            return list(zip(items, predict(items))), []
         except _BAD_ITEM_ERRORS:
             pass  # found item by item below
     done, bad = [], []
     for item in items:
         try:
-            done.append((item, generate_batch(model, processor, [item.messages], **kwargs)[0]))
+            done.append((item, predict([item])[0]))
         except _BAD_ITEM_ERRORS as error:
             bad.append(_bad_item(benchmark, item.id, rows[item.id], error))
     return done, bad
@@ -244,8 +273,9 @@ def _generate(
 
 def scores_markdown(benchmark: Benchmark, scores: dict[str, Any], num_items: int) -> str:
     """A Markdown table of the scores, headline first."""
-    lines = [f"# {benchmark.name} ({benchmark.metric}, {num_items} items)", "", "| metric | value |", "|---|---|"]
-    keys = sorted(scores, key=lambda k: (k != benchmark.primary_score, k))
+    lines = [f"# {benchmark.name} ({benchmark.metric_name}, {num_items} items)", "", "| metric | value |", "|---|---|"]
+    primary = benchmark.primary_key(scores)
+    keys = sorted(scores, key=lambda k: (k != primary, k))
     for key in keys:
         value = scores[key]
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -264,23 +294,17 @@ def score_predictions(benchmark: Benchmark | str, records: Sequence[dict[str, An
 # Runner
 
 
-def _check_run(
-    out_dir: Path, predictions_path: Path, args: EvalArguments, data: str, subset: str | None, split: str | None
-) -> None:
+def _check_run(out_dir: Path, predictions_path: Path, benchmark: Benchmark, args: EvalArguments, rows: Rows) -> None:
     """Resume only the same run: predictions of another model, dataset or prompt must not mix into one score."""
-    run = {
-        "model": args.model,
-        "data": data,
-        "subset": subset,
-        "split": split,
-        "prompt_suffix": args.prompt_suffix,
-        "max_new_tokens": args.max_new_tokens,
-    }
+    run = {"model": args.model, "data": rows.data, "subset": rows.subset, "split": rows.split}
+    if args.template is not None:
+        run["template"] = args.template
+    run.update({key: getattr(args, key) for key in benchmark.predict.run_keys})
     run_path = out_dir / RUN_JSON
     if args.overwrite:
         predictions_path.unlink(missing_ok=True)
-    elif predictions_path.exists() and run_path.exists():
-        previous = json.loads(run_path.read_text(encoding="utf-8"))
+    elif predictions_path.exists():
+        previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else {}
         changed = {key: (previous.get(key), value) for key, value in run.items() if previous.get(key) != value}
         if changed:
             details = ", ".join(f"`{key}` {old!r} -> {new!r}" for key, (old, new) in changed.items())
@@ -318,48 +342,38 @@ def merge_reference_rows(benchmark: Benchmark, dataset: datasets.Dataset) -> dat
 
 
 def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None) -> dict[str, Any]:
-    """Generate the missing predictions for `args.benchmark`, then score all of them; returns the scores.json dict.
+    """Predict the missing items of `args.benchmark`, then score all of them; returns the scores.json dict.
 
-    `model` / `processor` may be passed in (already loaded); otherwise they are loaded from `args.model`, and only
-    if something is left to generate.
+    `model` / `processor` may be passed in (already loaded); otherwise the benchmark's predictor loads them from
+    `args.model`, and only if something is left to predict.
     """
     benchmark = get_benchmark(args.benchmark)
-    data = args.data or benchmark.default_data
-    if data is None:
-        raise ValueError(f"Benchmark `{benchmark.name}` has no default dataset; pass `--data`.")
-    split = args.split or benchmark.default_split
-    subset = args.subset if args.subset is not None else (benchmark.default_subset if args.data is None else None)
-    dataset = load_eval_dataset(data, split=split, subset=subset)
-    benchmark.check_columns(dataset.column_names)
-    dataset = merge_reference_rows(benchmark, dataset)
+    rows = load_benchmark_rows(benchmark, args)
+    dataset = merge_reference_rows(benchmark, rows.dataset)
     if args.limit is not None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
 
     out_dir = Path(args.output_dir) / benchmark.name
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = out_dir / PREDICTIONS_FILE
-    _check_run(out_dir, predictions_path, args, data, subset, split)
+    _check_run(out_dir, predictions_path, benchmark, args, rows)
     ids = item_ids(benchmark, dataset)
     done = {record["id"] for record in read_predictions(predictions_path)}
     pending = [i for i, item_id in enumerate(ids) if item_id not in done]
     logger.info(
         f"`{benchmark.name}`: {len(ids)} items, {len(ids) - len(pending)} already in {predictions_path}, "
-        f"{len(pending)} to generate."
+        f"{len(pending)} to predict."
     )
 
     skipped: list[dict[str, Any]] = []
     if pending:
-        if model is None or processor is None:
-            model, processor = load_inference_model(args.model, args.dtype, args.device)
-        max_new_tokens = args.max_new_tokens or benchmark.max_new_tokens
-        rows = {ids[index]: index for index in pending}
+        predict = benchmark.predict.load(benchmark, args, model, processor)
+        row_of = {ids[index]: index for index in pending}
         with tqdm(total=len(pending), desc=benchmark.name, unit="item") as progress:
             for start in range(0, len(pending), args.batch_size):
                 chunk = pending[start : start + args.batch_size]
-                items, bad = _prepare_items(benchmark, dataset, chunk, ids, processor, args.prompt_suffix)
-                answered, failed = _generate(
-                    benchmark, model, processor, items, rows, max_new_tokens, batch_size=args.batch_size
-                )
+                items, bad = _prepare_items(benchmark, dataset, chunk, ids, args, rows.media_root)
+                predicted, failed = _predict(benchmark, predict, items, row_of)
                 # The good items of the batch are kept before a bad one stops the run.
                 _append_predictions(
                     predictions_path,
@@ -367,12 +381,12 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
                         {
                             "id": item.id,
                             "prompt": item.prompt,
-                            "prediction": answer,
+                            **prediction,
                             "references": item.references,
                             "meta": item.meta,
                         }
-                        for item, answer in answered
-                    ],
+                        for item, prediction in predicted
+                    ],  # fmt: skip
                 )
                 for error in sorted(bad + failed, key=lambda e: e.row):
                     if not args.skip_bad_items:
@@ -396,16 +410,16 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
     scores = score_predictions(benchmark, records)
     result = {
         "benchmark": benchmark.name,
-        "metric": benchmark.metric,
-        "primary_score": benchmark.primary_score,
+        "metric": benchmark.metric_name,
+        "primary_score": benchmark.primary_key(scores),
         "num_items": len(records),
         "num_skipped": len(skipped),
         "skipped_items": skipped,
         "scores": scores,
         "model": args.model,
-        "data": data,
-        "subset": subset,
-        "split": split,
+        "data": rows.data,
+        "subset": rows.subset,
+        "split": rows.split,
         "arguments": asdict(args),
     }
     (out_dir / SCORES_JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
