@@ -435,7 +435,9 @@ def run_evaluation(args: EvalArguments, model: Any = None, processor: Any = None
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI entry point; `argv` defaults to `sys.argv[1:]`. Prints the Markdown score table."""
-    parser = HfArgumentParser(EvalArguments)
+    parser = HfArgumentParser(
+        EvalArguments, prog="any2text eval", description="Score a checkpoint on a registered benchmark."
+    )
     (args,) = parser.parse_args_into_dataclasses(args=argv if argv is not None else sys.argv[1:])
     setup_logging()
     result = run_evaluation(args)
