@@ -19,6 +19,7 @@ from any2text.cli import main as cli_main
 from any2text.evaluation import BENCHMARKS, EvalItem, ScorePairs, pair_scores, register_benchmark
 from any2text.evaluation.evaluate import BadItemError, EvalArguments, read_predictions, run_evaluation
 from any2text.evaluation.preference import reward_scorer
+from conftest import tiny_models, tiny_text_config
 
 
 def _write_pairs(folder: Path, n: int = 4, bad: dict[int, dict] | None = None) -> Path:
@@ -229,3 +230,35 @@ def test_a_registered_custom_predictor_and_packaged_metric(tmp_path):
         ]  # fmt: skip
     finally:
         BENCHMARKS.pop("toy_echo")
+
+
+def test_reward_benchmark_loads_a_sequence_classification_checkpoint(tmp_path):
+    """`--benchmark reward` on a stock `LlamaForSequenceClassification` (text-only pairs): the record's rewards are the
+    model's scores at each sequence's last token, whatever the batch (padding) around it."""
+    from transformers import LlamaForSequenceClassification
+
+    tester = tiny_models()
+    config = tiny_text_config(vocab_size=len(tester.tokenizer))
+    config.pad_token_id, config.num_labels = tester.tokenizer.pad_token_id, 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tester.get_llava_processor().save_pretrained(tmp_path / "rm")
+    rows = [{"id": f"t{i}", "prompt": "Say hi" + "!" * i, "chosen": "hi", "rejected": "hello there " * (i + 1)}
+            for i in range(3)]  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    runs = {}
+    for batch_size in (1, 3):
+        argv = ["eval", "--benchmark", "reward", "--model", str(tmp_path / "rm"), "--data", str(data),
+                "--output_dir", str(tmp_path / f"out{batch_size}"), "--batch_size", str(batch_size)]  # fmt: skip
+        assert cli_main(argv) == 0
+        runs[batch_size] = read_predictions(tmp_path / f"out{batch_size}" / "reward" / "predictions.jsonl")
+    for alone, batched in zip(runs[1], runs[3]):
+        assert batched["chosen_reward"] == pytest.approx(alone["chosen_reward"], abs=1e-5)
+        assert batched["rejected_reward"] == pytest.approx(alone["rejected_reward"], abs=1e-5)
+        # No media to withhold: the blind score is the same.
+        assert batched["blind_chosen_reward"] == pytest.approx(alone["chosen_reward"], abs=1e-5)
+    assert len({r["chosen_reward"] for r in runs[1]}) == 3  # the prompts differ, so do the scores
+    scores = json.loads((tmp_path / "out3" / "reward" / "scores.json").read_text())["scores"]
+    assert scores["accuracy"] == sum(r["chosen_reward"] > r["rejected_reward"] for r in runs[3]) / 3
