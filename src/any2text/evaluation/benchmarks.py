@@ -35,6 +35,8 @@ from ..data.templates import (
     mmbench_choices,
 )
 from .metrics import load_metric
+from .predictors import Generate, ScorePairs, pair_scores
+from .preference import load_policy, load_reward_model, logp_scorer, reward_scorer
 
 logger = logging.get_logger(__name__)
 
@@ -131,7 +133,7 @@ class Benchmark:
     template: str
     metric: str | MetricFn
     primary_score: str | tuple[str, ...]
-    predict: Predictor = None  # type: ignore[assignment]  # `Generate()`, set in __post_init__
+    predict: Predictor = field(default_factory=Generate)
     default_data: str | None = None
     default_split: str = "train"
     default_subset: str | None = None
@@ -145,10 +147,6 @@ class Benchmark:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        if self.predict is None:
-            from .predictors import Generate
-
-            object.__setattr__(self, "predict", Generate())
         if not isinstance(self.predict, Predictor):
             raise TypeError(
                 f"Benchmark `{self.name}`: `predict` must be a `Predictor` (`build_item`, `load`, `options`, "
@@ -324,8 +322,9 @@ def register_benchmark(
         raise ValueError(
             f"A benchmark named `{name}` is already registered; pick another name or pass `replace=True`."
         )
-    benchmark = Benchmark(name=name, template=template, metric=metric, primary_score=primary_score, predict=predict,
-                          **fields)  # fmt: skip
+    if predict is not None:
+        fields["predict"] = predict
+    benchmark = Benchmark(name=name, template=template, metric=metric, primary_score=primary_score, **fields)
     BENCHMARKS[name] = benchmark
     return benchmark
 
@@ -472,8 +471,6 @@ register_benchmark(
 
 
 # Scoring benchmarks: held-out preference pairs in any preference template (`--template`, default TRL's format).
-from .predictors import ScorePairs, pair_scores  # noqa: E402  (a predictor module that builds `EvalItem`s)
-from .preference import load_policy, load_reward_model, logp_scorer, reward_scorer  # noqa: E402
 
 register_benchmark(
     "preference",

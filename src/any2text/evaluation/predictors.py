@@ -43,9 +43,9 @@ class Generate:
     run_keys: tuple[str, ...] = ("prompt_suffix", "max_new_tokens")
 
     def check(self, benchmark: Benchmark, template: str) -> None:
-        from ..data.templates import get_template
+        from .rows import is_prompt_template
 
-        if get_template(template).prompt_fn is None:
+        if not is_prompt_template(template):
             raise ValueError(
                 f"Template `{template}` makes whole conversations, not a question to answer; benchmark "
                 f"`{benchmark.name}` generates from a one-turn template (`register_prompt_template`)."
@@ -54,12 +54,12 @@ class Generate:
     def build_item(
         self, benchmark: Benchmark, row: dict[str, Any], row_index: int, template: str, prompt_suffix: str | None
     ) -> EvalItem:
-        from ..data.templates import get_template
         from .benchmarks import EvalItem
+        from .rows import prompt_text
 
         suffix = next((s for s in (prompt_suffix, benchmark.prompt_suffix) if s is not None), None)
         try:
-            text = get_template(template).prompt(row, suffix)
+            text = prompt_text(template, row, suffix)
             references, meta = benchmark.references(row, row_index) if benchmark.references else ([], {})
         except (KeyError, TypeError, ValueError, SyntaxError) as err:
             raise ValueError(f"Benchmark `{benchmark.name}`: cannot read row {row_index}: {err!r}.") from err

@@ -1,4 +1,4 @@
-"""Evaluation rows come from the training loader: the one place `any2text.evaluation` reads `any2text.data`.
+"""Evaluation rows come from the training loader: the one place the runner and predictors use `any2text.data`.
 
 `load_rows` reads `--data` with `load_spec` (so a benchmark reads exactly what training reads: Hub ids, dataset
 folders, `save_to_disk` folders, `.json` / `.jsonl` / `.parquet` / `.csv` / `.arrow` files, media left undecoded),
@@ -94,6 +94,16 @@ def _resolve_part(part: dict[str, Any], media_root: str | None, allow_outside_ro
     return {**part, kind: ref}
 
 
+def is_prompt_template(template: str) -> bool:
+    """Whether `template` is a one-turn template with a question to answer (`register_prompt_template`)."""
+    return get_template(template).prompt_fn is not None
+
+
+def prompt_text(template: str, row: dict[str, Any], suffix: str | None) -> str:
+    """The question `template` asks of `row`, with `suffix` as the instruction (`None`: the template's)."""
+    return get_template(template).prompt(row, suffix)
+
+
 def is_pair_template(template: str) -> bool:
     """Whether `template` makes preference pairs (prompt, chosen, rejected)."""
     from ..data.preference import is_preference_template
@@ -111,4 +121,14 @@ def row_pair(template: str, row: dict[str, Any]) -> Any:
     return pair
 
 
-__all__ = ["ROWS_TEMPLATE", "Rows", "bad_row_reason", "is_pair_template", "load_rows", "resolve_media", "row_pair"]
+__all__ = [
+    "ROWS_TEMPLATE",
+    "Rows",
+    "bad_row_reason",
+    "is_pair_template",
+    "is_prompt_template",
+    "load_rows",
+    "prompt_text",
+    "resolve_media",
+    "row_pair",
+]
