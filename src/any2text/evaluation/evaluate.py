@@ -160,6 +160,11 @@ def load_benchmark_rows(benchmark: Benchmark, args: EvalArguments) -> Rows:
     return rows
 
 
+def load_eval_dataset(data: str, split: str | None = None, subset: str | None = None) -> datasets.Dataset:
+    """`data` (Hub id, folder, or one file) as the runner reads it: the training loader, media left undecoded."""
+    return load_rows(data, split, split or "train", subset, None, None).dataset
+
+
 def item_ids(benchmark: Benchmark, dataset: datasets.Dataset) -> list[str]:
     """Stable ids of every row, read without decoding any media; raises on duplicates (resume needs unique ids)."""
     columns = [c for c in benchmark.id_columns if c in dataset.column_names]
