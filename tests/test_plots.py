@@ -76,8 +76,14 @@ def test_a_plotting_error_is_logged_and_training_goes_on(tmp_path, caplog):
 
 
 def test_sft_run_writes_the_curves_and_its_card_links_them(stage1_output):
+    from any2text.training.model_card import _previous_card
+
     assert (stage1_output.path / CURVES_FILE).is_file()
-    assert f"]({CURVES_FILE})" in (stage1_output.path / "README.md").read_text()
+    card = (stage1_output.path / "README.md").read_text()
+    assert card.count(f"]({CURVES_FILE})") == 1
+    # The next stage keeps this card below its own, without the link (it would show the next stage's image).
+    kept = "\n".join(_previous_card(str(stage1_output.path)))
+    assert "## What trained" in kept and CURVES_FILE not in kept
 
 
 class _Snapshots(TrainerCallback):

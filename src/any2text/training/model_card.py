@@ -16,7 +16,9 @@ def _previous_card(model_name_or_path: str) -> list[str]:
     if not path.is_file():
         return []
     text = ModelCard(path.read_text()).text
-    body = [f"#{line}" if line.startswith("#") else line for line in text.strip().splitlines()]
+    # Its curves image is a file of that folder, not of this one: the link would show this stage's curves.
+    lines = [line for line in text.strip().splitlines() if f"]({CURVES_FILE})" not in line]
+    body = [f"#{line}" if line.startswith("#") else line for line in lines]
     return ["## Starting checkpoint", "", *body, ""]
 
 
