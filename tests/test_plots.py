@@ -42,13 +42,13 @@ def test_panels_group_the_stages_own_metrics_and_leave_out_run_summaries():
     loss = panels[0].series
     assert loss["loss"] == [(1.0, 0.69), (2.0, 0.52)] and loss["eval_loss"] == [(2.0, 0.55)]
 
-    # A reward model's and GRPO's own keys (TRL's names); a non-finite value or a flag is not a point.
+    # A reward model's and GRPO's own keys (TRL's names); a non-finite value, a flag or a counter is not a point.
     reward_model = [{"loss": 0.7, "accuracy": 0.5, "margin": 0.1, "step": 1}, {"eval_accuracy": 0.6, "step": 1}]
     assert _series(curve_panels(reward_model)) == {
         "loss": ["loss"], "accuracy": ["accuracy", "eval_accuracy"], "margin": ["margin"],
     }  # fmt: skip
     grpo = [{"loss": 0.0, "reward": 0.2, "reward_std": 0.1, "kl": float("nan"), "completions/mean_length": 7.0,
-             "skipped": True, "step": 1}]  # fmt: skip
+             "num_tokens": 96.0, "skipped": True, "step": 1}]  # fmt: skip
     assert _series(curve_panels(grpo)) == {
         "loss": ["loss"], "reward": ["reward", "reward_std"], "completions": ["completions/mean_length"],
     }  # fmt: skip

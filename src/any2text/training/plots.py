@@ -34,7 +34,7 @@ logger = logging.get_logger(__name__)
 CURVES_FILE = "training_curves.png"
 
 # Log keys that describe the run rather than the training curve (the stock Trainer's summaries, and the x axis).
-_NOT_CURVES = frozenset({"step", "epoch", "total_flos", "train_loss", "num_input_tokens_seen"})
+_NOT_CURVES = frozenset({"step", "epoch", "total_flos", "train_loss", "num_input_tokens_seen", "num_tokens"})
 _NOT_CURVES_SUFFIXES = ("_runtime", "_per_second")
 _FIXED_PANELS = {"loss": "loss", "learning_rate": "learning rate", "grad_norm": "gradient norm"}
 
