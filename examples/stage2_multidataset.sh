@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The seed's multi-dataset stage 2: LLaVA-Instruct-150K + A-OKVQA + VQAv2, one template per dataset (Hub access
 # needed; the image paths of LLaVA-Instruct resolve against MEDIA_ROOT, the COCO images folder).
-# HuggingFaceM4/VQAv2 is a loading script, which datasets>=4 no longer runs: point its entry at a local parquet
-# export with the VQAv2 columns (question, multiple_choice_answer, image) instead.
+# HuggingFaceM4/VQAv2 is a loading script, which datasets>=4 no longer runs: it is read from the Hub's parquet
+# conversion of it (revision refs/convert/parquet, logged), which holds the first 5 GB of each split (partial-train
+# when cut). For the whole split, point its entry at a local parquet export with the VQAv2 columns (question,
+# multiple_choice_answer, image) instead.
 #
 #   MODEL=output/llama3-vision-stage1 MEDIA_ROOT=data/coco/train2017 bash examples/stage2_multidataset.sh
 set -euo pipefail

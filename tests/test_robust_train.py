@@ -278,7 +278,8 @@ def test_nan_run_exits_non_zero_and_saves_nothing_non_finite(workdir, tmp_path):
     assert "NonFiniteError: Training stopped at step 2 on a non-finite loss" in output, output[-3000:]
     data = str(workdir / "data" / "data.json")
     assert f"row 2 of dataset `{data}` [train] (id `2`), row 3 of dataset `{data}` [train] (id `3`)" in output
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]  # no step-2 checkpoint, no final model
+    # No step-2 checkpoint, no final model (the curves are drawn at each save).
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "training_curves.png"]
     assert non_finite_files(out) == []
     assert (out / "checkpoint-1" / "model.safetensors").is_file()
 
@@ -312,7 +313,7 @@ def test_non_finite_loss_names_the_step_and_rows(workdir, tmp_path):
         str(error.value)
     )
     assert "--skip_nonfinite_steps True" in str(error.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "training_curves.png"]
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from transformers import ClapFeatureExtractor, CLIPImageProcessor
+from transformers import ClapFeatureExtractor
 from transformers.utils import logging
 
 from ..models.llama_vision_audio import (
@@ -15,6 +15,7 @@ from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
 from .checkpoint import BuildRecord, write_outputs
 from .components import AUDIO_TOKEN, IMAGE_TOKEN, assemble, load_parts
+from .image_processors import clip_image_processor_class
 
 logger = logging.get_logger(__name__)
 
@@ -84,7 +85,7 @@ def build_llama_vision_audio(
     model = assemble(LlamaVisionAudioForConditionalGeneration, config, parts, projectors)
     processor = LlamaVisionAudioProcessor(
         # The processor always carries both media processors; a missing encoder gets a default (never used).
-        image_processor=parts.media_processors.get("vision", CLIPImageProcessor()),
+        image_processor=parts.media_processors.get("vision", clip_image_processor_class()()),
         feature_extractor=parts.media_processors.get("audio", ClapFeatureExtractor()),
         tokenizer=parts.tokenizer,
         chat_template=DEFAULT_CHAT_TEMPLATE,

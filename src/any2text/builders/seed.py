@@ -25,13 +25,13 @@ from transformers import (
     AutoConfig,
     AutoTokenizer,
     ClapFeatureExtractor,
-    CLIPImageProcessor,
     HfArgumentParser,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedModel,
     ProcessorMixin,
 )
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import logging
 
 from ..cli import setup_logging
@@ -42,6 +42,7 @@ from ..models.llama_vision_audio import (
 )
 from .checkpoint import BuildRecord, save_checkpoint, token_table
 from .components import AUDIO_TOKEN, IMAGE_TOKEN, PAD_TOKEN, check_image_processor
+from .image_processors import clip_image_processor_class
 
 logger = logging.get_logger(__name__)
 
@@ -117,9 +118,9 @@ def _tokenizer(src: Path):
     return tokenizer
 
 
-def _clip_image_processor(image_size: int) -> CLIPImageProcessor:
+def _clip_image_processor(image_size: int) -> BaseImageProcessor:
     # What openai/clip-vit-large-patch14-336 ships (CLIP's defaults at the tower's size); the seed hard-coded it too.
-    return CLIPImageProcessor(
+    return clip_image_processor_class()(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
 
@@ -167,7 +168,7 @@ def load_seed_checkpoint(src: str | Path) -> tuple[PreTrainedModel, ProcessorMix
         config.pad_token_id = config.text_config.pad_token_id = tokenizer.pad_token_id
         model = _load(LlavaForConditionalGeneration, src, config, None)
         vision_config = config.vision_config
-        image_processor = CLIPImageProcessor.from_pretrained(src)
+        image_processor = clip_image_processor_class().from_pretrained(src)
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,

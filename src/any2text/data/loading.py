@@ -25,6 +25,7 @@ from transformers.utils import logging
 
 from .bad_rows import DEFAULT_MAX_BAD_ROWS, BadRowError, BadRowLog
 from .media import load_audio, load_image, resolve_path
+from .script_datasets import load_hub_dataset
 from .templates import Message, Template, check_conversation, get_template, row_id
 
 logger = logging.get_logger(__name__)
@@ -381,8 +382,9 @@ def _load_raw(spec: DatasetSpec) -> datasets.Dataset:
                 )
             loaded = loaded[spec.split]
         return loaded
-    # A folder of raw files or a Hub id: let `datasets` resolve it (Hub ids need network access).
-    return datasets.load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=spec.split)
+    # A folder of raw files or a Hub id: let `datasets` resolve it (Hub ids need network access; a loading script is
+    # read from its parquet conversion).
+    return load_hub_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=spec.split)
 
 
 def load_spec(spec: DatasetSpec, seed: int = 42) -> datasets.Dataset:

@@ -7,6 +7,7 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..builders.checkpoint import card_front_matter
 from .arguments import DataArguments, LoraArguments, ModelArguments
+from .plots import CURVES_FILE
 
 
 def _previous_card(model_name_or_path: str) -> list[str]:
@@ -15,7 +16,9 @@ def _previous_card(model_name_or_path: str) -> list[str]:
     if not path.is_file():
         return []
     text = ModelCard(path.read_text()).text
-    body = [f"#{line}" if line.startswith("#") else line for line in text.strip().splitlines()]
+    # Its curves image is a file of that folder, not of this one: the link would show this stage's curves.
+    lines = [line for line in text.strip().splitlines() if f"]({CURVES_FILE})" not in line]
+    body = [f"#{line}" if line.startswith("#") else line for line in lines]
     return ["## Starting checkpoint", "", *body, ""]
 
 
@@ -78,4 +81,6 @@ def training_card(
     if summary:
         lines.append(f"- {summary.get('step', '?')} steps in {summary['train_runtime']:.0f} s")
     lines += ["", "The full loss history is in `trainer_state.json`.", ""]
+    if (Path(training_args.output_dir) / CURVES_FILE).is_file():
+        lines += [f"![Training curves: loss, learning rate, gradient norm and the stage's metrics]({CURVES_FILE})", ""]
     return front_matter + "\n".join(lines + _previous_card(model_args.model_name_or_path))

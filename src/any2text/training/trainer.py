@@ -29,6 +29,7 @@ from .nonfinite import (
     gradients_are_finite,
     non_finite_parameters,
 )
+from .plots import TrainingCurvesCallback
 
 logger = logging.get_logger(__name__)
 
@@ -113,6 +114,7 @@ class MultimodalTrainer(Trainer):
         self._trainable: list[torch.nn.Parameter] | None = None  # listed once per `train()`, checked every step
         self.add_callback(_NonFiniteGuard(self))
         self.add_callback(CheckpointManifestCallback())
+        self.add_callback(TrainingCurvesCallback())  # output_dir/training_curves.png at each save and at the end
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
