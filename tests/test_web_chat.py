@@ -2,10 +2,12 @@
 drive apps): text, image and audio turns stream, and the last output equals `any2text.inference`'s greedy answer; bad
 media are answered in the chat."""
 
+import socket
 from pathlib import Path
 
 import pytest
 
+from any2text.evaluation import chat
 from any2text.inference import load_inference_model
 from test_chat import MAX_NEW_TOKENS, greedy, user, write_chat_media
 
@@ -124,3 +126,13 @@ def test_page_history_format_is_read_with_its_media(tiny_checkpoint, media):
     assert from_page == web.conversation({"text": "Sure?", "files": []}, api)
     assert [m["role"] for m in from_page] == ["user", "assistant", "user"]
     assert from_page[0]["content"][0]["type"] == "image" and from_page[0]["content"][0]["image"].size == (20, 20)
+
+
+def test_taken_port_is_one_clear_line(tiny_checkpoint, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert chat.main(["--model", str(tiny_checkpoint), "--web", "--port", str(port), "--device", "cpu"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' progress bar
+    assert last.startswith(f"any2text chat: cannot serve on 127.0.0.1:{port} (") and last.endswith("another --port.")

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "eval_main",
         "score a checkpoint on a benchmark (or on preference pairs)",
     ),
-    "chat": ("any2text.evaluation.chat", "main", "chat with a checkpoint about an image and/or audio clip"),
+    "chat": ("any2text.evaluation.chat", "main", "chat about images and audio clips (terminal, or a web page: --web)"),
     "demo-data": ("any2text.demo.synthetic", "main", "write the synthetic image/audio question dataset"),
     "demo": ("any2text.demo", "main", "the whole recipe on tiny models, offline, in minutes"),
 }

@@ -172,10 +172,16 @@ def _serve(args: ChatArguments) -> int:
         print(f"any2text chat: {error}", file=sys.stderr)
         return 2
     model, processor = load_inference_model(args.model, dtype=args.dtype, device=args.device)
-    launch_web_chat(
-        model, processor, host=args.host, port=args.port, share=args.share, analytics_enabled=args.analytics_enabled,
-        title=f"any2text chat: {args.model}",
-    )  # fmt: skip
+    try:
+        launch_web_chat(
+            model, processor, host=args.host, port=args.port, share=args.share,
+            analytics_enabled=args.analytics_enabled, title=f"any2text chat: {args.model}",
+        )  # fmt: skip
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        print(
+            f"any2text chat: cannot serve on {args.host}:{args.port} ({error}); pass another --port.", file=sys.stderr
+        )
+        return 2
     return 0
 
 
