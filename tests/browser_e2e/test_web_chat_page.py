@@ -3,11 +3,12 @@
 
 The page serves the demo's trained tiny model (`any2text demo --dpo_pairs 0`, trained once into
 build/web-chat-demo and reused), started with the real command line. The test uploads one of the demo's pictures,
-asks its colour, waits for the streamed answer, asks a follow-up about the same picture, checks both answers against
+asks its colour, waits for the streamed answer, asks where the shape is (the picture is in the history), checks both answers against
 `any2text.inference`'s greedy generation, and saves the screenshot the README shows (docs/web_chat.png).
 """
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,8 +21,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from any2text.demo.synthetic import make_image
 from any2text.inference import generate_batch, load_inference_model
-from conftest import REPO, _free_port
 
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # integrations.md: a quiet headless Chromium that talks to nothing but the page.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -30,6 +31,12 @@ DEMO = REPO / "build" / "web-chat-demo"
 SCREENSHOT = REPO / "docs" / "web_chat.png"
 START_TIMEOUT_S = 300  # importing gradio and loading the model; minutes on a busy 2-core machine
 ANSWER_TIMEOUT_MS = 120_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +52,11 @@ def checkpoint() -> Path:
 @pytest.fixture(scope="module")
 def page_url(checkpoint, tmp_path_factory):
     """`any2text chat --model ckpt --web --port P` running; its URL once it answers."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("web_chat") / "server.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "any2text.cli", "chat", "--model", str(checkpoint), "--web", "--port", str(port),
+            [sys.executable, "-m", "any2text.cli", "chat", "--model", os.path.relpath(checkpoint, REPO), "--web", "--port", str(port),
              "--device", "cpu"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -78,7 +85,7 @@ def test_image_question_in_the_browser_streams_the_greedy_answer(checkpoint, pag
     model, processor = load_inference_model(str(checkpoint), device="cpu")
     expected_first = generate_batch(model, processor, [[first]], max_new_tokens=256)[0]
     follow_up = [first, {"role": "assistant", "content": [{"type": "text", "text": expected_first}]},
-                 {"role": "user", "content": [{"type": "text", "text": "Which shape is in the picture?"}]}]  # fmt: skip
+                 {"role": "user", "content": [{"type": "text", "text": "Is the shape on the left or on the right?"}]}]  # fmt: skip
     expected_second = generate_batch(model, processor, [follow_up], max_new_tokens=256)[0]
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
@@ -98,7 +105,7 @@ def test_image_question_in_the_browser_streams_the_greedy_answer(checkpoint, pag
             expect(answers.nth(0)).to_have_text(expected_first, timeout=ANSWER_TIMEOUT_MS)
             expect(page.get_by_test_id("user").first).to_have_attribute("aria-label", "user's message: a component of type image")  # fmt: skip
             expect(textbox).to_be_editable(timeout=ANSWER_TIMEOUT_MS)  # the turn is over
-            textbox.fill("Which shape is in the picture?")
+            textbox.fill("Is the shape on the left or on the right?")
             textbox.press("Enter")
             expect(answers.nth(1)).to_have_text(expected_second, timeout=ANSWER_TIMEOUT_MS)
             expect(textbox).to_be_editable(timeout=ANSWER_TIMEOUT_MS)
