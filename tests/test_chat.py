@@ -75,7 +75,7 @@ def test_terminal_chat_names_the_current_folder_for_a_relative_path(tiny_checkpo
 def test_terminal_chat_refuses_audio_for_an_image_only_model(tiny_llava_checkpoint, media, capsys, no_model_load):
     path = str(media / "beep.wav")
     assert chat.main(["--model", str(tiny_llava_checkpoint), "--audio", path]) == 2
-    assert capsys.readouterr().err == f"any2text chat: This model does not take audio (it takes image); `{path}` was not sent.\n"  # fmt: skip
+    assert capsys.readouterr().err == f"any2text chat: This model does not take audio (it takes images); `{path}` was not sent.\n"  # fmt: skip
 
 
 def test_web_flag_refuses_command_line_media(tiny_checkpoint, media, capsys, no_model_load):

@@ -103,7 +103,7 @@ def test_audio_for_an_image_only_model_is_refused_in_the_chat(tiny_llava_checkpo
     web = WebChat(model, processor)
     assert web.accepted == ("image",)
     replies = list(web.respond({"text": "Hear this?", "files": [str(media / "beep.wav")]}, [], MAX_NEW_TOKENS))
-    assert replies == ["This model does not take audio (it takes image); `beep.wav` was not sent."]
+    assert replies == ["This model does not take audio (it takes images); `beep.wav` was not sent."]
     # An image goes through the same path and streams the greedy answer.
     replies = list(web.respond({"text": "Colour?", "files": [str(media / "orange.png")]}, [], MAX_NEW_TOKENS))
     turn = user({"type": "image", "image": str(media / "orange.png")}, {"type": "text", "text": "Colour?"})

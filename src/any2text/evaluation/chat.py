@@ -23,6 +23,7 @@ from ..inference import DTypeName, decode_media, generate_batch, load_inference_
 
 MEDIA_KINDS = ("image", "audio")
 _FORMATS = {"image": "PNG, JPEG, WebP, GIF or BMP", "audio": "WAV, FLAC, OGG or MP3"}
+_PLURALS = {"image": "images", "audio": "audio"}
 
 
 @dataclass
@@ -59,6 +60,11 @@ def accepted_media(processor: Any, config: Any) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+def describe_media(accepted: tuple[str, ...]) -> str:
+    """`"images and audio"`, `"images"`, ... or `"text only"`: what a checkpoint with `accepted_media` takes."""
+    return " and ".join(_PLURALS[kind] for kind in accepted) or "text only"
+
+
 def media_kind(path: str, name: str | None = None) -> str:
     """`"image"` or `"audio"` from the file's type (its extension), or a `ChatMediaError` naming what it is."""
     name = name or f"`{path}`"
@@ -83,8 +89,9 @@ def load_chat_medium(path: str, kind: str, processor: Any, accepted: tuple[str, 
     """
     name = name or f"`{path}`"
     if kind not in accepted:
-        takes = " and ".join(accepted) if accepted else "text only"
-        raise ChatMediaError(f"This model does not take {kind} (it takes {takes}); {name} was not sent.")
+        raise ChatMediaError(
+            f"This model does not take {kind} (it takes {describe_media(accepted)}); {name} was not sent."
+        )
     if os.path.isdir(path):
         raise ChatMediaError(f"{name} is a folder; pass an {kind} file.")
     if not os.path.exists(path):

@@ -31,7 +31,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from transformers.utils import logging
 
 from ..inference import Conversation, generate_batch
-from .chat import ChatMediaError, accepted_media, load_chat_medium, media_kind
+from .chat import ChatMediaError, accepted_media, describe_media, load_chat_medium, media_kind
 
 logger = logging.get_logger(__name__)
 
@@ -194,7 +194,7 @@ def build_app(
     """The web chat page for `model` (not launched); its streaming endpoint is `/chat`."""
     gr = import_gradio()
     chat = WebChat(model, processor)
-    takes = " and ".join(chat.accepted) if chat.accepted else "text only"
+    takes = describe_media(chat.accepted)
     textbox = gr.MultimodalTextbox(
         # No `file_types`: gradio would refuse other files with a pop-up; `respond` explains them in the chat.
         file_count="multiple",
