@@ -92,3 +92,29 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 
 test-vllm: $(VLLM_VENV)/.installed
 	VLLM_TORCHVISION=$(CURDIR)/$(VLLM_TORCHVISION) $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm_e2e
+
+# --- Web chat in a headless browser (`make test-browser`) -----------------------------------------------------------
+# Debian's chromium (installed with apt when missing; needs root) driven by Playwright for Python from its own venv.
+# Playwright never downloads a browser: its pip package brings only its driver, and the test launches
+# $(CHROMIUM) (`executable_path`). The test trains the demo's tiny model once into build/web-chat-demo (about 3
+# minutes on 2 cores; reused), serves it with `any2text chat --web`, uploads an image, asks, waits for the streamed
+# answers and saves docs/web_chat.png (tests/browser_e2e/).
+BROWSER_VENV ?= build/browser-venv
+BROWSER_PY := $(BROWSER_VENV)/bin/python
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: test-browser
+
+$(CHROMIUM):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+$(BROWSER_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	test -x $(BROWSER_PY) || $(PYTHON) -m venv $(BROWSER_VENV)
+	$(BROWSER_PY) -m pip install -q --upgrade pip
+	$(BROWSER_PY) -m pip install -q torch==2.13.0 -c $(CONSTRAINTS)
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BROWSER_PY) -m pip install -q -c $(CONSTRAINTS) -e ".[web]" pytest playwright
+	touch $@
+
+test-browser: $(BROWSER_VENV)/.installed $(CHROMIUM)
+	CHROMIUM=$(CHROMIUM) $(BROWSER_PY) -m pytest -q -p no:cacheprovider tests/browser_e2e

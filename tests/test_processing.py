@@ -288,16 +288,19 @@ def test_non_finite_audio_is_a_clear_error_naming_the_clip(processor, bad):
         processor(text="<audio> <audio>", audio=[make_tone(), clip], sampling_rate=48000)
 
 
-def test_chat_with_a_nan_wav_fails_naming_the_file(tester, tmp_path):
-    """Issue 10, item 9: `any2text chat --audio nan.wav` printed an empty answer and exited 0."""
+def test_chat_with_a_nan_wav_fails_naming_the_file(tester, tmp_path, capsys):
+    """Issue 10, item 9: `any2text chat --audio nan.wav` printed an empty answer and exited 0. (Issue 21: it now says
+    so in one line, exit code 2, no traceback.)"""
     tester.get_model().save_pretrained(tmp_path)
     tester.get_processor().save_pretrained(tmp_path)
     wav = tmp_path / "nan.wav"
     soundfile.write(wav, np.full(16000, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
     with pytest.raises(ValueError, match=r"nan\.wav` holds 16000 non-finite samples"):
         load_audio(str(wav), 48000)
-    with pytest.raises(ValueError, match=r"nan\.wav` holds 16000 non-finite samples"):
-        chat.main(["--model", str(tmp_path), "--audio", str(wav), "--prompt", "What is it?", "--device", "cpu"])
+    assert (
+        chat.main(["--model", str(tmp_path), "--audio", str(wav), "--prompt", "What is it?", "--device", "cpu"]) == 2
+    )
+    assert "nan.wav` holds 16000 non-finite samples" in capsys.readouterr().err
 
 
 def test_chat_template_multi_turn_with_media(processor):

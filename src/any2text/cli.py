@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dpo": ("any2text.training.dpo", "main", "align (stage 3: DPO on image / audio / mixed preference pairs)"),
     "merge-lora": ("any2text.training.merge", "merge_lora_main", "merge a LoRA stage-2 output into a checkpoint"),
     "eval": ("any2text.evaluation.evaluate", "main", "score a checkpoint on a benchmark (generation or pairs)"),
-    "chat": ("any2text.evaluation.chat", "main", "chat with a checkpoint about an image and/or audio clip"),
+    "chat": ("any2text.evaluation.chat", "main", "chat about images and audio clips (terminal, or a web page: --web)"),
     "demo-data": ("any2text.demo.synthetic", "main", "write the synthetic image/audio question dataset"),
     "demo": ("any2text.demo", "main", "the whole recipe on tiny models, offline, in minutes"),
 }
