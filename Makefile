@@ -119,6 +119,8 @@ $(LMMS_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 	$(LMMS_PY) -c "import torch; assert torch.__version__ == '2.13.0+cpu', f'lmms-eval pulled torch {torch.__version__}'"
 	touch $@
 
-# --basetemp under build/: /tmp/pytest-of-$USER keeps only the last 3 runs of anyone's pytest on this machine.
+# --basetemp under build/: /tmp/pytest-of-$USER keeps only the last 3 runs of anyone's pytest on this machine;
+# HF_HOME too, so lmms-eval's dataset cache stays out of ~/.cache.
 test-lmms-eval: $(LMMS_VENV)/.installed
-	$(LMMS_PY) -m pytest -q -p no:cacheprovider --basetemp=build/lmms-eval-tmp tests/lmms_eval_e2e
+	HF_HOME=$(CURDIR)/build/lmms-eval-hf-home $(LMMS_PY) -m pytest -q -p no:cacheprovider \
+		--basetemp=build/lmms-eval-tmp tests/lmms_eval_e2e

@@ -21,6 +21,7 @@ import soundfile
 from PIL import Image
 
 from any2text.inference import generate_batch, load_inference_model
+from any2text.integrations.lmms_eval.adapter import continuation_logprobs, visuals_conversation
 
 # any2text's VQAv2 and Clotho-AQA prompt (their templates' instruction); the lmms-eval tasks below ask the same.
 INSTRUCTION = "\nAnswer the question using a single word or phrase."
@@ -51,6 +52,14 @@ def doc_to_messages(doc, lmms_eval_specific_kwargs=None):
 
 def image_target(doc):
     return doc["answers"][0]["answer"]
+
+
+def doc_to_visual(doc):
+    return [doc["image"]]
+
+
+def choice_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"] + CHOICE_INSTRUCTION
 '''
 
 TASK_YAML = """
@@ -74,6 +83,28 @@ metric_list:
     higher_is_better: true
     ignore_case: true
     ignore_punctuation: true
+"""
+
+
+# A multiple-choice task: lmms-eval asks `loglikelihood` for " " + each choice after the context (`--force_simple`).
+CHOICE_INSTRUCTION = "\nAnswer with the option's text."
+CHOICES = ["red", "a small dog", "seven"]
+CHOICE_YAML = """
+task: any2text_image_choice
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.choice_text
+doc_to_choice: choices
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
 """
 
 
@@ -151,6 +182,35 @@ def _write_data(path: Path, kind: str, items: list[dict], answers: list[str]) ->
     return labels
 
 
+def _write_choice_data(path: Path, model, processor) -> dict:
+    """Image items with three choices each, and the log-probabilities any2text gives the choices."""
+    items = _items("image")
+    conversations = [
+        visuals_conversation(item["question"] + CHOICE_INSTRUCTION, [Image.open(io.BytesIO(item["image"]["bytes"]))])
+        for item in items
+    ]
+    scored = continuation_logprobs(
+        model,
+        processor,
+        [c for c in conversations for _ in CHOICES],
+        [" " + choice for _ in conversations for choice in CHOICES],
+        batch_size=BATCH_SIZE,
+    )
+    logprobs = [[logprob for logprob, _ in scored[i : i + len(CHOICES)]] for i in range(0, len(scored), len(CHOICES))]
+    rows = [{**item, "choices": CHOICES, "gold": int(np.argmax(row))} for item, row in zip(items, logprobs)]
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "choices": datasets.List(datasets.Value("string")),
+            "gold": datasets.Value("int64"),
+        }
+    )
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return {"logprobs": logprobs, "scored": scored}
+
+
 def _run(command: list[str], cwd: Path, env: dict) -> str:
     proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -166,7 +226,8 @@ def workdir(tmp_path_factory, tiny_checkpoint):
     model, processor = load_inference_model(str(tiny_checkpoint), device="cpu")
     tasks = root / "tasks"
     tasks.mkdir()
-    (tasks / "utils.py").write_text(f"INSTRUCTION = {INSTRUCTION!r}\n" + TASK_UTILS)
+    constants = f"INSTRUCTION = {INSTRUCTION!r}\nCHOICE_INSTRUCTION = {CHOICE_INSTRUCTION!r}\n"
+    (tasks / "utils.py").write_text(constants + TASK_UTILS)
     expected = {}
     for kind, target in (("image", "!function utils.image_target"), ("audio", "answer")):
         items = _items(kind)
@@ -180,6 +241,8 @@ def workdir(tmp_path_factory, tiny_checkpoint):
             max_new_tokens=MAX_NEW_TOKENS[kind],
         )
         (tasks / f"any2text_{kind}_qa.yaml").write_text(textwrap.dedent(yaml))
+    expected["choice"] = _write_choice_data(root / "image_choice.parquet", model, processor)
+    (tasks / "any2text_image_choice.yaml").write_text(CHOICE_YAML.format(data=root / "image_choice.parquet"))
     env = {
         **os.environ,
         "HF_HOME": str(root / "hf_home"),
@@ -259,3 +322,31 @@ def test_lmms_eval_scores_what_any2text_eval_scores(workdir, lmms_eval_run, kind
     assert scores["num_items"] == ITEMS
     assert scores["scores"][score_key] == pytest.approx(hits / ITEMS)
     assert lmms_score == pytest.approx(scores["scores"][score_key])
+
+
+def test_loglikelihood_of_lmms_eval_requests(workdir, monkeypatch):
+    """The simple model (`--force_simple`) scores the requests lmms-eval builds for a multiple-choice task with the
+    log-probabilities any2text computes directly.
+
+    Called through lmms-eval's Python API, not its CLI: lmms-eval 0.7.3's evaluator turns every model response that
+    is not a string into one (`unwrap_generation_output` -> `str((logprob, is_greedy))`), after which its
+    `multiple_choice` scoring fails on any model (`lls, is_greedy = zip(*results)`: too many values to unpack).
+    """
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    root, checkpoint, env, expected = workdir
+    for key in ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(key, env[key])
+    lm = get_model("any2text", force_simple=True).create_from_arg_string(
+        f"pretrained={checkpoint},device=cpu", {"batch_size": BATCH_SIZE}
+    )
+    name = "any2text_image_choice"
+    task = get_task_dict([name], TaskManager(include_path=str(root / "tasks")), "simple")[name]
+    task.build_all_requests()
+    lm.task_dict[name] = task.dataset
+    requests = sorted(task.instances, key=lambda r: (r.doc_id, r.idx))
+    assert [r.args[1] for r in requests[: len(CHOICES)]] == [" " + choice for choice in CHOICES]
+    scored = lm.loglikelihood(requests)
+    assert [logprob for logprob, _ in scored] == pytest.approx(sum(expected["choice"]["logprobs"], []), abs=1e-4)
+    assert [greedy for _, greedy in scored] == [greedy for _, greedy in expected["choice"]["scored"]]

@@ -87,7 +87,10 @@ class Any2Text(lmms):
         """`(log P(continuation | context, visuals), is_greedy)` per request.
 
         lmms-eval builds these requests only for "simple" tasks (`--force_simple`):
-        `(context, continuation or doc_to_target, doc_to_visual, doc_id, task, split)`.
+        `(context, continuation or doc_to_target, doc_to_visual, doc_id, task, split)`. The value is the documented
+        log-probability (summed over the continuation's tokens), not the mean loss some of lmms-eval's own models
+        return and its `multiple_choice` scoring takes the argmin of. In lmms-eval 0.7.3 that scoring fails for
+        every model anyway: its evaluator turns each `(logprob, is_greedy)` response into a string first.
         """
         conversations, continuations = [], []
         for context, target, doc_to_visual, doc_id, task, split in (request.args for request in requests):
