@@ -260,7 +260,7 @@ def lmms_eval_run(workdir):
     root, checkpoint, env, _ = workdir
     output = root / "lmms_eval_out"
     command = [
-        sys.executable, "-m", "lmms_eval",
+        str(Path(sys.executable).parent / "lmms-eval"),  # the command pip installs, as a user types it
         "--model", "any2text",
         "--model_args", f"pretrained={checkpoint},device=cpu",
         "--tasks", "any2text_image_qa,any2text_audio_qa",

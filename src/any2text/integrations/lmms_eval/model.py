@@ -40,6 +40,8 @@ class Any2Text(lmms):
         batch_size: requests per left-padded batch.
         max_new_tokens: the budget of tasks whose `generation_kwargs` set none.
         system_prompt: a system turn put before every conversation (text, or a file holding it).
+
+    One process evaluates every request (no `accelerate launch` data parallelism).
     """
 
     is_simple = False
