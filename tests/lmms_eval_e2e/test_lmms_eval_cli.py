@@ -1,9 +1,11 @@
 """lmms-eval's own CLI runs `--model any2text` offline on local image and audio tasks and scores what `any2text eval`
 scores on the same items, prediction for prediction.
 
-The references are made so that the score means something on an untrained model: half the items are labelled with
-the answer any2text's inference gives (with the image or clip actually seen), half with a wrong one. A runner that
-dropped or garbled a medium (an audio rate lost, an image missing) would answer differently and miss the half.
+The references are made so that the score means something on an untrained model: the even items are labelled with
+the answer any2text's inference gives (with the image or clip actually seen; unless that answer is unusable as a
+label), the others with a wrong one. A runner that dropped or garbled a medium (an audio rate lost, an image
+missing) would answer differently and miss those. A third test gives the plug-in's `loglikelihood` the requests
+lmms-eval builds for a multiple-choice task.
 """
 
 import io
