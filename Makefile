@@ -118,3 +118,35 @@ $(BROWSER_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
 
 test-browser: $(BROWSER_VENV)/.installed $(CHROMIUM)
 	CHROMIUM=$(CHROMIUM) $(BROWSER_PY) -m pytest -q -p no:cacheprovider tests/browser_e2e
+
+# --- lmms-eval end to end (`make test-lmms-eval`) -----------------------------------------------------------------
+# lmms-eval's own CLI runs `--model any2text` (the entry point of any2text[lmms-eval]) offline on local image and
+# audio tasks and must score what `any2text eval` scores on the same items (tests/lmms_eval_e2e/). Its own venv,
+# never .venv: lmms-eval 0.7.3 pulls ~150 packages. Its pins against ours: everything it shares with us is held by
+# the constraints file (torch 2.13.0 CPU first, so nothing pulls a CUDA torch; transformers 5.24 satisfies its
+# >=4.39). Two of its dependencies are then corrected: the PyPI torchvision it requires is CUDA-linked and makes
+# `import transformers` fail on the CPU torch (`torchvision::nms does not exist`); no CPU build of it is on this
+# machine and neither lmms-eval's evaluator nor any2text needs it, so it is removed (pip check then lists
+# lmms-eval's and timm's torchvision requirement; image processors use PIL). lmms-eval's evaluator patches
+# `filelock._api`, which filelock 4 no longer has, so the extra keeps filelock < 4. Wall time here (2 shared
+# cores, 2026-12-07): 7 minutes to build the venv, 1 to 2 minutes for the tests (3 tests, two lmms-eval runs).
+LMMS_PYTHON ?= $(PYTHON)
+LMMS_VENV ?= build/lmms-venv
+LMMS_PY := $(LMMS_VENV)/bin/python
+
+.PHONY: test-lmms-eval
+
+$(LMMS_VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+	test -x $(LMMS_PY) || $(LMMS_PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install -q --upgrade pip
+	$(LMMS_PY) -m pip install -q torch==2.13.0 -c $(CONSTRAINTS)
+	$(LMMS_PY) -m pip install -q -c $(CONSTRAINTS) -e ".[lmms-eval,dev]"
+	$(LMMS_PY) -m pip uninstall -q -y torchvision
+	$(LMMS_PY) -c "import torch; assert torch.__version__ == '2.13.0+cpu', f'lmms-eval pulled torch {torch.__version__}'"
+	touch $@
+
+# --basetemp under build/: /tmp/pytest-of-$USER keeps only the last 3 runs of anyone's pytest on this machine;
+# HF_HOME too, so lmms-eval's dataset cache stays out of ~/.cache.
+test-lmms-eval: $(LMMS_VENV)/.installed
+	HF_HOME=$(CURDIR)/build/lmms-eval-hf-home $(LMMS_PY) -m pytest -q -p no:cacheprovider \
+		--basetemp=build/lmms-eval-tmp tests/lmms_eval_e2e
