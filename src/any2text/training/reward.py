@@ -140,6 +140,8 @@ def answer_end_columns(
         last_real = torch.where(input_ids != pad_token_id, columns, -1).cummax(dim=1).values
     end = last_real[run_row, last]
     end = torch.where(end >= first, end, last)
+    answers = (is_chosen | is_rejected).nonzero().flatten()  # padding runs left out: in order, chosen then rejected
+    run_row, end, is_chosen, is_rejected = run_row[answers], end[answers], is_chosen[answers], is_rejected[answers]
     chosen_runs = is_chosen.nonzero().flatten()
     following = (chosen_runs + 1).clamp(max=len(run_row) - 1)
     paired = (chosen_runs + 1 < len(run_row)) & is_rejected[following] & (run_row[following] == run_row[chosen_runs])
@@ -280,7 +282,8 @@ class RewardTrainer(MultimodalTrainer):
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
         self._metrics[mode].clear()
-        super().log({**logs, **metrics}, start_time)
+        logs.update(metrics)  # in place, as TRL does: `evaluate()` returns (and saves) these too
+        super().log(logs, start_time)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
