@@ -236,11 +236,18 @@ def test_python_m_any2text_reward_trains_saves_and_scores(tiny_checkpoint, prefe
     assert "## Reward model" in (out / "README.md").read_text()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]  # fmt: skip
-    inputs = processor(text=processor.apply_chat_template(messages), images=[Image.open(preference_data / "red.png")],
+    image = Image.open(preference_data / "red.png").convert("RGB")
+    inputs = processor(text=processor.apply_chat_template(messages), images=[image], add_special_tokens=False,
                        return_tensors="pt")  # fmt: skip
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape == (1, 1) and torch.isfinite(logits).all()
+    # ... and it is the reward the stage trained: that answer as the chosen one of an AA_TI2T pair.
+    pair = get_template("AA_TI2T")({"question": "What colour?", "image": image, "response_1": "red",
+                                    "response_2": "blue", "overall_response": 1})  # fmt: skip
+    with torch.no_grad():
+        chosen, _ = pair_rewards(model, RewardCollator(processor)([{"messages": pair, "index": 0}]))
+    torch.testing.assert_close(chosen, logits[:, 0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -261,6 +268,9 @@ def test_lora_reward_model_trains_the_head_and_saves_it_beside_the_adapter(
     assert not any(p.requires_grad for name, p in named.items() if "tower" in name)
     if flag:
         assert len(trainer.train_dataset) < 8  # pairs share packed rows
+    # The TRL-Preference rows' `margin` column reaches the batches, one value per pair (0 for the other templates).
+    margins = [m for batch in trainer.get_train_dataloader() for m in batch["margin"].tolist()]
+    assert len(margins) == 8 and sorted(m for m in margins if m) == [0.5, 1.0]
     score_before = trainer.model.get_base_model().score.weight.detach().clone()
     trainer.train()
     trainer.save_model()
