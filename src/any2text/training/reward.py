@@ -149,17 +149,22 @@ def answer_end_columns(
     return run_row[chosen_runs], end[chosen_runs], end[rejected_runs]
 
 
-def pair_rewards(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_rewards(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], pad_token_id: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards `(pairs,)` of the chosen and rejected answers of a `PreferenceCollator` batch, from one forward.
 
     Reads `input_ids`, `attention_mask` (4D pair mask), `position_ids`, the media keys and `pair_mask`.
+    `pad_token_id`: the model's (`config.get_text_config().pad_token_id`, read from `model` when not given; a
+    DeepSpeed engine hides it, so the trainer passes it).
     """
     inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
     outputs = model(
         **inputs, attention_mask=_attention_mask(model, batch["attention_mask"]), logits_to_keep=0, use_cache=False
     )
     scores = outputs.logits[..., 0]
-    pad_token_id = _config_of(model).get_text_config().pad_token_id
+    if pad_token_id is None:
+        pad_token_id = _config_of(model).get_text_config().pad_token_id
     rows, chosen, rejected = answer_end_columns(batch["input_ids"], batch["position_ids"], pad_token_id)
     if len(rows) != len(batch["pair_mask"]):
         raise ValueError(
@@ -253,11 +258,13 @@ class RewardTrainer(MultimodalTrainer):
         super().__init__(*args, **kwargs)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.model_accepts_loss_kwargs = False  # a mean over pairs: the Trainer divides by accumulation steps
+        # Read now: once DeepSpeed wraps the model, `model.config` is DeepSpeed's own.
+        self.pad_token_id = _config_of(self.model).get_text_config().pad_token_id
         if getattr(self.args, "disable_dropout", True):
             disable_dropout(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        chosen, rejected = pair_rewards(model, inputs)
+        chosen, rejected = pair_rewards(model, inputs, self.pad_token_id)
         keep = inputs["pair_mask"]
         chosen, rejected = chosen[keep], rejected[keep]
         margin = inputs["margin"][keep] if "margin" in inputs else None
