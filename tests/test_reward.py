@@ -287,3 +287,27 @@ def test_lora_reward_model_trains_the_head_and_saves_it_beside_the_adapter(
         reloaded = PeftModel.from_pretrained(load_reward_model(str(tiny_checkpoint)), tmp_path / "out").eval()
         got = pair_rewards(reloaded, batch)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.slow
+def test_reward_model_trains_from_a_stock_llava_checkpoint(tiny_llava_checkpoint, preference_data, tmp_path):
+    from any2text.training.reward import build_reward_trainer
+
+    out = tmp_path / "rm"
+    files = ("ti2t.json", "rlaif.json", "trl.json")  # image and text pairs: Llava has no audio encoder
+    args = _reward_args(tiny_llava_checkpoint, preference_data, out, "--max_steps", "1", "--save_strategy", "no")
+    args[args.index("--train_datasets") + 1] = ",".join(str(preference_data / f) for f in files)
+    args[args.index("--train_template") + 1] = "AA_TI2T,RLAIF-V,TRL-Preference"
+    trainer = build_reward_trainer(*parse_args(args))
+    trainer.train()
+    trainer.save_model()
+    # Saved under LlamaVisionAudio's own names (not Llava's), so the stock Auto class loads every weight.
+    model, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    model.eval()
+    assert model.config.audio_config is None and model.config.vision_config is not None
+    batch = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader())))
+    batch.pop("row_ids", None)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pair_rewards(model, batch), pair_rewards(trainer.model, batch))

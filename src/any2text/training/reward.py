@@ -234,6 +234,10 @@ def load_reward_model(
         model, info = LlamaVisionAudioForSequenceClassification.from_pretrained(
             model_name_or_path, output_loading_info=True, **kwargs
         )
+        # transformers keeps a user's `key_mapping` to save the weights back under the checkpoint's (Llava's) names;
+        # this is a LlamaVisionAudio model now and must save under its own. No public switch: the record is the one
+        # `keep_saved_keys_after_zero3_load` drops too.
+        model._weight_conversions = None
     else:
         model, info = AutoModelForSequenceClassification.from_pretrained(
             model_name_or_path, num_labels=num_labels, output_loading_info=True, **kwargs
