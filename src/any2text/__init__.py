@@ -6,6 +6,7 @@ Importing the package registers `LlamaVisionAudio*` with transformers' Auto clas
 from .models.llama_vision_audio import (
     LlamaVisionAudioConfig,
     LlamaVisionAudioForConditionalGeneration,
+    LlamaVisionAudioForSequenceClassification,
     LlamaVisionAudioModel,
     LlamaVisionAudioPreTrainedModel,
     LlamaVisionAudioProcessor,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LlamaVisionAudioConfig",
     "LlamaVisionAudioForConditionalGeneration",
+    "LlamaVisionAudioForSequenceClassification",
     "LlamaVisionAudioModel",
     "LlamaVisionAudioPreTrainedModel",
     "LlamaVisionAudioProcessor",

@@ -4,6 +4,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
+    AutoModelForSequenceClassification,
     AutoProcessor,
 )
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -12,6 +13,7 @@ from transformers.utils import logging
 from .models.llama_vision_audio import (
     LlamaVisionAudioConfig,
     LlamaVisionAudioForConditionalGeneration,
+    LlamaVisionAudioForSequenceClassification,
     LlamaVisionAudioModel,
     LlamaVisionAudioProcessor,
 )
@@ -23,6 +25,7 @@ def _auto_model_classes() -> list:
     classes = [
         (AutoModel, LlamaVisionAudioModel),
         (AutoModelForImageTextToText, LlamaVisionAudioForConditionalGeneration),
+        (AutoModelForSequenceClassification, LlamaVisionAudioForSequenceClassification),
     ]
     # The any-to-text auto class (Gemma3n, Qwen-Omni live there), where the pinned transformers has it.
     try:

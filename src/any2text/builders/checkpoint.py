@@ -14,6 +14,7 @@ from transformers.utils import logging
 from ..models.llama_vision_audio import (
     LlamaVisionAudioConfig,
     LlamaVisionAudioForConditionalGeneration,
+    LlamaVisionAudioForSequenceClassification,
     LlamaVisionAudioProcessor,
 )
 
@@ -47,6 +48,7 @@ class BuildRecord:
 _AUTO_CLASSES = (
     (LlamaVisionAudioConfig, "AutoConfig"),
     (LlamaVisionAudioForConditionalGeneration, "AutoModelForImageTextToText"),
+    (LlamaVisionAudioForSequenceClassification, "AutoModelForSequenceClassification"),
     (LlamaVisionAudioProcessor, "AutoProcessor"),
 )
 

@@ -68,6 +68,8 @@ def find_components(model: nn.Module) -> dict[str, Component]:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, nn.Module):
         components["language_model"].modules.append(head)
+    if isinstance(getattr(model, "score", None), nn.Module):  # a reward model's head: new, so always trained
+        components["score"] = Component("score", "score", [model.score])
     return components
 
 
@@ -79,6 +81,7 @@ def frozen_components(model_args: ModelArguments, use_peft: bool = False) -> dic
         "vision_projector": model_args.vision_proj_frozen,
         "audio_projector": model_args.audio_proj_frozen,
         "language_model": model_args.freeze_language_model or use_peft,
+        "score": False,
     }
 
 

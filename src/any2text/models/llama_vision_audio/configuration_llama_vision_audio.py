@@ -36,6 +36,9 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             Activation between the two linear layers of each projector.
         multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
             Whether the projector linear layers have biases.
+        num_labels (`int`, *optional*, defaults to 1):
+            Outputs of [`LlamaVisionAudioForSequenceClassification`]'s `score` head: 1, a reward model's scalar, unless
+            set (or `id2label` given).
 
     The number of tokens one image and one audio clip become is derived from the encoder configs and exposed as
     `image_seq_length` and `audio_seq_length` (576 for CLIP ViT-L/14 at 336 px with `"default"`; 64 for CLAP HTSAT).
@@ -82,6 +85,9 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # The one classifier of this model type is the reward model (TRL's `num_labels=1`), not transformers' 2.
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            kwargs["num_labels"] = 1
         # Only the seed project's (align-anything) config.json carries `audio_feature_select_strategy`; it stays on
         # the config as the mark of that format, whose weights need `any2text convert-seed` (see `is_seed_format`).
         super().__post_init__(**kwargs)
@@ -98,6 +104,34 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             # Serving engines size audio by the encoder's max input length (vLLM reads `max_source_positions`): for
             # CLAP, every clip becomes `audio_seq_length` tokens whatever its length. Derived, so never stale.
             self.audio_config.max_source_positions = self.audio_seq_length
+
+    @classmethod
+    def from_llava_config(cls, llava_config: PreTrainedConfig, **kwargs) -> "LlamaVisionAudioConfig":
+        """The config of a stock `LlavaForConditionalGeneration` checkpoint as an image-only LlamaVisionAudio config.
+
+        The two models have the same modules (Llava's `multi_modal_projector` is our `vision_projector`, see
+        `LLAVA_KEY_MAPPING` in the modeling file) and the same feature rules, so a Llava checkpoint loads into any
+        LlamaVisionAudio class with `from_pretrained(path, config=..., key_mapping=LLAVA_KEY_MAPPING)`. `kwargs`
+        (e.g. `num_labels`) are set on the new config.
+        """
+        if getattr(llava_config, "model_type", None) != "llava":
+            raise ValueError(
+                f"Expected a `LlavaConfig` (model_type `llava`), got model_type "
+                f"`{getattr(llava_config, 'model_type', None)}`."
+            )
+        return cls(
+            text_config=llava_config.text_config,
+            vision_config=llava_config.vision_config,
+            audio_config=None,
+            image_token_id=llava_config.image_token_id,
+            audio_token_id=-1,  # no audio encoder: a sentinel no token has
+            vision_feature_layer=llava_config.vision_feature_layer,
+            vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
+            projector_hidden_act=llava_config.projector_hidden_act,
+            multimodal_projector_bias=llava_config.multimodal_projector_bias,
+            tie_word_embeddings=llava_config.tie_word_embeddings,
+            **kwargs,
+        )
 
     @property
     def is_seed_format(self) -> bool:

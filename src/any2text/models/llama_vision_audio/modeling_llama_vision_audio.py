@@ -11,6 +11,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
     MultimodalBaseModelOutputWithPast,
     MultimodalCausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
 )
 from transformers.models.clap.modeling_clap import ClapAudioModel
 from transformers.utils import can_return_tuple, logging
@@ -18,6 +19,16 @@ from transformers.utils import can_return_tuple, logging
 from .configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS, LlamaVisionAudioConfig
 
 logger = logging.get_logger(__name__)
+
+# A stock Llava checkpoint's weights under our names (`from_pretrained(..., key_mapping=LLAVA_KEY_MAPPING)`, with the
+# config from `LlamaVisionAudioConfig.from_llava_config`). Llava checkpoints are saved in its legacy layout
+# (`language_model.model.*`, `vision_tower.*`, `multi_modal_projector.*`); only the projector's name differs from ours.
+LLAVA_KEY_MAPPING = {
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^language_model\.model\.": "model.language_model.",
+    r"^vision_tower\.": "model.vision_tower.",
+    r"^(model\.)?multi_modal_projector\.": "model.vision_projector.",
+}
 
 
 class LlamaVisionAudioProjector(nn.Module):
@@ -602,8 +613,123 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         return loss_sum / num_items_in_batch
 
 
+class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel):
+    """[`LlamaVisionAudioModel`] with a bias-free `score` head read at the last token that is not padding: a reward
+    model with `num_labels=1` (the config's default), as transformers' `GenericForSequenceClassification` builds one.
+
+    It loads from any LlamaVisionAudio checkpoint (a stage-2 output: `score` is new and initialised) through
+    `AutoModelForSequenceClassification.from_pretrained(path)`, and from a stock Llava checkpoint with
+    `from_pretrained(path, config=LlamaVisionAudioConfig.from_llava_config(llava_config), key_mapping=LLAVA_KEY_MAPPING)`.
+    """
+
+    def __init__(self, config: LlamaVisionAudioConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LlamaVisionAudioModel(config)
+        self.score = nn.Linear(config.text_config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    @property
+    def vision_tower(self) -> nn.Module | None:
+        return self.model.vision_tower
+
+    @property
+    def audio_tower(self) -> nn.Module | None:
+        return self.model.audio_tower
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple | SequenceClassifierOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Targets of transformers' sequence classification loss: regression (MSE) for `num_labels=1`, else
+            cross-entropy (or `config.problem_type`).
+        logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            Return the score of every position instead of the last non-pad token's, `(batch, positions, num_labels)`,
+            as the causal LM head keeps logits: `0` all positions, `n` the last `n`, a 1D tensor those columns. The
+            reward trainer reads two answers of one row this way (see `any2text.training.reward`).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            is_longer=is_longer,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            mm_token_type_ids=mm_token_type_ids,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep is not None:
+            if isinstance(logits_to_keep, int):
+                hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
+            else:
+                hidden_states = hidden_states[:, logits_to_keep]
+            logits = self.score(hidden_states)
+        else:
+            logits = self.score(
+                hidden_states[torch.arange(hidden_states.shape[0]), self._last_non_pad(input_ids, hidden_states)]
+            )
+        loss = None
+        if labels is not None:
+            if logits_to_keep is not None:
+                raise ValueError("`labels` score the last non-pad token; leave `logits_to_keep` unset with `labels`.")
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=getattr(outputs, "cache", None),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _last_non_pad(self, input_ids: torch.LongTensor | None, hidden_states: torch.Tensor) -> torch.Tensor | int:
+        """Column of each row's last token that is not `pad_token_id`: right and left padding alike (transformers'
+        rule); the last column when there is no pad token or only `inputs_embeds`."""
+        pad_token_id = self.config.get_text_config().pad_token_id
+        if pad_token_id is None and hidden_states.shape[0] != 1:
+            raise ValueError("Cannot score a batch of more than one sequence without a `pad_token_id` in the config.")
+        if pad_token_id is None:
+            return -1
+        if input_ids is None:
+            logger.warning_once(
+                f"{type(self).__name__} cannot find padding in `inputs_embeds`: the last column is scored. Pass "
+                "`input_ids` to score the last non-pad token."
+            )
+            return -1
+        non_pad = (input_ids != pad_token_id).to(hidden_states.device, torch.int32)
+        columns = torch.arange(input_ids.shape[-1], device=hidden_states.device, dtype=torch.int32)
+        return (columns * non_pad).argmax(-1)
+
+
 __all__ = [
+    "LLAVA_KEY_MAPPING",
     "LlamaVisionAudioForConditionalGeneration",
+    "LlamaVisionAudioForSequenceClassification",
     "LlamaVisionAudioModel",
     "LlamaVisionAudioPreTrainedModel",
     "LlamaVisionAudioProjector",
