@@ -14,6 +14,7 @@ import PIL.Image
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
 from any2text.cli import main as cli_main
@@ -180,6 +181,47 @@ def test_reward_benchmark_skips_bad_items_resumes_and_overwrites(reward_checkpoi
     records = read_predictions(predictions)
     assert [r["id"] for r in records] == ["trl0", "trl1", "trl2", "trl3"]
     assert not any(key.startswith("blind_") for r in records for key in r)
-    assert set(fresh["scores"]) == {"accuracy", "margin"} and fresh["scores"]["accuracy"] == result["scores"]["accuracy"]
+    assert (
+        set(fresh["scores"]) == {"accuracy", "margin"} and fresh["scores"]["accuracy"] == result["scores"]["accuracy"]
+    )
     for old, new in zip(complete, records):
         assert new["chosen_reward"] == pytest.approx(old["chosen_reward"], abs=1e-4)
+
+
+def test_reward_benchmark_loads_a_lora_reward_adapter(tiny_checkpoint, tmp_path):
+    """`any2text reward --use_peft True` saves an adapter (the `score` head beside it): `--model` takes that folder."""
+    from peft import PeftModel
+
+    from any2text.training.arguments import LoraArguments, ModelArguments
+    from any2text.training.freezing import apply_freezing
+    from any2text.training.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = load_reward_model(str(tiny_checkpoint))
+    model_args = ModelArguments(model_name_or_path=str(tiny_checkpoint), freeze_language_model=False)
+    apply_freezing(model, model_args, use_peft=True)
+    peft_model = apply_lora(model, LoraArguments(use_peft=True), model_args)
+    with torch.no_grad():  # a "trained" adapter: non-zero LoRA updates and a head of its own
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.normal_(std=0.5)
+    adapter = tmp_path / "rm"
+    peft_model.save_pretrained(adapter)
+    AutoProcessor.from_pretrained(tiny_checkpoint).save_pretrained(adapter)
+    assert not (adapter / "model.safetensors").exists() and (adapter / "adapter_config.json").exists()
+    assert any(key.startswith("base_model.model.score.") for key in load_file(adapter / "adapter_model.safetensors"))
+
+    folder = tmp_path / "data"
+    _media(folder)
+    rows, expected = _rows("TRL-Preference")
+    data = folder / "pairs.json"
+    data.write_text(json.dumps(rows))
+    _run(adapter, data, tmp_path / "out", "--score_blind", "False")
+    records = read_predictions(tmp_path / "out" / "reward" / "predictions.jsonl")
+
+    reloaded = PeftModel.from_pretrained(load_reward_model(str(tiny_checkpoint)), adapter).eval()
+    processor = AutoProcessor.from_pretrained(adapter)
+    for record, (question, good, bad, images, audios) in zip(records, expected):
+        for side, answer in (("chosen", good), ("rejected", bad)):
+            by_hand = _hand_reward(reloaded, processor, folder, question, answer, images, audios)
+            assert record[f"{side}_reward"] == pytest.approx(by_hand, rel=1e-4, abs=1e-4), (record["id"], side)
