@@ -1,9 +1,9 @@
 """`any2text eval --benchmark reward` on the multimodal reward model (`LlamaVisionAudioForSequenceClassification`).
 
-Pairs with images and audio in align-anything's `AA_TI2T` / `AA_TA2T` schemas and in TRL's preference format: every
-recorded reward is the stock `AutoModelForSequenceClassification.from_pretrained(rm)(**inputs).logits` of that answer
-(inputs made by hand with the processor), the media-withheld (`blind_`) rewards are those of the text-only prompt, and
-the accuracies are the ones the records give. Then `--skip_bad_items`, resume and `--overwrite` on the same benchmark.
+Pairs with images and audio in align-anything's `AA_TI2T` / `AA_TA2T` schemas, RLAIF-V's and TRL's preference formats:
+every recorded reward is the stock `AutoModelForSequenceClassification.from_pretrained(rm)(**inputs).logits` of that
+answer (inputs made by hand with the processor), the media-withheld (`blind_`) rewards are those of the text-only
+prompt, and the accuracies are the ones the records give. Then `--skip_bad_items`, resume and `--overwrite` on the same benchmark.
 """
 
 import json
@@ -69,6 +69,10 @@ def _rows(template: str) -> tuple[list[dict], list[tuple[str, str, str, list[str
                          "overall_response": choice})  # fmt: skip
             expected.append((question, good, bad, [], [f"snd{i}.wav"]))
         return rows, expected
+    if template == "RLAIF-V":
+        rows = [{"image": f"img{i}.png", "question": f"Colour {i}?", "chosen": good, "rejected": bad}
+                for i, (good, bad) in enumerate(answers)]  # fmt: skip
+        return rows, [(f"Colour {i}?", good, bad, [f"img{i}.png"], []) for i, (good, bad) in enumerate(answers)]
     # TRL-Preference: image, audio, both (image first, then audio), and a text-only row.
     media = [(["img0.png"], []), ([], ["snd1.wav"]), (["img2.png"], ["snd2.wav"]), ([], [])]
     rows, expected = [], []
@@ -105,7 +109,7 @@ def _run(model: Path, data: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "reward" / "scores.json").read_text())
 
 
-@pytest.mark.parametrize("template", ["AA_TI2T", "AA_TA2T", "TRL-Preference"])
+@pytest.mark.parametrize("template", ["AA_TI2T", "AA_TA2T", "RLAIF-V", "TRL-Preference"])
 def test_reward_benchmark_scores_image_and_audio_pairs_as_the_auto_model_does(reward_checkpoint, tmp_path, template):
     folder = tmp_path / "data"
     _media(folder)
