@@ -3,7 +3,8 @@
 Pairs with images and audio in align-anything's `AA_TI2T` / `AA_TA2T` schemas, RLAIF-V's and TRL's preference formats:
 every recorded reward is the stock `AutoModelForSequenceClassification.from_pretrained(rm)(**inputs).logits` of that
 answer (inputs made by hand with the processor), the media-withheld (`blind_`) rewards are those of the text-only
-prompt, and the accuracies are the ones the records give. Then `--skip_bad_items`, resume and `--overwrite` on the same benchmark.
+prompt, and the accuracies are the ones the records give. Then `--skip_bad_items`, resume and `--overwrite` on the
+same benchmark, and a LoRA reward adapter as `--model`.
 """
 
 import json
@@ -181,7 +182,8 @@ def test_reward_benchmark_skips_bad_items_resumes_and_overwrites(reward_checkpoi
     # Another run's settings do not mix into the file; `--overwrite True` starts over.
     with pytest.raises(ValueError, match=r"another run \(`score_blind` True -> False\).*--overwrite True"):
         _run(reward_checkpoint, data, out, "--skip_bad_items", "True", "--score_blind", "False")
-    fresh = _run(reward_checkpoint, data, out, "--skip_bad_items", "True", "--score_blind", "False", "--overwrite", "True")  # fmt: skip
+    fresh = _run(reward_checkpoint, data, out, "--skip_bad_items", "True", "--score_blind", "False",
+                 "--overwrite", "True")  # fmt: skip
     records = read_predictions(predictions)
     assert [r["id"] for r in records] == ["trl0", "trl1", "trl2", "trl3"]
     assert not any(key.startswith("blind_") for r in records for key in r)
