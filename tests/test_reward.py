@@ -102,6 +102,17 @@ def test_reward_config_keeps_trl_names_and_data_flags(tiny_checkpoint, tmp_path)
         parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--center_rewards_coefficient", "-1"])
 
 
+def test_any2text_reward_command(capsys):
+    from any2text.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reward", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--center_rewards_coefficient", "--train_template", "--use_peft", "--packing", "--learning_rate"):
+        assert flag in help_text, flag
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Rewards of one pair row
 
