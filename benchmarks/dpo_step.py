@@ -25,9 +25,10 @@ Variants, each run in its own process, interleaved over `--repeats` rounds (the 
 Both: sigmoid loss, beta 0.1, the same learning rate, `--max_length`, `--batch` pairs a step, sequential sampling
 (the very same pairs in every step of both), `dataloader_num_workers 0` (a step's time includes its collation and
 image processing), `--steps` timed steps after one warm-up step, `--dtype` weights, `--threads` torch threads.
-Reported per variant: mean step time over the timed steps, sequence positions and images a step, and peak memory
-(RSS on CPU, and its growth over the RSS after imports; `torch.cuda.max_memory_allocated` on a GPU); and any2text /
-TRL ratios per round and their median. Writes benchmarks/results/dpo_step.json (`--smoke`: build/dpo_step_smoke.json).
+Reported per variant: mean step time over the timed steps, wall and process CPU time (all threads: on a machine shared
+with other jobs the wall time grows with their load, the CPU time much less), sequence positions and images a step,
+peak memory (RSS on CPU, and its growth over the worker's RSS once torch is imported; `torch.cuda.max_memory_allocated`
+on a GPU), the 1-minute load average around each run; any2text / TRL ratios per round and their median. Writes benchmarks/results/dpo_step.json (`--smoke`: build/dpo_step_smoke.json).
 """
 
 from __future__ import annotations
@@ -91,6 +92,31 @@ class Counting:
         pixels = batch.get("pixel_values")
         self.images.append(0 if pixels is None else int(pixels.shape[0]))
         return batch
+
+
+class CpuClock:
+    """A `TrainerCallback`: process CPU time (all threads) between consecutive step ends, data included.
+
+    On a machine shared with other jobs a step's wall time grows with their load; its CPU time much less so.
+    """
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                clock.last = time.process_time()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                now = time.process_time()
+                clock.times.append(now - clock.last)
+                clock.last = now
+
+        self.times: list[float] = []
+        self.last = 0.0
+        self.callback = _Callback()
 
 
 def _rss_mb() -> float:
@@ -162,8 +188,10 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
     rss_loaded = _rss_mb()  # imports, policy, reference, data
     counting = Counting(trainer.data_collator)
     trainer.data_collator = counting
-    clock = StepClock()
+    clock, cpu = StepClock(), CpuClock()
     trainer.add_callback(clock.callback)
+    trainer.add_callback(cpu.callback)
+    load_before = os.getloadavg()[0]
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -172,6 +200,7 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
     result = {
         "step_s": statistics.mean(clock.times[i] for i in timed),
         "step_s_per_step": [clock.times[i] for i in timed],
+        "step_cpu_s": statistics.mean(cpu.times[i] for i in timed),
         "timed_steps": len(timed),
         "positions_per_step": statistics.mean(counting.positions[i] for i in timed),
         "images_per_step": statistics.mean(counting.images[i] for i in timed),
@@ -181,6 +210,7 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
         "rss_loaded_mb": rss_loaded,
         "threads": torch.get_num_threads(),
         "dtype": str(next(trainer.model.parameters()).dtype),
+        "load_average": [load_before, os.getloadavg()[0]],  # 1-minute load of the machine before / after training
     }
     result["peak_rss_growth_mb"] = result["peak_rss_mb"] - rss_start
     if cuda:
@@ -244,23 +274,26 @@ def main() -> None:
     for variant, results in runs.items():
         summary[variant] = {key: statistics.median(r[key] for r in results)
                             for key, value in results[0].items() if isinstance(value, int | float)}  # fmt: skip
-    print(f"\n| variant | step (s) | positions / step | images / step | {memory} | peak RSS growth (MB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\n| variant | step (s) | step CPU (s) | positions / step | images / step | {memory} | peak RSS growth (MB) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for variant, s in summary.items():
-        print(f"| {variant} | {s['step_s']:.2f} | {s['positions_per_step']:.0f} | {s['images_per_step']:.0f} | "
-              f"{s[memory]:.0f} | {s['peak_rss_growth_mb']:.0f} |")  # fmt: skip
+        print(f"| {variant} | {s['step_s']:.2f} | {s['step_cpu_s']:.2f} | {s['positions_per_step']:.0f} | "
+              f"{s['images_per_step']:.0f} | {s[memory]:.0f} | {s['peak_rss_growth_mb']:.0f} |")  # fmt: skip
     ratios = {}
     if "trl" in runs:
         for variant in (v for v in variants if v != "trl"):
             per_round = {
                 "speed": [t["step_s"] / r["step_s"] for r, t in zip(runs[variant], runs["trl"])],
+                "speed_cpu_time": [t["step_cpu_s"] / r["step_cpu_s"] for r, t in zip(runs[variant], runs["trl"])],
                 "memory": [r[memory] / t[memory] for r, t in zip(runs[variant], runs["trl"])],
                 "rss_growth": [r["peak_rss_growth_mb"] / t["peak_rss_growth_mb"] for r, t in zip(runs[variant], runs["trl"])],
             }  # fmt: skip
             ratios[variant] = {"per_round": per_round, **{k: statistics.median(v) for k, v in per_round.items()}}
-            print(f"{variant} / trl: speed x{ratios[variant]['speed']:.2f} (rounds "
-                  + ", ".join(f"x{x:.2f}" for x in per_round["speed"]) + f"), {memory} x{ratios[variant]['memory']:.2f} "
-                  "(rounds " + ", ".join(f"x{x:.2f}" for x in per_round["memory"]) + ")")  # fmt: skip
+            print(f"{variant} / trl: " + "; ".join(
+                f"{name} x{ratios[variant][name]:.2f} (rounds " + ", ".join(f"x{x:.2f}" for x in values) + ")"
+                for name, values in per_round.items()))  # fmt: skip
     out = {
         "args": {k: v for k, v in vars(args).items() if k not in ("worker", "pairs_file")},
         "pairs_file": pairs.name,
