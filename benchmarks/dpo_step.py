@@ -1,7 +1,7 @@
 """DPO training step: any2text's `DPOTrainer` vs TRL's `DPOTrainer` on the stock Llava, same pairs, batch and steps.
 
     .venv/bin/pip install --no-deps --target build/trl trl     # the peer only; never a project dependency
-    python benchmarks/dpo_step.py [--batch 4] [--steps 4] [--repeats 3] [--max_length 1024]
+    python benchmarks/dpo_step.py [--batch 2] [--steps 3] [--repeats 3] [--max_length 1024]
     python benchmarks/dpo_step.py --smoke                      # tiny LM, one round, seconds: checks the script runs
     python benchmarks/dpo_step.py --device cuda --dtype bfloat16 --lm_layers 16 --lm_hidden 2048   # GPU
 
@@ -225,8 +225,8 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=4, help="pairs a step (both trainers)")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps, after one warm-up step")
+    parser.add_argument("--batch", type=int, default=2, help="pairs a step (both trainers)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps, after one warm-up step")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every variant once")
     parser.add_argument("--max_length", type=int, default=1024, help="both trainers' `max_length`")
     parser.add_argument("--max_answer_words", type=int, default=200, help="answers are cut to this many words")
@@ -269,6 +269,13 @@ def main() -> None:
             runs[variant].append(run_worker(__file__, variant, flags))
             print(f"round {round_}: {variant} ({time.perf_counter() - start:.0f} s): {runs[variant][-1]}", flush=True)
 
+        report(runs, variants, args, pairs, workdir, final=round_ == args.repeats - 1)
+
+
+def report(
+    runs: dict[str, list[dict]], variants: list[str], args: argparse.Namespace, pairs: Path, workdir: Path, final: bool
+) -> None:
+    """Medians over the rounds so far, ratios to TRL; written after every round (a long run can be cut short)."""
     memory = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     summary = {}
     for variant, results in runs.items():
@@ -304,8 +311,9 @@ def main() -> None:
     }
     path = workdir.parent / "dpo_step_smoke.json" if args.smoke else RESULTS / "dpo_step.json"
     path.parent.mkdir(exist_ok=True)
+    out["rounds_done"] = len(next(iter(runs.values())))
     path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {path}" + ("" if final else " (rounds so far)"), flush=True)
 
 
 if __name__ == "__main__":
