@@ -137,6 +137,7 @@ def run_any2text(padding_free: bool, workdir: Path, pairs: Path, args: argparse.
         "--beta", "0.1", "--loss_type", "sigmoid", "--learning_rate", "1e-6", "--logging_steps", "1",
         "--save_strategy", "no", "--use_cpu", str(args.device == "cpu"), "--report_to", "none", "--disable_tqdm", "True",
         "--seed", "0", "--log_level", "error", "--dataloader_num_workers", "0", "--padding_free", str(padding_free),
+        "--bf16", str(args.precision == "bf16"),
     ]  # fmt: skip
     return build_dpo_trainer(*parse_args(flags))
 
@@ -172,6 +173,7 @@ def run_trl(workdir: Path, pairs: Path, args: argparse.Namespace):
         learning_rate=1e-6, logging_steps=1, save_strategy="no", use_cpu=args.device == "cpu", report_to="none",
         disable_tqdm=True, seed=0, dataloader_num_workers=0, log_level="error",
         padding_free=False, precompute_ref_log_probs=False,  # TRL 1.16, vision data: the only supported settings
+        bf16=args.precision == "bf16",  # TRL's configs default to bf16=True; set it explicitly, as for any2text
     )  # fmt: skip
     return DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
 
@@ -210,6 +212,7 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
         "rss_loaded_mb": rss_loaded,
         "threads": torch.get_num_threads(),
         "dtype": str(next(trainer.model.parameters()).dtype),
+        "bf16_autocast": bool(trainer.args.bf16),
         "load_average": [load_before, os.getloadavg()[0]],  # 1-minute load of the machine before / after training
     }
     result["peak_rss_growth_mb"] = result["peak_rss_mb"] - rss_start
@@ -233,6 +236,8 @@ def main() -> None:
     parser.add_argument("--variants", default="any2text,trl", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--device", default="cpu", help="`cpu` or `cuda`")
     parser.add_argument("--dtype", default="float32", help="weights of policy and reference, both trainers")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                        help="both trainers: bf16 mixed precision (`--bf16 True`, TRL's default) or fp32")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny LM, batch 2, 1 timed step, 1 round: seconds")
@@ -259,7 +264,7 @@ def main() -> None:
     flags = [
         "--workdir", str(workdir), "--pairs_file", str(pairs), "--batch", str(args.batch), "--steps", str(args.steps),
         "--max_length", str(args.max_length), "--device", args.device, "--dtype", args.dtype,
-        "--threads", str(args.threads),
+        "--threads", str(args.threads), "--precision", args.precision,
     ]  # fmt: skip
     print(f"{args.batch * (args.steps + 1)} pairs in {pairs}; {args.repeats} rounds of {variants}", flush=True)
     runs: dict[str, list[dict]] = {variant: [] for variant in variants}
