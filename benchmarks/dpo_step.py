@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads in every variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny LM, batch 2, 1 timed step, 1 round: seconds")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/dpo_step.json")
     parser.add_argument("--pairs_file", default=None, help=argparse.SUPPRESS)
     add_setup_arguments(parser)
     args = parser.parse_args()
@@ -312,14 +313,20 @@ def report(
                 for name, values in per_round.items())
                 + f"; speed, best steps x{ratios[variant]['speed_best_step']:.2f}")  # fmt: skip
     out = {
-        "args": {k: v for k, v in vars(args).items() if k not in ("worker", "pairs_file")},
+        "args": {k: v for k, v in vars(args).items() if k not in ("worker", "pairs_file", "output")},
         "pairs_file": pairs.name,
         "load_average": os.getloadavg(),
         "runs": runs,
         "median": summary,
         "ratios_vs_trl": ratios,
     }
-    path = workdir.parent / "dpo_step_smoke.json" if args.smoke else RESULTS / "dpo_step.json"
+    path = (
+        Path(args.output)
+        if args.output
+        else workdir.parent / "dpo_step_smoke.json"
+        if args.smoke
+        else RESULTS / "dpo_step.json"
+    )
     path.parent.mkdir(exist_ok=True)
     out["rounds_done"] = len(next(iter(runs.values())))
     path.write_text(json.dumps(out, indent=1))
