@@ -24,11 +24,14 @@ Variants, each run in its own process, interleaved over `--repeats` rounds (the 
 
 Both: sigmoid loss, beta 0.1, the same learning rate, `--max_length`, `--batch` pairs a step, sequential sampling
 (the very same pairs in every step of both), `dataloader_num_workers 0` (a step's time includes its collation and
-image processing), `--steps` timed steps after one warm-up step, `--dtype` weights, `--threads` torch threads.
+image processing), `--steps` timed steps after one warm-up step, `--dtype` weights, `--precision` (bf16 mixed
+precision by default: TRL's configs default to `bf16=True`, so it is set for both), `--threads` torch threads.
 Reported per variant: mean step time over the timed steps, wall and process CPU time (all threads: on a machine shared
-with other jobs the wall time grows with their load, the CPU time much less), sequence positions and images a step,
-peak memory (RSS on CPU, and its growth over the worker's RSS once torch is imported; `torch.cuda.max_memory_allocated`
-on a GPU), the 1-minute load average around each run; any2text / TRL ratios per round and their median. Writes benchmarks/results/dpo_step.json (`--smoke`: build/dpo_step_smoke.json).
+with other jobs the wall time grows with their load, the CPU time less so, though it counts threads spin-waiting for a
+descheduled one), each timed step's fastest time over the rounds, sequence positions and images a step, peak memory
+(RSS on CPU, and its growth over the worker's RSS once torch is imported; `torch.cuda.max_memory_allocated` on a GPU),
+the 1-minute load average around each run; any2text / TRL ratios per round and their median. Writes
+benchmarks/results/dpo_step.json (`--smoke`: build/dpo_step_smoke.json; or `--output`).
 """
 
 from __future__ import annotations
