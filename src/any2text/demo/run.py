@@ -43,6 +43,8 @@ logger = logging.get_logger(__name__)
 
 # Shape is the hardest question for a random frozen encoder (it needs the layout of many patches): ask it more.
 DEMO_WEIGHTS = {**DEFAULT_WEIGHTS, "image_shape": 2.5}
+AUDIO_SECONDS = 1.0
+FEATURE_LAYERS = {"vision_feature_layer": -2, "audio_feature_layer": -2}
 
 
 def train_stage(
@@ -159,13 +161,15 @@ def _run_demo(
     clock = _Clock()
     logger.warning("[1/7] writing synthetic data")
     meta = generate_demo_data(
-        out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS
+        out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS,
+        audio_seconds=AUDIO_SECONDS,
     )
     clock.lap("data")
     logger.warning("[2/7] saving tiny pretrained parts and building the model with the real builder")
     parts = save_tiny_parts(out / "parts", seed=seed)
     build_llama_vision_audio(
-        parts["language_model"], parts["clip"], parts["clap"], save_path=out / "model", dtype="float32", seed=seed
+        parts["language_model"], parts["clip"], parts["clap"], save_path=out / "model", dtype="float32", seed=seed,
+        **FEATURE_LAYERS,
     )
     clock.lap("build")
 
