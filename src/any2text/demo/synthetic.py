@@ -74,8 +74,6 @@ PITCHES = ("low", "high")
 # Frequency bands (Hz) of the two pitches: far apart on the mel scale, both far from CLAP's mid bin (~2.5 kHz).
 PITCH_BANDS: dict[str, tuple[float, float]] = {"low": (200.0, 400.0), "high": (4000.0, 6000.0)}
 BEEP_COUNTS = ("one", "two", "three")
-BEEP_SECONDS = 0.12
-MIN_GAP_SECONDS = 0.1
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 OPPOSITES: dict[str, str] = {
     "high": "low",
@@ -266,7 +264,7 @@ def make_audio(
         raise ValueError(f"`seconds` must be at least 0.8 so three beeps with gaps fit, got {seconds}.")
     rng = rng if rng is not None else np.random.default_rng(0)
     n = round(seconds * sampling_rate)
-    beep_s, min_gap_s = BEEP_SECONDS, MIN_GAP_SECONDS
+    beep_s, min_gap_s = 0.12, 0.1
     beep = round(beep_s * sampling_rate)
     # Spread the free time randomly over the gaps (each gap keeps at least `min_gap_s` of silence).
     free = seconds - n_beeps * beep_s - (n_beeps + 1) * min_gap_s
