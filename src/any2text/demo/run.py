@@ -152,7 +152,8 @@ def run_demo(
     600 held-out rows). Twice the rows (no medium repeats: every image and clip is new), batches of 32 at twice the
     learning rate (3e-3 diverged) and padding-free batches (each step ~20% cheaper) make beep count and side
     learned; stage 1 only sees a quarter epoch because the language model it trains against is random. The stronger
-    stage-2 model needs 5 DPO epochs (not 3) for the greedy answers to follow the preferred ones.
+    stage-2 model needs 5 DPO epochs (not 3) and `rpo_alpha=2.0` (see `demo.dpo`) for the greedy answers to follow
+    the preferred ones.
     """
     with _torch_threads(num_threads):
         return _run_demo(
