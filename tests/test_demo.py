@@ -10,11 +10,13 @@ from any2text.demo import run_demo
 
 @pytest.mark.slow
 def test_short_demo_learns_to_use_image_and_audio(tmp_path):
-    # Two thirds of the demo's rows. Counting beeps is the slowest skill: at this size (seed 1) 6 epochs of stage 2
-    # left audio at 72-74% against a blind 42-44%, just under the bar below, so the test trains 8.
+    # The demo's recipe with 4 stage-2 epochs instead of 6 (300 steps instead of 450), 300 test rows and seed 1. At
+    # this size the hardest questions (shape, number of beeps) are not yet at the demo's figures, so the bars are per
+    # modality: as far above the blind model and chance as a run this short reliably gets.
     results = run_demo(
-        tmp_path / "demo", n_train=800, n_test=200, stage1_epochs=1, stage1_learning_rate=1e-3, stage2_epochs=8, seed=1
-    )
+        tmp_path / "demo", n_train=2400, n_test=300, stage1_epochs=0.25, stage2_epochs=4, batch_size=32,
+        stage2_learning_rate=2e-3, seed=1,
+    )  # fmt: skip
 
     for modality in ("image", "audio"):
         r = results["per_modality"][modality]
@@ -35,6 +37,7 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     out = tmp_path / "demo"
     for name in ("results.json", "results.md", "loss_curves.png", "stage1/trainer_state.json"):
         assert (out / name).is_file(), name
+    assert "](loss_curves.png)" in (out / "results.md").read_text()  # results.md shows the curves
     saved = json.loads((out / "results.json").read_text())
     assert saved["per_modality"] == results["per_modality"]
     # Every step's wall time is reported, and they add up to the total.

