@@ -135,8 +135,8 @@ class DataArguments:
         default=DEFAULT_MAX_BAD_ROWS,
         metadata={
             "help": "With `--skip_bad_rows`: training stops, with a summary of the likely cause, once a dataset has "
-            "more bad rows than this: a count (`100`), a fraction of the dataset's rows (`0.01`, the default), `0` or "
-            "`inf` (no cap)."
+            "more bad rows than this: a count (`100`), a fraction of the dataset's rows (`0.01`, the default), `0` "
+            "(no bad row tolerated) or `inf` (no cap). The same in every stage (`any2text.train`, `any2text.dpo`)."
         },
     )
     validate_rows: bool = field(
