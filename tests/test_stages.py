@@ -387,3 +387,44 @@ FLAGS = {
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_data_flag_means_the_same_in_every_stage(stage, flag, processor, tmp_path):
     FLAGS[flag](STAGES[stage], processor, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration: datasets as records in a config file, comma lists on the command line
+
+
+def test_dataset_records_in_a_config_file_equal_the_comma_lists(tmp_path):
+    import yaml
+
+    from any2text.data.loading import parse_dataset_specs
+
+    mixture = yaml.safe_load((Path(__file__).parents[1] / "examples" / "stage2_mixture.yaml").read_text())
+    flat = yaml.safe_load((Path(__file__).parents[1] / "examples" / "stage2_vision_audio.yaml").read_text())
+    for name, config in (("mixture", mixture), ("flat", flat)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
+    records = sft_parse_args([str(tmp_path / "mixture.yaml")])[1]
+    lists = sft_parse_args([str(tmp_path / "flat.yaml")])[1]
+    assert records.dataset_specs("train") == lists.dataset_specs("train")
+    (spec, _) = records.dataset_specs("train")
+    assert (spec.template, spec.weight, spec.split, spec.media_root) == (
+        "LLaVA",
+        3.0,
+        "train",
+        "data/LLaVA-Instruct/images",
+    )
+
+    # DPO reads the same records; evaluation records keep their own split default (`validation`).
+    pairs = {"model_name_or_path": "m", "output_dir": str(tmp_path / "o"), "use_cpu": True, "beta": 0.2,
+             "datasets": [{"path": "p.json", "template": "RLAIF-V"}],
+             "eval_datasets": [{"path": "q.json", "template": "TRL-Preference", "name": "x"}]}  # fmt: skip
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(pairs))
+    data_args = dpo_module.parse_args([str(tmp_path / "dpo.yaml")])[1]
+    assert data_args.dataset_specs("eval") == parse_dataset_specs("q.json", "TRL-Preference", "validation", names="x")
+    for bad, match in (
+        ({"datasets": [{"path": "p.json"}]}, "needs `path` and `template`"),
+        ({"datasets": [{"path": "p.json", "template": "LLaVA", "columns": 1}]}, "unknown: `columns`"),
+        ({"datasets": [{"path": "p.json", "template": "LLaVA"}], "train_datasets": "a.json"}, "use one form"),
+    ):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model_name_or_path": "m", "output_dir": "o", **bad}))
+        with pytest.raises(ValueError, match=match):
+            sft_parse_args([str(tmp_path / "bad.yaml")])
