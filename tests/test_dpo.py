@@ -133,7 +133,7 @@ def test_rpo_alpha_adds_trl_nll_on_chosen_tokens():
     model = Model()
     model.config = SimpleNamespace(_attn_implementation="sdpa")
     fake = SimpleNamespace(dpo_args=DPOArguments(beta=0.5, rpo_alpha=0.7), _metrics={"train": __import__("collections").defaultdict(list)},
-                           accelerator=SimpleNamespace(gather_for_metrics=lambda x: x))  # fmt: skip
+                           accelerator=SimpleNamespace(gather=lambda x: x, pad_across_processes=lambda x, **kwargs: x))  # fmt: skip
     fake.reference_logps = lambda model, inputs: (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
     loss = DPOTrainer.compute_loss(fake, model, inputs)
 
@@ -395,7 +395,8 @@ def test_dpo_example_scripts_parse(script, monkeypatch, tmp_path):
 
     monkeypatch.chdir(REPO)
     (words,) = run_example_script(REPO / "examples" / script, tmp_path).modules["any2text.dpo"]
-    model_args, data_args, lora_args, dpo_args, training_args = parse_args(words + ["--use_cpu", "True"])
+    model_args, data_args, lora_args, training_args = parse_args(words + ["--use_cpu", "True"])
+    dpo_args = training_args  # TRL's shape: the DPO knobs live on the stage's `TrainingArguments` (`DPOConfig`)
     specs = parse_dataset_specs(data_args.train_datasets, templates=data_args.train_template,
                                 names=data_args.train_name, weights=data_args.train_weights,
                                 media_roots=data_args.media_root)  # fmt: skip
@@ -580,3 +581,21 @@ def test_a_pairs_media_are_read_once_for_both_answers(checkpoint, monkeypatch):
     # One image and one clip in the three pairs: each decoded once, not once per answer.
     assert calls == {"image": 1, "audio": 1}
     assert batch["pixel_values"].shape[0] == 1 and batch["input_features"].shape[0] == 1
+
+
+@pytest.mark.parametrize("layout", ["one_pair_per_row", "padding_free", "packed"])
+def test_pair_batch_names_each_answers_last_token(checkpoint, layout):
+    """`pair_rows` / `answer_ends` (what a reward model scores): the last token of every chosen and rejected answer."""
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _pairs_of("mixed")
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
+    collator = PreferenceCollator(processor, padding_free=layout == "padding_free")
+    batch = collator([{"packed": samples[:2]}, {"packed": samples[2:]}] if layout == "packed" else samples)
+    for i, pair in enumerate(pairs):
+        encoded = collator._encode_pair(pair, i)
+        row, (chosen_end, rejected_end) = batch["pair_rows"][i], batch["answer_ends"][i]
+        assert batch["input_ids"][row, chosen_end] == encoded["chosen_ids"][-1]
+        assert batch["input_ids"][row, rejected_end] == encoded["rejected_ids"][-1]
+        # The rejected answer's end attends to its prompt and itself, never to the chosen answer.
+        sees = batch["attention_mask"][row, 0, rejected_end]
+        assert not sees[chosen_end] and sees[rejected_end]

@@ -20,7 +20,7 @@ from any2text.data.collator import EMPTY_BATCH_KEY, IGNORE_INDEX
 from any2text.data.packing import PACKED_KEY, PackedDataset
 from any2text.data.templates import get_template
 from any2text.training import dpo as dpo_module
-from any2text.training.arguments import DataArguments, MultimodalTrainingArguments
+from any2text.training.arguments import DataArguments
 from any2text.training.stage import Stage, build_stage_data
 from any2text.training.train import SFT, build_trainer
 from any2text.training.train import main as sft_main
@@ -241,12 +241,13 @@ def test_group_by_length_trains_in_dpo(tiny_checkpoint, tmp_path):
 # Stage x data flag, on the shared set-up
 
 
-def _build(case: StageCase, processor, data: Path, output: Path, sampling: str = "random", **data_flags):
-    weights = data_flags.pop("train_weights", None)
-    data_args = DataArguments(train_datasets=str(data), train_template=case.template, train_weights=weights,
-                              **data_flags)  # fmt: skip
-    training_args = MultimodalTrainingArguments(
-        output_dir=str(output), use_cpu=True, report_to="none", train_sampling_strategy=sampling
+def _build(case: StageCase, processor, data: Path, output: Path, sampling: str = "random", **flags):
+    """The stage's data set-up; `flags` go to the data group or (TRL's names) to the stage's config class."""
+    config_fields = {"max_length", "truncation", "padding_free", "packing", "packing_strategy"}
+    config = {key: flags.pop(key) for key in list(flags) if key in config_fields}
+    data_args = DataArguments(train_datasets=str(data), train_template=case.template, **flags)
+    training_args = case.stage.config_class(
+        output_dir=str(output), use_cpu=True, report_to="none", train_sampling_strategy=sampling, **config
     )
     return build_stage_data(case.stage, data_args, training_args, processor)
 

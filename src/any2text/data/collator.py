@@ -449,15 +449,19 @@ class MultimodalCollator:
         return stack_rows(flat_rows, self.tokenizer.pad_token_id)
 
     def empty_batch(self) -> dict[str, Any]:
-        """What a batch whose every sample was dropped or skipped becomes: a placeholder row (a blank image too under
-        `ensure_image`) with no labels, marked `EMPTY_BATCH_KEY: True`. `MultimodalTrainer` skips the step, counted;
-        under DeepSpeed / several processes it runs the placeholder at a zero loss so every rank stays in step."""
+        """What a batch whose every sample was dropped or skipped becomes, marked `EMPTY_BATCH_KEY: True`.
+
+        `MultimodalTrainer` skips the step, counted. Under DeepSpeed or several processes it instead runs the stage's
+        own loss on this placeholder times zero, so every rank issues the same collectives (ZeRO-3 gathers, DDP's
+        all-reduce, metric gathers) as the others: hence one placeholder row with one labelled token (a finite loss),
+        and a blank image too under `ensure_image`.
+        """
         logger.warning("Every sample of a batch was dropped or skipped; the step is skipped (counted).")
         token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
         samples = [{
-            "input_ids": torch.tensor([token]),
-            "attention_mask": torch.tensor([1]),
-            "labels": torch.tensor([IGNORE_INDEX]),
+            "input_ids": torch.tensor([token, token]),
+            "attention_mask": torch.tensor([1, 1]),
+            "labels": torch.tensor([IGNORE_INDEX, token]),
             "media": {},
         }]  # fmt: skip
         if self.ensure_image:

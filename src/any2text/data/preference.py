@@ -32,7 +32,7 @@ import torch
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .collator import IGNORE_INDEX, MultimodalCollator
+from .collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator
 from .loading import MultimodalDataset
 from .media import media_refs
 from .templates import (
@@ -361,6 +361,9 @@ class PreferenceCollator(MultimodalCollator):
       `answer_slots` `(rows, K)`: which answer it belongs to, `2 * pair + side` (side 0 chosen, 1 rejected; `-1`
       none). Pairs are numbered over the batch in row order.
     - `pair_mask` `(pairs,)`: False for a padding pair (a blank image added for `ensure_image`).
+    - `pair_rows` `(pairs,)` and `answer_ends` `(pairs, 2)`: the row of each pair and the columns of the last token
+      of its chosen (`[:, 0]`) and rejected (`[:, 1]`) answer: `hidden[pair_rows, answer_ends[:, side]]` is what a
+      reward model scores (the answer's end sees its prompt and itself only).
     - `index`, `ref_chosen_logps`, `ref_rejected_logps` `(pairs,)`: when the samples carry them.
 
     `training.dpo.pair_logps(model, batch)` turns it into per-pair summed log-probs and token counts.
@@ -489,6 +492,22 @@ class PreferenceCollator(MultimodalCollator):
         # `single_row` does not apply: a pair row takes a dense 4D mask, whose cost grows with the row squared.
         return pair_rows(rows, self.tokenizer.pad_token_id, align_prompts=not flat)
 
+    def empty_batch(self) -> dict[str, Any]:
+        """`MultimodalCollator.empty_batch` as a pair batch: one text-only placeholder pair (`pair_mask` False, `index`
+        -1), plus the blank image pair under `ensure_image`; the DPO loss of a batch without a real pair is zero."""
+        logger.warning("Every pair of a batch was dropped or skipped; the step is skipped (counted).")
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
+        ids = torch.tensor([token])
+        placeholder = {"prompt": {"input_ids": ids}, "chosen_ids": ids, "rejected_ids": ids, "chosen_labels": ids,
+                       "rejected_labels": ids, "media": {}, "padding": True}  # fmt: skip
+        rows = [[placeholder]]
+        if self.ensure_image:
+            rows.insert(0, [self._blank_pair()])  # first: its keys (`mm_token_type_ids`) set the batch's
+        batch = pair_rows(rows, self.tokenizer.pad_token_id)
+        batch["index"] = torch.full((len(rows),), -1, dtype=torch.long)
+        batch[EMPTY_BATCH_KEY] = True
+        return batch
+
     def _finish(self, batch: dict[str, Any], kept: list[Mapping[str, Any]]) -> dict[str, Any]:
         """Per-pair extras the samples carry (`index`, reference log-probs), 0 for a padding pair."""
         num_pairs = len(batch["pair_mask"])
@@ -523,6 +542,7 @@ def pair_rows(rows: list[list[dict[str, Any]]], pad_token_id: int, align_prompts
     # Per row: (column whose logits predict the token, target, slot) of every answer token.
     targets: list[list[tuple[int, int, int]]] = []
     media: dict[str, list[torch.Tensor]] = {}
+    ends: list[tuple[int, int, int]] = []  # per pair: its row, the columns of its chosen and rejected last tokens
     pair_index = 0
     for row, (pairs, left) in enumerate(zip(rows, lefts)):
         entries, offset = [], left
@@ -544,6 +564,7 @@ def pair_rows(rows: list[list[dict[str, Any]]], pad_token_id: int, align_prompts
                         entries.append((start - 1 if k == 0 else first + k - 1, label, 2 * pair_index + side))
             for key, value in pair["media"].items():
                 media.setdefault(key, []).append(value)
+            ends.append((row, start + c - 1 if c else start - 1, start + c + r - 1 if r else start - 1))
             offset += p + c + r
             pair_index += 1
         targets.append(entries)
@@ -577,6 +598,8 @@ def pair_rows(rows: list[list[dict[str, Any]]], pad_token_id: int, align_prompts
         "answer_labels": answer_labels,
         "answer_slots": answer_slots,
         "pair_mask": torch.tensor([not pair.get("padding", False) for pairs in rows for pair in pairs]),
+        "pair_rows": torch.tensor([row for row, _, _ in ends], dtype=torch.long),
+        "answer_ends": torch.tensor([[chosen, rejected] for _, chosen, rejected in ends], dtype=torch.long),
     }
     for key in sorted(media):
         batch[key] = torch.cat(media[key])

@@ -114,17 +114,6 @@ class DataArguments:
     eval_name: str | None = field(default=None, metadata={"help": "Like `--train_name`."})
     eval_size: str | None = field(default=None, metadata={"help": "Like `--train_size`."})
     eval_media_root: str | None = field(default=None, metadata={"help": "Like `--media_root`, for evaluation."})
-    max_length: int | None = field(
-        default=None, metadata={"help": "Longest sample in tokens, media tokens included; default: no limit."}
-    )
-    truncation: str = field(
-        default="error",
-        metadata={
-            "help": "Samples over `--max_length`: `error` stops with the sample named; `drop` skips them (counted, "
-            "logged); `text` cuts text at the end. Media spans are never cut.",
-            "choices": list(TRUNCATION_MODES),
-        },
-    )
     skip_bad_rows: bool = field(
         default=False,
         metadata={
@@ -152,28 +141,6 @@ class DataArguments:
         metadata={
             "help": "Read media paths that lead outside the media root (`../x.png`, absolute paths elsewhere); "
             "refused by default."
-        },
-    )
-    # Throughput (TRL's names; see `any2text.data.packing`).
-    padding_free: bool = field(
-        default=False,
-        metadata={
-            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
-            "attention never crosses samples. Loss and gradients equal the padded batch's."
-        },
-    )
-    packing: bool = field(
-        default=False,
-        metadata={
-            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
-            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
-        },
-    )
-    packing_strategy: str = field(
-        default="bfd",
-        metadata={
-            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
-            "choices": list(PACKING_STRATEGIES),
         },
     )
 
@@ -301,10 +268,50 @@ class LoraArguments:
 
 @dataclass
 class MultimodalTrainingArguments(TrainingArguments):
-    """The stock `TrainingArguments` (every flag as transformers spells it) plus how training meets non-finite values.
+    """The stock `TrainingArguments` (every flag as transformers spells it) plus the knobs every stage shares, under
+    TRL's `SFTConfig` names: `max_length`, `truncation`, `padding_free`, `packing`, `packing_strategy`; and how
+    training meets non-finite values. The SFT stage's config (`SFTConfig`); `DPOConfig` adds DPO's own.
 
     A subclass, as TRL's `SFTConfig` is, so the argument groups stay four and nothing stock is declared again.
     """
+
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest sample in tokens, media tokens included (a preference pair: its row, prompt + chosen + "
+            "rejected); default: no limit."
+        },
+    )
+    truncation: str = field(
+        default="error",
+        metadata={
+            "help": "Samples over `--max_length`: `error` stops with the sample named; `drop` skips them (counted, "
+            "logged); `text` cuts text at the end. Media spans are never cut.",
+            "choices": list(TRUNCATION_MODES),
+        },
+    )
+    # Throughput (TRL's `SFTConfig` / `DPOConfig` names; see `any2text.data.packing`).
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
+            "attention never crosses samples. Loss and gradients equal the padded batch's."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
+            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
+        },
+    )
+    packing_strategy: str = field(
+        default="bfd",
+        metadata={
+            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
+            "choices": list(PACKING_STRATEGIES),
+        },
+    )
 
     skip_nonfinite_steps: bool = field(
         default=False,
@@ -316,7 +323,11 @@ class MultimodalTrainingArguments(TrainingArguments):
     )
 
 
+# TRL's name for the supervised stage's configuration.
+SFTConfig = MultimodalTrainingArguments
+
 __all__ = [
+    "SFTConfig",
     "DataArguments",
     "LoraArguments",
     "ModelArguments",

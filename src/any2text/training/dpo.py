@@ -59,8 +59,10 @@ _MODEL_KEYS = (
 
 
 @dataclass
-class DPOArguments:
-    """DPO hyper-parameters under TRL's `DPOConfig` names, and the reference model."""
+class DPOConfig(MultimodalTrainingArguments):
+    """The DPO stage's configuration, as TRL's `DPOConfig`: the stock `TrainingArguments`, the knobs every stage shares
+    (`max_length`, `truncation`, `padding_free`, `packing`...; see `MultimodalTrainingArguments`), and DPO's own
+    hyper-parameters under TRL's names, with the reference model."""
 
     beta: float = field(
         default=0.1,
@@ -128,6 +130,11 @@ class DPOArguments:
             raise ValueError(f"`--beta` must be positive, got {self.beta}.")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ValueError(f"`--rpo_alpha` must be >= 0 (or unset), got {self.rpo_alpha}.")
+        super().__post_init__()
+
+
+# The name of the DPO argument group before it joined `TrainingArguments` (TRL's `DPOConfig` shape).
+DPOArguments = DPOConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -257,16 +264,16 @@ class DPOTrainer(MultimodalTrainer):
     """`Trainer` whose loss is DPO on `PreferenceCollator` batches.
 
     Args:
-        dpo_args: the `DPOArguments`.
+        dpo_args: the DPO hyper-parameters; default: `args` (a `DPOConfig`).
         ref_model: the frozen reference of a full fine-tune; `None` with LoRA (adapters disabled) and with
             `precompute_ref_log_probs` (computed before the first step, see `ref_model_loader`).
         ref_model_loader: loads the reference when one is needed but not kept in memory: precomputing after a
             resume (the policy then is no longer the reference) or for an evaluation set after training started.
     """
 
-    def __init__(self, *args, dpo_args: DPOArguments, ref_model=None, ref_model_loader=None, **kwargs):
+    def __init__(self, *args, dpo_args: DPOConfig | None = None, ref_model=None, ref_model_loader=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.dpo_args = dpo_args
+        self.dpo_args = dpo_args if dpo_args is not None else self.args
         self.ref_model = ref_model
         self.ref_model_loader = ref_model_loader
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -274,7 +281,7 @@ class DPOTrainer(MultimodalTrainer):
         # The loss is a mean over pairs: the Trainer divides it by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self._is_peft = hasattr(self.model, "disable_adapter")
-        if dpo_args.disable_dropout:
+        if self.dpo_args.disable_dropout:
             disable_dropout(self.model)
             if ref_model is not None:
                 disable_dropout(ref_model)
@@ -386,7 +393,9 @@ class DPOTrainer(MultimodalTrainer):
                 beta=args.beta, loss_type=loss_type, label_smoothing=args.label_smoothing,
                 chosen_lengths=policy["chosen_lengths"], rejected_lengths=policy["rejected_lengths"],
             )  # fmt: skip
-        loss = per_pair[keep].mean()
+        # A batch without a real pair (the placeholder of an empty batch on one rank of several): a zero loss that
+        # still runs backward through the same modules as the other ranks.
+        loss = per_pair[keep].mean() if keep.any() else per_pair.sum() * 0.0
         if args.rpo_alpha is not None:
             nll = rpo_nll(policy["chosen_logps"][keep], policy["chosen_lengths"][keep])
             loss = loss + args.rpo_alpha * nll
@@ -403,12 +412,15 @@ class DPOTrainer(MultimodalTrainer):
             "logps/rejected": policy["rejected_logps"].detach()[keep],
         }
         columns = torch.stack([value.float() for value in per_pair_metrics.values()], dim=1)
-        means = self.accelerator.gather_for_metrics(columns).mean(dim=0).tolist()
+        # Ranks may hold different numbers of pairs (a dropped pair, an empty batch): pad to one shape with NaN
+        # before the gather (a collective needs equal shapes), then average what is real.
+        columns = self.accelerator.pad_across_processes(columns, dim=0, pad_index=float("nan"))
+        means = torch.nanmean(self.accelerator.gather(columns), dim=0).tolist()
         metrics = self._metrics[mode]
         for name, value in zip(per_pair_metrics, means, strict=True):
             metrics[name].append(value)
         if args.rpo_alpha is not None:
-            metrics["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
+            metrics["nll_loss"].append(self.accelerator.gather(nll.detach()).mean().item())
         return (loss, policy) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -463,16 +475,16 @@ def _prepare_deepspeed(model: torch.nn.Module, accelerator, args: TrainingArgume
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, MultimodalTrainingArguments)
-
 # Preference alignment: pairs in one row `[prompt | chosen | rejected]`, the DPO loss on the answers' log-probs.
 DPO = Stage(
     name="dpo",
     data="pairs",
     collator_class=PreferenceCollator,
     trainer_class=DPOTrainer,
+    config_class=DPOConfig,
     label_names=("answer_labels",),
 )
+ARGUMENT_GROUPS = DPO.argument_groups  # (ModelArguments, DataArguments, LoraArguments, DPOConfig)
 
 
 def make_parser() -> HfArgumentParser:
@@ -480,11 +492,12 @@ def make_parser() -> HfArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None):
-    """Flags, or one `.yaml` / `.json` config file, into the five argument groups (as `any2text.train` parses)."""
+    """Flags, or one `.yaml` / `.json` config file, into `(ModelArguments, DataArguments, LoraArguments, DPOConfig)`
+    (as `any2text.train` parses)."""
     return parse_argument_groups(ARGUMENT_GROUPS, argv)
 
 
-def _load_reference(model_args: ModelArguments, dpo_args: DPOArguments):
+def _load_reference(model_args: ModelArguments, dpo_args: DPOConfig):
     path = dpo_args.ref_model_name_or_path or model_args.model_name_or_path
     ref_args = copy.copy(model_args)
     ref_args.model_name_or_path = path
@@ -496,10 +509,10 @@ def build_dpo_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
     lora_args: LoraArguments,
-    dpo_args: DPOArguments,
-    training_args: TrainingArguments,
+    training_args: DPOConfig,
 ) -> DPOTrainer:
     """The DPO stage on the shared set-up (`stage.build_stage`), with its reference model."""
+    dpo_args = training_args
     if lora_args.use_peft and dpo_args.ref_model_name_or_path:
         raise ValueError(
             "With `--use_peft` the reference is the model with its adapters disabled; leave "
@@ -510,15 +523,18 @@ def build_dpo_trainer(
         ref_model = _load_reference(model_args, dpo_args)
     return build_stage(
         DPO, model_args, data_args, lora_args, training_args,
-        dpo_args=dpo_args, ref_model=ref_model,
+        ref_model=ref_model,
         ref_model_loader=None if lora_args.use_peft else (lambda: _load_reference(model_args, dpo_args)),
     )  # fmt: skip
 
 
-def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer:
+def dpo(
+    model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments, training_args: DPOConfig
+) -> DPOTrainer:
     """Run stage 3: align, save the model (or adapter) and processor to `output_dir`, `trainer_state.json`, card."""
     transformers.set_seed(training_args.seed)
-    trainer = build_dpo_trainer(model_args, data_args, lora_args, dpo_args, training_args)
+    trainer = build_dpo_trainer(model_args, data_args, lora_args, training_args)
+    dpo_args = training_args
     reference = (
         "the model with its adapters disabled"
         if lora_args.use_peft
@@ -539,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "DPO",
     "DPOArguments",
+    "DPOConfig",
     "DPOTrainer",
     "answer_logps",
     "build_dpo_trainer",

@@ -15,6 +15,7 @@ else is decided here, once, for every stage, so each data flag means the same ev
   templates, `--media_root` and `--allow_media_outside_root`, one bad-row log (`--skip_bad_rows`, `--max_bad_rows`,
   `output_dir/bad_rows.jsonl`) shared by datasets and collator, `--validate_rows`, the length index (measured from
   the rows, never decoding media, when `--packing` or `group_by_length` need it), `--max_length` / `--truncation`
+  (on the stage's config, TRL's names)
   through the collator's one rule (`MultimodalCollator.fit_length`: at row-read time under `error`, so an over-long
   sample or pair is a named, skippable bad row), `--padding_free` / `--packing` (`PackedDataset` bins for samples
   and pairs alike; the rows are laid out by the stage's collator);
@@ -86,6 +87,11 @@ class Stage:
     def dataset_class(self) -> type[MultimodalDataset]:
         return PreferenceDataset if self.data == "pairs" else MultimodalDataset
 
+    @property
+    def argument_groups(self) -> tuple[type, ...]:
+        """What the stage's entry point parses: the groups every stage shares, then the stage's config class."""
+        return (ModelArguments, DataArguments, LoraArguments, self.config_class)
+
 
 @dataclass
 class StageData:
@@ -120,8 +126,8 @@ def load_stage_model(
 # Data
 
 
-def check_packing_arguments(data_args: DataArguments) -> None:
-    if data_args.packing and data_args.max_length is None:
+def check_packing_arguments(training_args: TrainingArguments) -> None:
+    if training_args.packing and training_args.max_length is None:
         raise ValueError("`--packing True` needs `--max_length` (the length of a packed row, media tokens included).")
 
 
@@ -167,16 +173,17 @@ def build_stage_data(
     ensure_image: bool = False,
     model: torch.nn.Module | None = None,
 ) -> StageData:
-    """Datasets, length index, packing and the collator of `stage`, from the data arguments every stage shares.
+    """Datasets, length index, packing and the collator of `stage`, from the arguments every stage shares (the data
+    group, and the stage config's `max_length` / `truncation` / `padding_free` / `packing`, TRL's names).
 
     `model`, when given, has an `sdpa` language model switched to per-sample SDPA (`any2text_varlen_sdpa`) for
     padding-free / packed rows (stock `sdpa` would attend over each whole row under a dense block-diagonal mask), and
     its attention decides whether a packed batch is one row (flash-attention, varlen SDPA) or several.
     """
-    flat = data_args.padding_free or data_args.packing
+    flat = training_args.padding_free or training_args.packing
     single_row = False
     if flat:
-        check_packing_arguments(data_args)
+        check_packing_arguments(training_args)
         # Pair rows carry a 4D mask (the rejected answer never sees the chosen one): no per-sample SDPA for them.
         per_sample = stage.data == "samples"
         attention = _language_model_attention(model, packed=per_sample) if model is not None else None
@@ -187,19 +194,21 @@ def build_stage_data(
     bad_rows = BadRowLog(data_args.max_bad_rows, path=os.path.join(training_args.output_dir, BAD_ROWS_FILE))
     collator = stage.collator_class(
         processor,
-        max_length=data_args.max_length,
-        truncation=data_args.truncation,
+        max_length=training_args.max_length,
+        truncation=training_args.truncation,
         ensure_image=ensure_image,
         skip_bad_rows=data_args.skip_bad_rows,
         bad_rows=bad_rows,
         allow_media_outside_root=data_args.allow_media_outside_root,
-        padding_free=data_args.padding_free,
+        padding_free=training_args.padding_free,
         single_row=single_row,
     )
     # Lengths are known as soon as a row is read: over `--max_length` under `--truncation error` is a bad row then.
-    check = collator.check_sample if data_args.max_length is not None and data_args.truncation == "error" else None
+    check = (
+        collator.check_sample if training_args.max_length is not None and training_args.truncation == "error" else None
+    )
     # Measuring the length index (grouping, packing) validates every row in the same pass.
-    measured = training_args.train_sampling_strategy == "group_by_length" or data_args.packing
+    measured = training_args.train_sampling_strategy == "group_by_length" or training_args.packing
     validate = data_args.validate_rows and not measured
     datasets = {}
     for split in ("train", "eval"):
@@ -207,10 +216,10 @@ def build_stage_data(
             data_args, split, processor, training_args.seed, bad_rows, check,
             validate=validate if split == "train" else None, dataset_class=stage.dataset_class,
         )  # fmt: skip
-        if dataset is not None and (data_args.packing or (measured and split == "train")):
+        if dataset is not None and (training_args.packing or (measured and split == "train")):
             sample_lengths(dataset, collator)  # the length index: `dataset.lengths`, from the rows alone
-        if dataset is not None and data_args.packing:
-            dataset = PackedDataset(dataset, dataset.lengths, data_args.max_length, data_args.packing_strategy)
+        if dataset is not None and training_args.packing:
+            dataset = PackedDataset(dataset, dataset.lengths, training_args.max_length, training_args.packing_strategy)
         datasets[split] = dataset
     train = datasets["train"]
     return StageData(

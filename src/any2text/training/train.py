@@ -28,16 +28,21 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..data.collator import MultimodalCollator
-from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
+from .arguments import DataArguments, LoraArguments, ModelArguments, SFTConfig
 from .model import load_model_and_processor
 from .parsing import make_argument_parser, parse_argument_groups
 from .stage import Stage, build_stage, run_stage, stage_main
 from .trainer import MultimodalTrainer
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, MultimodalTrainingArguments)
-
 # Supervised fine-tuning (stages 1 and 2): conversations, loss on the assistant tokens (the model's own).
-SFT = Stage(name="sft", data="samples", collator_class=MultimodalCollator, trainer_class=MultimodalTrainer)
+SFT = Stage(
+    name="sft",
+    data="samples",
+    collator_class=MultimodalCollator,
+    trainer_class=MultimodalTrainer,
+    config_class=SFTConfig,
+)
+ARGUMENT_GROUPS = SFT.argument_groups  # (ModelArguments, DataArguments, LoraArguments, SFTConfig)
 
 
 def make_parser(groups: tuple[type, ...] = ARGUMENT_GROUPS) -> HfArgumentParser:

@@ -155,8 +155,8 @@ class MultimodalTrainer(Trainer):
     def _skip_empty_batch(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """A batch whose every sample was dropped (`--truncation drop`) or skipped (`--skip_bad_rows`): no update
         from it, counted in `num_empty_batches_skipped`. One process: nothing runs. DeepSpeed or several processes:
-        the collator's placeholder row runs forward and backward at a zero loss, so every rank issues the same
-        collectives (ZeRO-3 gathers, DDP's all-reduce) as the others."""
+        the stage's `compute_loss` runs on the collator's placeholder (`empty_batch`) times zero, forward and backward,
+        so every rank issues the same collectives (ZeRO-3 gathers, DDP's all-reduce, metric gathers) as the others."""
         self.num_empty_batches_skipped += 1
         logger.warning(
             f"Step {self.state.global_step + 1}: every sample of this batch was dropped or skipped; no update from it "
@@ -167,8 +167,7 @@ class MultimodalTrainer(Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
-            logits = model(**{key: value for key, value in inputs.items() if key != "labels"}, use_cache=False).logits
-            loss = logits.float().sum() * 0.0
+            loss = self.compute_loss(model, inputs) * 0.0  # the stage's own forwards (a reference's too)
         self.accelerator.backward(loss)
         return loss.detach()
 
