@@ -70,6 +70,9 @@ class Stage:
         trainer_class: a `MultimodalTrainer` subclass; `build_stage`'s extra keyword arguments go to it.
         config_class: the stage's `TrainingArguments` subclass (TRL's names), what its entry point parses.
         label_names: the batch keys that hold the targets (the stock Trainer's `label_names` default).
+        load_model: how the stage loads its model, `load_model(model_name_or_path, dtype=..., attn_implementation=...)`
+            (`from_pretrained`'s shape); default: `AutoModelForImageTextToText.from_pretrained`. The reward stage
+            loads `LlamaVisionAudioForSequenceClassification` (from a LlamaVisionAudio or stock Llava checkpoint).
     """
 
     name: str
@@ -78,6 +81,7 @@ class Stage:
     trainer_class: type[MultimodalTrainer]
     config_class: type[TrainingArguments] = MultimodalTrainingArguments
     label_names: tuple[str, ...] = ("labels",)
+    load_model: Callable[..., torch.nn.Module] | None = None
 
     def __post_init__(self):
         if self.data not in DATA_KINDS:
@@ -109,7 +113,10 @@ class StageData:
 
 
 def load_stage_model(
-    model_args: ModelArguments, lora_args: LoraArguments, training_args: TrainingArguments
+    model_args: ModelArguments,
+    lora_args: LoraArguments,
+    training_args: TrainingArguments,
+    load_model: Callable[..., torch.nn.Module] | None = None,
 ) -> tuple[torch.nn.Module, Any, bool]:
     """The model (loaded, frozen as the stage says, LoRA), its processor, and whether batches need an image.
 
@@ -117,7 +124,7 @@ def load_stage_model(
     would skip it while the others gather its parameters, and the run would hang, so its batches get a blank image
     row with no labels (`ensure_image`). LlamaVisionAudio runs every tower every training step by itself.
     """
-    model, processor = load_model_and_processor(model_args)
+    model, processor = load_model_and_processor(model_args, load_model)
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
     return prepare_model(model, model_args, lora_args, training_args), processor, ensure_image
 
@@ -261,7 +268,7 @@ def build_stage(
     training_args.remove_unused_columns = False
     if training_args.label_names is None:
         training_args.label_names = list(stage.label_names)
-    model, processor, ensure_image = load_stage_model(model_args, lora_args, training_args)
+    model, processor, ensure_image = load_stage_model(model_args, lora_args, training_args, stage.load_model)
     data = build_stage_data(stage, data_args, training_args, processor, ensure_image=ensure_image, model=model)
     warn_if_data_in_main_process(training_args)
     return stage.trainer_class(
