@@ -1,7 +1,7 @@
-"""One stage set-up: every data flag means the same in every stage (SFT, DPO; the reward stage is one more line).
+"""One stage set-up: every data flag means the same in every stage (SFT, DPO, reward).
 
 Two parts: the findings of issue 18 (each through the stage's own entry point, `python -m any2text.train` /
-`python -m any2text.dpo`), and a matrix of stage x data flag on the shared data set-up (`stage.build_stage_data`),
+`python -m any2text.dpo` / `python -m any2text.reward`), and a matrix of stage x data flag on the shared data set-up (`stage.build_stage_data`),
 which is what every stage's trainer is given.
 """
 
@@ -20,8 +20,9 @@ from any2text.data.collator import EMPTY_BATCH_KEY, IGNORE_INDEX
 from any2text.data.packing import PACKED_KEY, PackedDataset
 from any2text.data.templates import get_template
 from any2text.training import dpo as dpo_module
+from any2text.training import reward as reward_module
 from any2text.training.arguments import DataArguments
-from any2text.training.stage import Stage, build_stage_data
+from any2text.training.stage import Stage, build_stage, build_stage_data
 from any2text.training.train import SFT, build_trainer
 from any2text.training.train import main as sft_main
 from any2text.training.train import parse_args as sft_parse_args
@@ -65,6 +66,13 @@ STAGES = {
         dpo_module.build_dpo_trainer,
         ("--precompute_ref_log_probs", "True"),
     ),  # fmt: skip
+    "reward": StageCase(
+        reward_module.REWARD,
+        "TRL-Preference",
+        reward_module.main,
+        reward_module.parse_args,
+        lambda *groups: build_stage(reward_module.REWARD, *groups),
+    ),
 }
 LONG = " ".join(["word"] * 150)  # far over the `--max_length` the tests use (media included: 16 image tokens)
 MAX_LENGTH = 120
@@ -228,8 +236,9 @@ def test_packing_measures_lengths_without_decoding_media(stage, tiny_checkpoint,
     assert isinstance(packed, PackedDataset) and len(packed) < 4 and max(packed.lengths) <= 400
 
 
-def test_group_by_length_trains_in_dpo(tiny_checkpoint, tmp_path):
-    case = STAGES["dpo"]
+@pytest.mark.parametrize("stage", [name for name, case in STAGES.items() if case.stage.data == "pairs"])
+def test_group_by_length_trains_on_pairs(stage, tiny_checkpoint, tmp_path):
+    case = STAGES[stage]
     data = write_rows(case, tmp_path / "data", ["good", "text", "good", "long"])
     out = tmp_path / "out"
     assert case.main(_args(case, tiny_checkpoint, data, out, train_sampling_strategy="group_by_length",
