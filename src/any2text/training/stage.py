@@ -2,11 +2,13 @@
 
 A stage (SFT in `training/train.py`, DPO in `training/dpo.py`, and the next ones) declares itself as a `Stage`::
 
-    SFT = Stage(name="sft", data="samples", collator_class=MultimodalCollator, trainer_class=MultimodalTrainer)
+    SFT = Stage(name="sft", data="samples", collator_class=MultimodalCollator, trainer_class=MultimodalTrainer,
+                config_class=SFTConfig)
     DPO = Stage(name="dpo", data="pairs", collator_class=PreferenceCollator, trainer_class=DPOTrainer,
-                label_names=("answer_labels",))
+                config_class=DPOConfig, label_names=("answer_labels",))
 
-and `build_stage(DPO, model_args, data_args, lora_args, training_args, dpo_args=...)` returns its trainer. Everything
+its entry point parses `DPO.argument_groups` (model, data, LoRA groups, then its config class, TRL's names) and
+`build_stage(DPO, model_args, data_args, lora_args, training_args, ref_model=...)` returns its trainer. Everything
 else is decided here, once, for every stage, so each data flag means the same everywhere:
 
 - model (`load_stage_model`): `from_pretrained` through the Auto classes (ZeRO-3 leaf towers), the freezing policy,
@@ -214,16 +216,16 @@ def build_stage_data(
     check = (
         collator.check_sample if training_args.max_length is not None and training_args.truncation == "error" else None
     )
-    # Measuring the length index (grouping, packing) validates every row in the same pass.
-    measured = training_args.train_sampling_strategy == "group_by_length" or training_args.packing
-    validate = data_args.validate_rows and not measured
+    grouped = training_args.train_sampling_strategy == "group_by_length"
     datasets = {}
     for split in ("train", "eval"):
+        # Measuring the length index (packing; grouping the training set) validates every row in the same pass.
+        measure = training_args.packing or (grouped and split == "train")
         dataset = build_dataset(
             data_args, split, processor, training_args.seed, bad_rows, check,
-            validate=validate if split == "train" else None, dataset_class=stage.dataset_class,
+            validate=data_args.validate_rows and not measure, dataset_class=stage.dataset_class,
         )  # fmt: skip
-        if dataset is not None and (training_args.packing or (measured and split == "train")):
+        if dataset is not None and measure:
             sample_lengths(dataset, collator)  # the length index: `dataset.lengths`, from the rows alone
         if dataset is not None and training_args.packing:
             dataset = PackedDataset(dataset, dataset.lengths, training_args.max_length, training_args.packing_strategy)
