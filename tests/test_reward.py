@@ -15,12 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
-from any2text.data.collator import MultimodalCollator
+from any2text.data.collator import EMPTY_BATCH_KEY, MultimodalCollator
 from any2text.data.preference import PreferenceMessages, pair_rows
 from any2text.data.templates import get_template
 from any2text.training.reward import (
     REWARD,
     RewardCollator,
+    RewardConfig,
+    RewardTrainer,
     answer_end_columns,
     load_reward_model,
     pair_rewards,
@@ -184,6 +186,27 @@ def test_margin_column_reaches_the_batch_per_pair(reward_model):
     assert collator(samples)["margin"].tolist() == [0.5, 0.0, 2.0]
     packed = RewardCollator(processor, padding_free=True, margins={("d", 11): 1.5})([{"packed": samples[1:]}])
     assert packed["margin"].tolist() == [1.5, 0.0]
+
+
+def test_a_batch_without_a_real_pair_is_a_zero_loss_that_still_runs_backward(reward_model, tmp_path):
+    """What a rank whose pairs were all dropped runs beside the others (DeepSpeed / several processes), and what
+    evaluation does with such a batch; the metrics count real pairs only."""
+    model, processor = reward_model
+    collator = RewardCollator(processor)
+    args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = RewardTrainer(model=model, args=args, data_collator=collator)
+    empty = collator.empty_batch()
+    assert trainer.prediction_step(model, empty, prediction_loss_only=True) == (None, None, None)
+    empty.pop(EMPTY_BATCH_KEY)
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, empty)
+    loss.backward()
+    assert loss.item() == 0.0 and model.score.weight.grad is not None and not model.score.weight.grad.any()
+    assert not any(trainer._metrics["eval"].values())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        trainer.compute_loss(model, collator([{"messages": pair, "index": i} for i, pair in enumerate(_pairs()[:2])]))
+    assert trainer._metrics["eval"]["accuracy"][0] in (0.0, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
