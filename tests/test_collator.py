@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from any2text.data.collator import IGNORE_INDEX, MultimodalCollator
+from any2text.data.collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator
 from any2text.data.loading import MultimodalDataset, parse_dataset_specs
 from conftest import SAMPLING_RATE, tiny_models, write_llava_data
 
@@ -137,10 +137,10 @@ def test_truncation_drop_counts_and_never_returns_partial_media(processor):
     batch = collator([{"messages": [user("Hi"), assistant("Yo")]}, long_sample()])
     assert collator.num_dropped == 1
     assert batch["input_ids"].shape[0] == 1 and "pixel_values" not in batch
-    # A batch with nothing left is a zero-loss placeholder, not a crash.
+    # A batch with nothing left is the marked placeholder the trainer skips (counted), not a crash.
     batch = collator([long_sample()])
     assert collator.num_dropped == 2
-    assert (batch["labels"] == IGNORE_INDEX).all() and batch["input_ids"].shape == (1, 1)
+    assert batch[EMPTY_BATCH_KEY] is True and batch["input_ids"].shape == (1, 2) and "pixel_values" not in batch
 
 
 @pytest.mark.parametrize("media_first", [True, False])

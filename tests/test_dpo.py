@@ -123,14 +123,17 @@ def test_rpo_alpha_adds_trl_nll_on_chosen_tokens():
         def forward(self, **kwargs):
             return SimpleNamespace(logits=logits)
 
+    # The pair batch schema: kept columns 0-2 predict the chosen answer, 3-4 the rejected one; slot 2 * pair + side.
+    answer_labels = torch.cat([chosen_labels, rejected_labels], dim=1)
+    answer_slots = torch.tensor([[0, 0, -1, 1, -1], [2, 2, 2, 3, 3]])
     inputs = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 1, 8, 8, dtype=torch.bool),
-              "logits_to_keep": torch.arange(5), "chosen_labels": chosen_labels, "rejected_labels": rejected_labels,
+              "logits_to_keep": torch.arange(5), "answer_labels": answer_labels, "answer_slots": answer_slots,
               "pair_mask": torch.tensor([True, True]), "ref_chosen_logps": torch.tensor([-6.0, -9.0]),
               "ref_rejected_logps": torch.tensor([-4.0, -5.0])}  # fmt: skip
     model = Model()
     model.config = SimpleNamespace(_attn_implementation="sdpa")
     fake = SimpleNamespace(dpo_args=DPOArguments(beta=0.5, rpo_alpha=0.7), _metrics={"train": __import__("collections").defaultdict(list)},
-                           accelerator=SimpleNamespace(gather_for_metrics=lambda x: x))  # fmt: skip
+                           accelerator=SimpleNamespace(gather=lambda x: x, pad_across_processes=lambda x, **kwargs: x))  # fmt: skip
     fake.reference_logps = lambda model, inputs: (inputs["ref_chosen_logps"], inputs["ref_rejected_logps"])
     loss = DPOTrainer.compute_loss(fake, model, inputs)
 
@@ -195,8 +198,12 @@ def test_pair_logps_equal_separate_forwards_with_media_encoded_once(checkpoint):
         got = pair_logps(model, batch)
     # One image and one clip in the batch, each encoded once for its pair (not once per answer).
     assert items == {"vision": 1, "audio": 1}
-    # Logits only at answer positions: fewer than the longest answers of both sides plus one.
-    assert len(batch["logits_to_keep"]) == batch["chosen_labels"].shape[1] + batch["rejected_labels"].shape[1]
+    # Logits only at answer positions (prompts end at one column): at most the longest answers of both sides.
+    collator = PreferenceCollator(processor)
+    encoded = [collator._encode_pair(pair, i) for i, pair in enumerate(pairs)]
+    longest = max(len(e["chosen_ids"]) for e in encoded) + max(len(e["rejected_ids"]) for e in encoded)
+    assert len(batch["logits_to_keep"]) <= longest
+    assert set(batch["answer_slots"][batch["answer_slots"] >= 0].tolist()) == set(range(2 * len(pairs)))
 
     _assert_equal_to_separate_forwards(got, model, processor, pairs)
 
@@ -388,7 +395,8 @@ def test_dpo_example_scripts_parse(script, monkeypatch, tmp_path):
 
     monkeypatch.chdir(REPO)
     (words,) = run_example_script(REPO / "examples" / script, tmp_path).modules["any2text.dpo"]
-    model_args, data_args, lora_args, dpo_args, training_args = parse_args(words + ["--use_cpu", "True"])
+    model_args, data_args, lora_args, training_args = parse_args(words + ["--use_cpu", "True"])
+    dpo_args = training_args  # TRL's shape: the DPO knobs live on the stage's `TrainingArguments` (`DPOConfig`)
     specs = parse_dataset_specs(data_args.train_datasets, templates=data_args.train_template,
                                 names=data_args.train_name, weights=data_args.train_weights,
                                 media_roots=data_args.media_root)  # fmt: skip
@@ -459,7 +467,7 @@ def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
     packed = PreferenceCollator(processor, padding_free=True)([{"packed": samples[:1]}, {"packed": samples[1:]}])
     assert flat["input_ids"].shape[0] == 1 and packed["input_ids"].shape[0] == 2
     # One row per batch: no padding at all, logits only at the answer tokens (the first of both sides shares a column).
-    answers = int((padded["chosen_labels"] != -100).sum() + (padded["rejected_labels"] != -100).sum())
+    answers = int((padded["answer_labels"] != -100).sum())
     assert flat["input_ids"].shape[1] < padded["input_ids"].numel() and len(flat["logits_to_keep"]) == answers
     assert flat["index"].tolist() == packed["index"].tolist() == list(range(len(samples)))
 
@@ -476,7 +484,7 @@ def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
 
 
 def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
-    from any2text.data.collator import SampleTooLongError
+    from any2text.data.bad_rows import BadRowError
     from any2text.data.packing import PackedDataset
 
     processor = AutoProcessor.from_pretrained(checkpoint)
@@ -486,7 +494,9 @@ def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
     # The packing length of a pair is exactly its row: prompt + chosen + rejected, media counted once.
     for pair, length in zip(pairs, lengths):
         encoded = probe._encode_pair(pair, 0)
-        assert length == probe._pair_length(encoded)
+        assert length == sum(len(encoded[key]) for key in ("chosen_ids", "rejected_ids")) + len(
+            encoded["prompt"]["input_ids"]
+        )
     max_length = max(lengths) + min(lengths) + 3
     items = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
     packed = PackedDataset(items, lengths, max_length=max_length)
@@ -501,7 +511,8 @@ def test_packed_pairs_respect_max_length_and_are_never_split(checkpoint):
 
     # A pair longer than max_length as a whole: an error by default, a counted drop with `truncation="drop"`.
     longest = [{"packed": [items[lengths.index(max(lengths))], items[lengths.index(min(lengths))]]}]
-    with pytest.raises(SampleTooLongError, match="never splits a pair"):
+    # The one rule for every over-long sample or pair: a bad row (named, skippable) under `truncation="error"`.
+    with pytest.raises(BadRowError, match=r"preference pair \(prompt \+ chosen \+ rejected\) has \d+ tokens"):
         PreferenceCollator(processor, max_length=max(lengths) - 1, padding_free=True)(longest)
     dropping = PreferenceCollator(processor, max_length=max(lengths) - 1, truncation="drop", padding_free=True)
     batch = dropping(longest)
@@ -570,3 +581,21 @@ def test_a_pairs_media_are_read_once_for_both_answers(checkpoint, monkeypatch):
     # One image and one clip in the three pairs: each decoded once, not once per answer.
     assert calls == {"image": 1, "audio": 1}
     assert batch["pixel_values"].shape[0] == 1 and batch["input_features"].shape[0] == 1
+
+
+@pytest.mark.parametrize("layout", ["one_pair_per_row", "padding_free", "packed"])
+def test_pair_batch_names_each_answers_last_token(checkpoint, layout):
+    """`pair_rows` / `answer_ends` (what a reward model scores): the last token of every chosen and rejected answer."""
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    pairs = _pairs_of("mixed")
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
+    collator = PreferenceCollator(processor, padding_free=layout == "padding_free")
+    batch = collator([{"packed": samples[:2]}, {"packed": samples[2:]}] if layout == "packed" else samples)
+    for i, pair in enumerate(pairs):
+        encoded = collator._encode_pair(pair, i)
+        row, (chosen_end, rejected_end) = batch["pair_rows"][i], batch["answer_ends"][i]
+        assert batch["input_ids"][row, chosen_end] == encoded["chosen_ids"][-1]
+        assert batch["input_ids"][row, rejected_end] == encoded["rejected_ids"][-1]
+        # The rejected answer's end attends to its prompt and itself, never to the chosen answer.
+        sees = batch["attention_mask"][row, 0, rejected_end]
+        assert not sees[chosen_end] and sees[rejected_end]

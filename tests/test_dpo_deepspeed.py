@@ -58,3 +58,29 @@ def test_zero3_two_ranks_mixed_modality_dpo(torchrun, tiny_checkpoint, tmp_path,
         assert not info["missing_keys"] and not info["unexpected_keys"], info
     else:
         assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_zero3_rank_with_an_empty_batch_keeps_in_step(torchrun, tiny_checkpoint, tmp_path, stage):
+    """Batch size 1, `--truncation drop`: rank 0's first batch holds only an over-long sample, rank 1's a good one.
+    Rank 0 runs the stage's loss on the placeholder times zero (policy and LoRA reference forwards, metric gathers),
+    so the ranks' ZeRO-3 gathers match; the step is counted as skipped, not trained on."""
+    from test_stages import STAGES, write_rows
+
+    case = STAGES[stage]
+    data = write_rows(case, tmp_path / "data", ["long", "good", "good", "text"])
+    out = tmp_path / "out"
+    torchrun(
+        f"any2text.{'train' if stage == 'sft' else 'dpo'}",
+        "--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(out),
+        "--train_datasets", str(data), "--train_template", case.template, "--train_sampling_strategy", "sequential",
+        "--per_device_train_batch_size", "1", "--num_train_epochs", "1", "--max_length", "120", "--truncation", "drop",
+        "--freeze_language_model", "False", "--use_peft", "True",
+        "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "True",
+        timeout=300,
+    )  # fmt: skip
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["train_empty_batches_skipped"] == 1  # rank 0's count, where the main process logs
+    losses = [h["loss"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)

@@ -15,11 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 
-from any2text.data.collator import MultimodalCollator
-from any2text.data.preference import PreferenceMessages
+from any2text.data.collator import EMPTY_BATCH_KEY, MultimodalCollator
+from any2text.data.preference import PreferenceMessages, pair_rows
 from any2text.data.templates import get_template
 from any2text.training.reward import (
+    REWARD,
     RewardCollator,
+    RewardConfig,
+    RewardTrainer,
     answer_end_columns,
     load_reward_model,
     pair_rewards,
@@ -27,6 +30,7 @@ from any2text.training.reward import (
     reward_loss,
     reward_metrics,
 )
+from any2text.training.stage import build_stage
 from conftest import REPO
 
 RATE = 16000
@@ -88,7 +92,7 @@ def test_reward_loss_and_metrics_equal_hand_computation():
 
 
 def test_reward_config_keeps_trl_names_and_data_flags(tiny_checkpoint, tmp_path):
-    _, _, args = parse_args(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path),
+    _, data_args, _, args = parse_args(["--model_name_or_path", str(tiny_checkpoint), "--output_dir", str(tmp_path),
                              "--train_datasets", "x.json", "--train_template", "RLAIF-V", "--max_length", "512",
                              "--center_rewards_coefficient", "0.01", "--packing", "True", "--use_cpu", "True"])  # fmt: skip
     assert (args.max_length, args.center_rewards_coefficient, args.packing, args.disable_dropout) == (
@@ -97,7 +101,7 @@ def test_reward_config_keeps_trl_names_and_data_flags(tiny_checkpoint, tmp_path)
         True,
         True,
     )
-    assert args.dataset_specs("train")[0].template == "RLAIF-V"
+    assert data_args.dataset_specs("train")[0].template == "RLAIF-V"
     with pytest.raises(ValueError, match="center_rewards_coefficient"):
         parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--center_rewards_coefficient", "-1"])
 
@@ -154,15 +158,22 @@ def test_pair_rewards_from_one_row_equal_two_separate_sequences(reward_model, la
     assert not torch.equal(chosen, rejected)
 
 
-def test_answer_end_columns_skip_padding_and_pair_answers_per_row():
-    # Row 0: [pad pad | prompt(0,1) chosen(2,3) | pad | rejected(2,3,4) ]; row 1 packed: two pairs, then padding.
-    input_ids = torch.tensor([[0, 0, 5, 6, 7, 8, 0, 9, 9, 9], [5, 7, 8, 9, 5, 6, 7, 9, 0, 0]])
-    position_ids = torch.tensor([[0, 0, 0, 1, 2, 3, 0, 2, 3, 4], [0, 1, 2, 2, 0, 1, 2, 2, 0, 0]])
-    rows, chosen, rejected = answer_end_columns(input_ids, position_ids, pad_token_id=0)
-    assert rows.tolist() == [0, 1, 1] and chosen.tolist() == [5, 2, 6] and rejected.tolist() == [9, 3, 7]
-    # A pad token inside an answer's run (pad = eos) is not read, as `AutoModelForSequenceClassification` does.
-    input_ids[0, 5] = 0
-    assert answer_end_columns(input_ids, position_ids, pad_token_id=0)[1].tolist() == [4, 2, 6]
+def test_answer_end_columns_read_the_pair_batch_and_skip_padding():
+    def pair(prompt, chosen, rejected):
+        chosen, rejected = torch.tensor(chosen), torch.tensor(rejected)
+        return {"prompt": {"input_ids": torch.tensor(prompt)}, "chosen_ids": chosen, "rejected_ids": rejected,
+                "chosen_labels": chosen, "rejected_labels": rejected, "media": {}}  # fmt: skip
+
+    # Row 0: prompt (0, 1), chosen (2, 3), rejected (4-6); row 1 packed: two pairs, each [prompt | chosen | rejected].
+    rows = [[pair([5, 6], [7, 8], [9, 9, 9])], [pair([5], [7], [9]), pair([5, 6], [7], [9, 9])]]
+    batch = pair_rows(rows, pad_token_id=0)
+    got = answer_end_columns(batch, pad_token_id=0)
+    assert [t.tolist() for t in got] == [[0, 1, 1], [3, 1, 5], [6, 2, 7]]
+    # A pad token ending an answer (pad = eos) is not read, as `AutoModelForSequenceClassification` does; a rejected
+    # answer of pad tokens only is read at its own end, never inside the chosen answer.
+    rows[0][0] = pair([5, 6], [7, 0], [0, 0, 0])
+    got = answer_end_columns(pair_rows(rows, pad_token_id=0), pad_token_id=0)
+    assert [t.tolist() for t in got] == [[0, 1, 1], [2, 1, 5], [6, 2, 7]]
 
 
 def test_margin_column_reaches_the_batch_per_pair(reward_model):
@@ -175,6 +186,27 @@ def test_margin_column_reaches_the_batch_per_pair(reward_model):
     assert collator(samples)["margin"].tolist() == [0.5, 0.0, 2.0]
     packed = RewardCollator(processor, padding_free=True, margins={("d", 11): 1.5})([{"packed": samples[1:]}])
     assert packed["margin"].tolist() == [1.5, 0.0]
+
+
+def test_a_batch_without_a_real_pair_is_a_zero_loss_that_still_runs_backward(reward_model, tmp_path):
+    """What a rank whose pairs were all dropped runs beside the others (DeepSpeed / several processes), and what
+    evaluation does with such a batch; the metrics count real pairs only."""
+    model, processor = reward_model
+    collator = RewardCollator(processor)
+    args = RewardConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = RewardTrainer(model=model, args=args, data_collator=collator)
+    empty = collator.empty_batch()
+    assert trainer.prediction_step(model, empty, prediction_loss_only=True) == (None, None, None)
+    empty.pop(EMPTY_BATCH_KEY)
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, empty)
+    loss.backward()
+    assert loss.item() == 0.0 and model.score.weight.grad is not None and not model.score.weight.grad.any()
+    assert not any(trainer._metrics["eval"].values())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        trainer.compute_loss(model, collator([{"messages": pair, "index": i} for i, pair in enumerate(_pairs()[:2])]))
+    assert trainer._metrics["eval"]["accuracy"][0] in (0.0, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -268,12 +300,10 @@ def test_lora_reward_model_trains_the_head_and_saves_it_beside_the_adapter(
 ):
     from peft import PeftModel
 
-    from any2text.training.reward import build_reward_trainer
-
     extra = ["--packing", "True", "--max_length", "600"] if flag else []
     groups = parse_args(_reward_args(tiny_checkpoint, preference_data, tmp_path / "out", "--use_peft", "True",
                                      "--max_steps", "2", "--save_strategy", "no", *extra))  # fmt: skip
-    trainer = build_reward_trainer(*groups)
+    trainer = build_stage(REWARD, *groups)
     named = dict(trainer.model.named_parameters())
     assert any("score" in name and p.requires_grad for name, p in named.items())
     assert not any(p.requires_grad for name, p in named.items() if "tower" in name)
@@ -302,14 +332,12 @@ def test_lora_reward_model_trains_the_head_and_saves_it_beside_the_adapter(
 
 @pytest.mark.slow
 def test_reward_model_trains_from_a_stock_llava_checkpoint(tiny_llava_checkpoint, preference_data, tmp_path):
-    from any2text.training.reward import build_reward_trainer
-
     out = tmp_path / "rm"
     files = ("ti2t.json", "rlaif.json", "trl.json")  # image and text pairs: Llava has no audio encoder
     args = _reward_args(tiny_llava_checkpoint, preference_data, out, "--max_steps", "1", "--save_strategy", "no")
     args[args.index("--train_datasets") + 1] = ",".join(str(preference_data / f) for f in files)
     args[args.index("--train_template") + 1] = "AA_TI2T,RLAIF-V,TRL-Preference"
-    trainer = build_reward_trainer(*parse_args(args))
+    trainer = build_stage(REWARD, *parse_args(args))
     trainer.train()
     trainer.save_model()
     # Saved under LlamaVisionAudio's own names (not Llava's), so the stock Auto class loads every weight.

@@ -33,6 +33,8 @@ _FIXES = {
     "media_outside_root": "the rows' media paths lead outside the media root: fix `--media_root`{}, or pass "
     "`--allow_media_outside_root True` if the dataset is trusted",
     "undecodable_media": "the media files are corrupt or in a format that cannot be read: re-download or convert them",
+    "oversized_media": "the images have more pixels than PIL decodes safely (`PIL.Image.MAX_IMAGE_PIXELS`): resize "
+    "them",
     "non_finite_media": "the media hold NaN or infinite values: regenerate the files",
     "too_long": "the samples are longer than `--max_length`: raise it, or pass `--truncation drop` / "
     "`--truncation text`",

@@ -61,6 +61,8 @@ _DROPPED_KEYS = ("offset_mapping", "text_replacement_offsets")
 # Errors that mean "this sample is bad" (as in `loading._BAD_ROW_ERRORS`): named after its row, skippable.
 _BAD_SAMPLE_ERRORS = (ValueError, KeyError, TypeError, IndexError, OSError)
 _NO_SOURCE = "(samples without a `source`)"
+# Set (True) on a batch with no sample left in it: the trainer skips that step instead of training on a placeholder.
+EMPTY_BATCH_KEY = "empty_batch"
 
 
 class SampleTooLongError(ValueError):
@@ -111,10 +113,18 @@ class MultimodalCollator:
         return_sources (`bool`, *optional*, defaults to `False`):
             Add `"sources"` to the batch: the `source` of each sample kept, in row order (`None` for samples without
             one). A training loop that reports a bad step by row pops it before calling the model.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            TRL's name: the samples of a batch become ONE row without padding, `position_ids` restarting per sample
+            (see `any2text.data.packing`). `PackedDataset` items (`{"packed": [sample, ...]}`) always become one row
+            each, whatever this says.
+        single_row (`bool`, *optional*, defaults to `False`):
+            Join the rows of a packed batch into one row (flash-attention's variable-length path reads packed
+            `position_ids` only in a batch of one row; see `packing.PackedCollator`).
 
-    A batch where every sample was dropped holds one placeholder row without labels (a zero loss), so a run never
-    crashes on it. `sample_length(messages)` gives a sample's exact length without loading its media, for
-    `train_sampling_strategy="group_by_length"` and for checking lengths before training.
+    A batch where every sample was dropped (or skipped as a bad row) is `empty_batch()`: one placeholder row without
+    labels marked `EMPTY_BATCH_KEY`, which `MultimodalTrainer` skips (counted) instead of training on it.
+    `sample_length(messages)` gives a sample's exact length without loading its media (the dataset's length index
+    and `check_sample` use it); `fit_length` is the one rule for a sample longer than `max_length`.
     """
 
     def __init__(
@@ -130,6 +140,8 @@ class MultimodalCollator:
         bad_rows: BadRowLog | None = None,
         allow_media_outside_root: bool = False,
         return_sources: bool = False,
+        padding_free: bool = False,
+        single_row: bool = False,
     ):
         if truncation not in TRUNCATION_MODES:
             raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
@@ -157,6 +169,8 @@ class MultimodalCollator:
         self.bad_rows = bad_rows if bad_rows is not None else BadRowLog()
         self.allow_media_outside_root = allow_media_outside_root
         self.return_sources = return_sources
+        self.padding_free = padding_free
+        self.single_row = single_row
         self.image_token = getattr(processor, "image_token", None)
         self.audio_token = getattr(processor, "audio_token", None)
         feature_extractor = getattr(processor, "feature_extractor", None)
@@ -303,10 +317,9 @@ class MultimodalCollator:
 
     def _fit(self, sample: dict[str, Any], index: int) -> dict[str, Any] | None:
         """Apply `max_length`: the sample unchanged, cut (text only), or `None` (dropped)."""
-        length = len(sample["input_ids"])
-        if self.max_length is None or length <= self.max_length:
+        keep = self.fit_length(self._media_mask(sample).tolist())
+        if keep == len(sample["input_ids"]):
             return sample
-        keep = self._fit_length(self._media_mask(sample).tolist())
         reason = "a media span would be cut" if self.truncation == "text" else "`truncation='drop'`"
         if keep is not None:
             cut = {key: value[:keep] if key != "media" else value for key, value in sample.items()}
@@ -314,62 +327,147 @@ class MultimodalCollator:
                 return cut
             # Every labelled token lies past the cut: such a sample would train at loss 0.
             reason = "cutting the text would leave no labelled token"
+        return self._drop(f"a sample of {len(sample['input_ids'])} tokens", reason)
+
+    def _drop(self, what: str, reason: str) -> None:
         self.num_dropped += 1
         logger.warning(
-            f"Dropped a sample of {length} tokens (> `max_length={self.max_length}`; {reason}); "
-            f"{self.num_dropped} dropped so far."
+            f"Dropped {what} (> `max_length={self.max_length}`; {reason}); {self.num_dropped} dropped so far."
         )
         return None
 
-    def _fit_length(self, media_mask: list[bool]) -> int | None:
-        """`fit_to_max_length` (the one home of the rule and its message), its error a `SampleTooLongError`."""
+    def fit_length(self, media_mask: list[bool], name: str = "The sample") -> int | None:
+        """THE rule for a sample (or a preference pair's row) against `max_length`, for every stage and layout.
+
+        Returns how many leading tokens to keep: all of them when it fits, fewer under `truncation="text"` (media
+        spans never cut), `None` to drop it (`"drop"`, or `"text"` when the cut would go through a media span).
+        `media_mask` is per token (True on media tokens); only its length matters unless a cut is needed.
+        The rule and its message are the processor's `fit_to_max_length`.
+
+        Raises:
+            SampleTooLongError: (a `ValueError`, a bad row: named, skippable) over `max_length` under `"error"`.
+        """
+        if self.max_length is None:
+            return len(media_mask)
         try:
-            return fit_to_max_length(media_mask, self.max_length, self.truncation)
+            return fit_to_max_length(media_mask, self.max_length, self.truncation, name=name)
         except ValueError as error:
             raise SampleTooLongError(str(error)) from None
 
     def check_sample(self, messages: list[dict]) -> int:
         """The sample's exact length (see `sample_length`), checked against `max_length` under `truncation="error"`.
 
-        Cheap (no media are loaded), so it can run as the row is read: `MultimodalDataset(check_sample=...)`.
+        Cheap (no media are loaded), so it runs as the row is read (`MultimodalDataset(check_sample=...)`): a
+        sample that can never be used is a bad row named after its dataset row, skippable, found by validation.
 
         Raises:
             SampleTooLongError: (a `ValueError`) the sample is longer than `max_length` and `truncation="error"`.
         """
         length = self.sample_length(messages)
         if self.max_length is not None and self.truncation == "error" and length > self.max_length:
-            self._fit_length([False] * length)  # raises, with the message every too-long sample gets
+            self.fit_length([False] * length, name=self._length_name)  # raises, the message every over-long one gets
         return length
+
+    _length_name = "The sample"
 
     # -----------------------------------------------------------------------------------------------------------------
     # The batch
 
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        encoded, sources = [], []
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The batch: one row per sample (padded), one row per `PackedDataset` item, or one row (`padding_free`)."""
+        from .packing import PACKED_KEY
+
+        flat = self.padding_free or bool(samples and all(PACKED_KEY in sample for sample in samples))
+        if samples and all(PACKED_KEY in sample for sample in samples):
+            groups = [list(sample[PACKED_KEY]) for sample in samples]
+        else:
+            groups = [list(samples)]
+        rows, kept = [], []
+        for group in groups:
+            encoded, kept_samples = self._encode_samples(group)
+            if encoded:
+                rows.append(encoded)
+                kept += kept_samples
+        if not rows:
+            return self.empty_batch()
+        return self._finish(self._layout(rows, flat), kept)
+
+    def _finish(self, batch: dict[str, Any], kept: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """What the kept samples add beside their tokens: their `sources` when asked for."""
+        if self.return_sources:
+            batch["sources"] = [sample.get("source") for sample in kept]
+        return batch
+
+    def _encode_samples(self, samples: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[Mapping[str, Any]]]:
+        """Encoded samples (fitted to `max_length`; dropped and skipped ones left out) and the samples they came from.
+
+        A sample that fails is a bad row named after its dataset row: an error, or with `skip_bad_rows` recorded in
+        `bad_rows` (counted once, capped by `max_bad_rows`) and left out.
+        """
+        encoded, kept = [], []
         for index, sample in enumerate(samples):
-            if "messages" not in sample:
-                raise ValueError(
-                    f"Sample {index} has keys {sorted(sample)}; expected `messages` (what `MultimodalDataset` "
-                    "yields). With the Trainer, set `remove_unused_columns=False` so `messages` reaches the collator."
-                )
+            self._check_sample_type(sample, index)
             try:
-                fitted = self._fit(self._encode(sample["messages"], index), index)
+                item = self._encode_item(sample["messages"], index)
             except _BAD_SAMPLE_ERRORS as error:
                 bad = self._bad_sample(sample, index, error)
                 if not self.skip_bad_rows:
                     raise bad from error
                 self.bad_rows.record(bad)
                 continue
-            if fitted is not None:
-                encoded.append(fitted)
-                sources.append(sample.get("source"))
-        if not encoded:
-            encoded = [self._empty_sample()]
-        if self.ensure_image and not any("pixel_values" in sample["media"] for sample in encoded):
-            encoded.append(self._blank_image_sample())
-        batch = self._pad(encoded)
-        if self.return_sources:
-            batch["sources"] = sources
+            if item is not None:
+                encoded.append(item)
+                kept.append(sample)
+        return encoded, kept
+
+    def _check_sample_type(self, sample: Mapping[str, Any], index: int) -> None:
+        if "messages" not in sample:
+            raise ValueError(
+                f"Sample {index} has keys {sorted(sample)}; expected `messages` (what `MultimodalDataset` "
+                "yields). With the Trainer, set `remove_unused_columns=False` so `messages` reaches the collator."
+            )
+
+    def _encode_item(self, messages: list[dict], index: int) -> dict[str, Any] | None:
+        """One sample encoded and fitted to `max_length` (`None`: dropped)."""
+        return self._fit(self._encode(messages, index), index)
+
+    def _layout(self, rows: list[list[dict[str, Any]]], flat: bool) -> dict[str, Any]:
+        """Padded rows, one per sample; or (`flat`) each group of samples one padding-free row."""
+        from .packing import concat_rows, flatten_padded_batch, stack_rows
+
+        if not flat:
+            (encoded,) = rows
+            if self.ensure_image and not any("pixel_values" in sample["media"] for sample in encoded):
+                encoded = [*encoded, self._blank_image_sample()]
+            return self._pad(encoded)
+        flat_rows = [flatten_padded_batch(self._pad(encoded)) for encoded in rows]
+        if self.ensure_image and not any("pixel_values" in row for row in flat_rows):
+            # A row of its own: a blank image inside a packed row could push it over `max_length`.
+            flat_rows.append(flatten_padded_batch(self._pad([self._blank_image_sample()])))
+        if self.single_row and len(flat_rows) > 1:
+            flat_rows = [concat_rows(flat_rows)]
+        return stack_rows(flat_rows, self.tokenizer.pad_token_id)
+
+    def empty_batch(self) -> dict[str, Any]:
+        """What a batch whose every sample was dropped or skipped becomes, marked `EMPTY_BATCH_KEY: True`.
+
+        `MultimodalTrainer` skips the step, counted. Under DeepSpeed or several processes it instead runs the stage's
+        own loss on this placeholder times zero, so every rank issues the same collectives (ZeRO-3 gathers, DDP's
+        all-reduce, metric gathers) as the others: hence one placeholder row with one labelled token (a finite loss),
+        and a blank image too under `ensure_image`.
+        """
+        logger.warning("Every sample of a batch was dropped or skipped; the step is skipped (counted).")
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
+        samples = [{
+            "input_ids": torch.tensor([token, token]),
+            "attention_mask": torch.tensor([1, 1]),
+            "labels": torch.tensor([IGNORE_INDEX, token]),
+            "media": {},
+        }]  # fmt: skip
+        if self.ensure_image:
+            samples.insert(0, self._blank_image_sample())  # first: its keys (`mm_token_type_ids`) set the batch's
+        batch = self._pad(samples)
+        batch[EMPTY_BATCH_KEY] = True
         return batch
 
     def _bad_sample(self, sample: Mapping[str, Any], index: int, error: BaseException) -> BadRowError:
@@ -404,16 +502,6 @@ class MultimodalCollator:
             key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS and key not in _DROPPED_KEYS
         }
         return sample
-
-    def _empty_sample(self) -> dict[str, Any]:
-        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
-        logger.warning("Every sample of a batch was dropped; training on an empty (zero-loss) batch instead.")
-        return {
-            "input_ids": torch.tensor([token]),
-            "attention_mask": torch.tensor([1]),
-            "labels": torch.tensor([IGNORE_INDEX]),
-            "media": {},
-        }
 
     def _pad(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         target = max(len(sample["input_ids"]) for sample in samples)
@@ -478,4 +566,4 @@ def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list
     return [tuple(char + gained[bisect.bisect_right(ends, char)] for char in span) for span in spans]
 
 
-__all__ = ["IGNORE_INDEX", "MultimodalCollator", "SampleTooLongError"]
+__all__ = ["EMPTY_BATCH_KEY", "IGNORE_INDEX", "MultimodalCollator", "SampleTooLongError"]

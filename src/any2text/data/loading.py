@@ -480,8 +480,13 @@ class MultimodalDataset(torch.utils.data.Dataset):
             passes `MultimodalCollator.check_sample`, so a sample longer than `max_length` under
             `truncation="error"` is found when its row is read, not in the middle of a batch.
 
-    Items are `{"messages": [...], "source": {"dataset": ..., "index": ..., "id": ...}}`: `source` names the row the
-    sample came from, so that errors raised later (in the collator, in the training step) can name it too.
+    Items are `{"messages": [...], "source": {"dataset": ..., "index": ..., "id": ...}, "index": i}`: `source` names
+    the row the sample came from, so that errors raised later (in the collator, in the training step) can name it
+    too; `index` is the item's own index `i` (the key of per-item tables such as DPO's reference log-probs; with
+    `skip_bad_rows` a bad row's item is the next good row's sample, the same one every time).
+
+    The length index: `lengths` (item order) once `validate(length_fn=...)` measured every sample from its row
+    alone, media never decoded (the stage set-up does it for `--packing` and `group_by_length`).
 
     Mixing: without weights the datasets are concatenated. With weights (on every spec) each dataset gets
     `round(num_samples * weight / sum(weights))` samples, drawn without replacement and cycling through the rows
@@ -618,7 +623,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.skip_bad_rows:
             messages, source = self._sample(index)
-            return {"messages": messages, "source": source}
+            return {"messages": messages, "source": source, "index": index}
         for attempt in range(len(self)):
             position = (index + attempt) % len(self)
             key = (str(self.specs[int(self._dataset_index[position])]), int(self._row_index[position]))
@@ -626,7 +631,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 continue  # known bad: not read (nor its media decoded) again
             try:
                 messages, source = self._sample(position)
-                return {"messages": messages, "source": source}
+                return {"messages": messages, "source": source, "index": index}
             except BadRowError as error:
                 self.bad_rows.record(error)
         raise ValueError("Every row of the dataset is bad; see the warnings above.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,6 +50,12 @@ class MediaDecodeError(ValueError):
     """A media file or embedded bytes that cannot be decoded."""
 
     cause = "undecodable_media"
+
+
+class OversizedImageError(ValueError):
+    """An image with more pixels than PIL decodes safely (`PIL.Image.MAX_IMAGE_PIXELS`): a decompression bomb."""
+
+    cause = "oversized_media"
 
 
 def _describe(ref: MediaRef) -> str:
@@ -170,7 +177,8 @@ def load_image(
     Raises:
         FileNotFoundError: the file does not exist.
         MediaOutsideRootError: the path leads outside `media_root`.
-        ValueError: the file or bytes are not a readable image, or it holds non-finite values.
+        ValueError: the file or bytes are not a readable image, it holds non-finite values, or it has more pixels than
+            `PIL.Image.MAX_IMAGE_PIXELS` (`OversizedImageError`: a decompression bomb).
         TypeError: the reference is of an unsupported type.
 
     Example:
@@ -195,8 +203,17 @@ def load_image(
         )
     file, name = source
     try:
-        with PIL.Image.open(file) as image:
-            return image_to_rgb(image, name)
+        with warnings.catch_warnings():
+            # Past `MAX_IMAGE_PIXELS` PIL only warns (an error from twice that): decoding such an image would take
+            # gigabytes of RAM in every DataLoader worker, so either is a bad row, found before anything is decoded.
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(file) as image:
+                return image_to_rgb(image, name)
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+        raise OversizedImageError(
+            f"Image {name} is too large to decode safely ({error}). Resize the image, or raise "
+            "`PIL.Image.MAX_IMAGE_PIXELS` if images that large are intended."
+        ) from error
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise MediaDecodeError(f"Image {name} could not be decoded ({error}). Replace or remove the file.") from error
 

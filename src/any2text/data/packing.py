@@ -30,12 +30,12 @@ shifted loss needs nothing else). `use_cache=False` rides in the batch: a model 
 from __future__ import annotations
 
 import bisect
+import copy
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -253,13 +253,15 @@ class PackedDataset(torch.utils.data.Dataset):
 
 class PackedCollator:
     r"""
-    Wrap a `MultimodalCollator` so batches come padding-free (one row) or packed (one row per bin).
+    `collator` with its batches padding-free (one row) or packed (one row per `PackedDataset` bin).
+
+    The rows are laid out by the collator itself (`MultimodalCollator(padding_free=...)`: SFT samples and DPO pairs
+    alike); this class only holds the switches, for code that builds them apart from the collator.
 
     Args:
         collator (`MultimodalCollator`):
             Renders, loads media, runs the processor and masks labels, exactly as for padded batches (its
-            `max_length` / `truncation` apply per sample). Build it with `ensure_image=False` and pass
-            `ensure_image` here instead, so the blank image lands in a row of its own.
+            `max_length` / `truncation` apply per sample).
         packing (`bool`, *optional*, defaults to `False`):
             `False`: samples in, the whole batch becomes one row. `True`: `PackedDataset` items in, one row per bin.
         ensure_image (`bool`, *optional*, defaults to `False`):
@@ -278,48 +280,19 @@ class PackedCollator:
     def __init__(
         self, collator: MultimodalCollator, packing: bool = False, ensure_image: bool = False, single_row: bool = False
     ):
-        if getattr(collator, "ensure_image", False):
-            raise ValueError(
-                "Build the wrapped `MultimodalCollator` with `ensure_image=False` and pass `ensure_image=True` to "
-                "`PackedCollator`: a blank image inside a packed row could push it over `max_length`."
-            )
-        self.collator = collator
+        self.collator = copy.copy(collator)
+        self.collator.padding_free = True
+        self.collator.ensure_image = ensure_image or collator.ensure_image
+        self.collator.single_row = single_row
         self.packing = packing
-        self.ensure_image = ensure_image
-        self.single_row = single_row
-
-    def __getattr__(self, name: str) -> Any:
-        # `max_length`, `truncation`, `num_dropped`, `sample_length`... are the wrapped collator's.
-        if name == "collator":
-            raise AttributeError(name)
-        return getattr(self.collator, name)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if self.packing:
-            if any(PACKED_KEY not in feature for feature in features):
-                raise ValueError(
-                    "`PackedCollator(packing=True)` takes `PackedDataset` items (`{'packed': [...]}`); wrap the "
-                    "dataset in `PackedDataset`, or use `packing=False` for padding-free batches of plain samples."
-                )
-            groups = [list(feature[PACKED_KEY]) for feature in features]
-        else:
-            groups = [list(features)]
-        rows = [flatten_padded_batch(self.collator(group)) for group in groups]
-        if self.ensure_image and not any("pixel_values" in row for row in rows):
-            rows.append(self._blank_image_row())
-        if self.single_row and len(rows) > 1:
-            rows = [concat_rows(rows)]
-        return stack_rows(rows, self.collator.tokenizer.pad_token_id)
-
-    def _blank_image_row(self) -> dict[str, torch.Tensor]:
-        """One blank image and nothing to learn: it runs the vision tower without touching the loss."""
-        messages = [
-            {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))}]},
-            {"role": "assistant", "content": [{"type": "text", "text": ""}]},
-        ]
-        row = flatten_padded_batch(self.collator([{"messages": messages}]))
-        row["labels"] = torch.full_like(row["labels"], IGNORE_INDEX)
-        return row
+        if self.packing and any(PACKED_KEY not in feature for feature in features):
+            raise ValueError(
+                "`PackedCollator(packing=True)` takes `PackedDataset` items (`{'packed': [...]}`); wrap the "
+                "dataset in `PackedDataset`, or use `packing=False` for padding-free batches of plain samples."
+            )
+        return self.collator(features)
 
 
 def flatten_padded_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,17 +23,18 @@ the language model once; see `any2text.training.dpo` for the step that reads the
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .collator import IGNORE_INDEX, MultimodalCollator, SampleTooLongError
+from .collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator
 from .loading import MultimodalDataset
 from .media import media_refs
-from .packing import PACKED_KEY
 from .templates import (
     AUDIO_PLACEHOLDER,
     IMAGE_PLACEHOLDER,
@@ -61,6 +62,12 @@ class PreferenceMessages(list):
     """
 
     def __init__(self, prompt: Sequence[Message], chosen: Sequence[Message], rejected: Sequence[Message]):
+        if _answer_of(chosen) == _answer_of(rejected):
+            # The DPO / reward loss of such a pair has a zero gradient: it would train silently on nothing.
+            raise ValueError(
+                f"its chosen and rejected answers are identical ({_answer_of(chosen)[:80]!r}); a preference pair needs "
+                "two different answers. Fix or drop the row."
+            )
         super().__init__([*prompt, *chosen])
         self.num_prompt = len(prompt)
         self.rejected = list(rejected)
@@ -80,6 +87,16 @@ class PreferenceMessages(list):
     def __reduce__(self):
         # DataLoader workers pickle samples; a list subclass would otherwise lose `rejected`.
         return (PreferenceMessages, (self.prompt, self.chosen, self.rejected))
+
+
+def _answer_of(messages: Sequence[Message]) -> tuple:
+    """What an answer says: its turns' roles and content, text stripped (`"A cat. "` is `"A cat."`)."""
+    return tuple(
+        (message.get("role"), message["content"].strip() if isinstance(message.get("content"), str) else tuple(
+            (item.get("type"), str(item.get(item.get("type"), "")).strip()) for item in message.get("content") or ()
+        ))
+        for message in messages
+    )  # fmt: skip
 
 
 def register_preference_template(name: str, *, required_columns=(), aliases=()):
@@ -125,12 +142,15 @@ def _prompt_with_media(row: dict[str, Any], text: str, images: list, audios: lis
 
 def _overall(row: dict[str, Any]) -> tuple[str, str]:
     """(chosen, rejected) of an align-anything row from `overall_response` (1 or 2)."""
-    choice = row.get("overall_response")
-    try:
-        choice = int(choice)
-    except (TypeError, ValueError):
-        choice = None
-    if choice not in (1, 2):
+    value = row.get("overall_response")
+    # Exactly 1 or 2 (an integral float or a digit string from a CSV too); `int()` would turn 1.7 into 1 and `True`
+    # into 1, training the wrong answer as preferred.
+    choice = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_) and value in (1, 2):
+        choice = int(value)
+    elif isinstance(value, str) and value.strip() in ("1", "2"):
+        choice = int(value.strip())
+    if choice is None:
         raise ValueError(
             f"{row_name(row)} has `overall_response={row.get('overall_response')!r}`; expected 1 or 2 (which of "
             "`response_1` / `response_2` is preferred)."
@@ -307,63 +327,49 @@ class PreferenceDataset(MultimodalDataset):
         return messages.with_messages(resolved) if isinstance(messages, PreferenceMessages) else resolved
 
 
-class IndexedDataset(torch.utils.data.Dataset):
-    """Each item of `dataset` with its `index` (and, once known, its reference log-probs) added."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset, ref_logps: dict[int, tuple[float, float]] | None = None):
-        self.dataset = dataset
-        self.ref_logps = ref_logps
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {**self.dataset[index], "index": index}
-        if self.ref_logps is not None:
-            item["ref_chosen_logps"], item["ref_rejected_logps"] = self.ref_logps[index]
-        return item
-
-    def __getattr__(self, name: str) -> Any:
-        # `log_skip_summary`, `skipped`, `messages`... of the wrapped dataset.
-        if name in ("dataset", "ref_logps"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Collator
 
 
 class PreferenceCollator(MultimodalCollator):
     r"""
-    Batch preference pairs as one row per pair, `[left padding | prompt | chosen | padding | rejected | padding]`.
+    Batch preference pairs as rows `[prompt | chosen | rejected]`: ONE layout for every batch shape.
 
-    Same arguments as `MultimodalCollator` (rendering, media loading, label masks and `max_length` / `truncation`
-    are its own; `max_length` applies to `prompt + chosen` and to `prompt + rejected`, as in TRL, and a pair is
-    dropped, counted in `num_dropped`, when either side is). Prompts are left-padded so that every chosen answer
-    starts at the same column `P` and every rejected one at `P + C`; the model then computes logits only at the
-    columns listed in `logits_to_keep`.
+    Same arguments as `MultimodalCollator` (rendering, media loading, label masks, `max_length` / `truncation`,
+    `skip_bad_rows` / `bad_rows`, `allow_media_outside_root`, `ensure_image`, `padding_free` are its own). A pair's
+    length is its row, `prompt + chosen + rejected` with media counted once (`sample_length`); `max_length` bounds
+    it through the one rule, `fit_length`: `"error"` raises (a bad row), `"drop"` leaves it out (counted), `"text"`
+    cuts the ends of the answers (the longer one first) so the row fits, and drops the pair when no answer token
+    would remain.
 
-    Returns a dict with the model inputs `input_ids`, `attention_mask` (4D, `(pairs, 1, L, L)`, True where attention
-    is allowed), `position_ids`, `mm_token_type_ids` (when the processor gives them), the media tensors of the
-    prompts (each item once), `logits_to_keep` (1D columns), `chosen_labels` `(pairs, C)` and `rejected_labels`
-    `(pairs, R)` (the target tokens at those columns, `-100` elsewhere), `pair_mask` (False for a padding row added
-    for `ensure_image`), and `index` / `ref_chosen_logps` / `ref_rejected_logps` when the samples carry them.
+    The prompt and its media appear once per pair; the rejected answer attends to the prompt but not to the chosen
+    answer (a 4D attention mask) and its positions continue from the prompt's. So each image and clip of a pair is
+    encoded once and the prompt runs through the language model once.
 
-    **Padding-free and packed batches** (`padding_free=True`, TRL's name; `any2text.dpo --padding_free` /
-    `--packing`): several pairs share a row, `[prompt 1 | chosen 1 | rejected 1 | prompt 2 | ...]`, positions restart
-    at each pair and the 4D mask keeps attention inside each pair (and the rejected answer off the chosen one), so
-    loss and gradients equal the one-row-per-pair batch's. With `padding_free` the whole batch is one row; with
-    `PackedDataset` items (`{"packed": [pair, ...]}`, bins of at most `max_length` tokens, pair lengths from
-    `sample_length`) each item is a row, and a pair whose `prompt + chosen + rejected` exceeds `max_length` is never
-    split: an error under `truncation="error"`, else dropped and counted. The answers' targets then come as
-    `answer_labels` / `answer_slots` `(rows, K)` (slot `2 * pair + side`, side 0 chosen, 1 rejected, -1 none) with
-    `logits_to_keep` the union of the rows' answer columns; `pair_mask`, `index` and reference log-probs are per pair.
+    Rows: by default one pair per row, prompts left-padded to end at the same column (so the answers of all rows
+    share few columns); with `padding_free=True` (TRL's name) the whole batch is one row, and with `PackedDataset`
+    items (`{"packed": [pair, ...]}`, bins of at most `max_length` tokens) each item is a row. A pair is never split.
+    In every case the batch has the same keys (the pair batch schema):
+
+    - `input_ids`, `position_ids` `(rows, L)`: positions restart at each pair; the rejected answer's continue from
+      the prompt's end.
+    - `attention_mask` `(rows, 1, L, L)` bool, True where attention is allowed (`pair_attention_mask`).
+    - `mm_token_type_ids` `(rows, L)` when the processor gives them; the media tensors of the prompts
+      (`pixel_values`, `input_features`, `is_longer`...), each item once, in row order.
+    - `logits_to_keep` `(K,)`: the columns whose logits predict an answer token (the union over rows).
+    - `answer_labels` `(rows, K)`: the answer token each kept column predicts in that row (`-100`: none);
+      `answer_slots` `(rows, K)`: which answer it belongs to, `2 * pair + side` (side 0 chosen, 1 rejected; `-1`
+      none). Pairs are numbered over the batch in row order.
+    - `pair_mask` `(pairs,)`: False for a padding pair (a blank image added for `ensure_image`).
+    - `pair_rows` `(pairs,)` and `answer_ends` `(pairs, 2)`: the row of each pair and the columns of the last token
+      of its chosen (`[:, 0]`) and rejected (`[:, 1]`) answer: `hidden[pair_rows, answer_ends[:, side]]` is what a
+      reward model scores (the answer's end sees its prompt and itself only).
+    - `index`, `ref_chosen_logps`, `ref_rejected_logps` `(pairs,)`: when the samples carry them.
+
+    `training.dpo.pair_logps(model, batch)` turns it into per-pair summed log-probs and token counts.
     """
 
-    def __init__(self, *args, padding_free: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.padding_free = padding_free
+    _length_name = "The preference pair (prompt + chosen + rejected)"
 
     @staticmethod
     def _last_span_start(labels: torch.Tensor) -> int | None:
@@ -376,7 +382,19 @@ class PreferenceCollator(MultimodalCollator):
             start -= 1
         return start
 
-    def _encode_pair(self, messages: PreferenceMessages, index: int) -> dict[str, Any] | None:
+    def _check_sample_type(self, sample: Mapping[str, Any], index: int) -> None:
+        super()._check_sample_type(sample, index)
+        if not isinstance(sample["messages"], PreferenceMessages):
+            raise ValueError(
+                f"Sample {index} is not a preference pair (got {type(sample['messages']).__name__}); preference "
+                f"data needs a preference template: {', '.join(f'`{t}`' for t in sorted(PREFERENCE_TEMPLATES))}."
+            )
+
+    def _encode_item(self, messages: PreferenceMessages, index: int) -> dict[str, Any] | None:
+        return self._fit_pair(self._encode_pair(messages, index))
+
+    def _encode_pair(self, messages: PreferenceMessages, index: int) -> dict[str, Any]:
+        """A pair as `{prompt, chosen_ids, rejected_ids, chosen_labels, rejected_labels, media}` (not yet fitted)."""
         rejected_messages = [*messages.prompt, *messages.rejected]
         media = self._load_media(list(messages))
         chosen = self._encode(messages, index, media)
@@ -394,31 +412,44 @@ class PreferenceCollator(MultimodalCollator):
             )
         if not torch.equal(chosen["input_ids"][:start], rejected["input_ids"][:start]):
             raise ValueError(f"Sample {index}: the chosen and rejected conversations render different prompts.")
-        # `max_length` as TRL applies it: to prompt + chosen and to prompt + rejected.
-        fitted = [self._fit(side, index) for side in (chosen, rejected)]
-        if any(side is None for side in fitted):
-            return None
-        chosen, rejected = fitted
-        completion_labels = [side["labels"][start:] for side in (chosen, rejected)]
-        if start >= len(chosen["input_ids"]) or any((c != IGNORE_INDEX).sum() == 0 for c in completion_labels):
-            self.num_dropped += 1
-            logger.warning(f"Dropped a pair whose answer was cut away entirely; {self.num_dropped} dropped so far.")
-            return None
-        prompt = {key: value[:start] for key, value in chosen.items() if key not in ("media", "labels")}
         return {
-            "prompt": prompt,
+            "prompt": {key: value[:start] for key, value in chosen.items() if key not in ("media", "labels")},
             "chosen_ids": chosen["input_ids"][start:],
             "rejected_ids": rejected["input_ids"][start:],
-            "chosen_labels": completion_labels[0],
-            "rejected_labels": completion_labels[1],
+            "chosen_labels": chosen["labels"][start:],
+            "rejected_labels": rejected["labels"][start:],
             "media": chosen["media"],
         }
 
-    def sample_length(self, messages: list[dict]) -> int:
-        """Tokens of a pair's packed layout, `prompt + chosen + rejected` (media counted once), without loading media.
+    def _fit_pair(self, pair: dict[str, Any]) -> dict[str, Any] | None:
+        """`max_length` on the pair's row through `fit_length`; `"text"` cuts the answers' ends, longer one first."""
+        p, c, r = len(pair["prompt"]["input_ids"]), len(pair["chosen_ids"]), len(pair["rejected_ids"])
+        media_mask = self._media_mask(pair["prompt"]).tolist() + [False] * (c + r)
+        keep = self.fit_length(media_mask, name=self._length_name)
+        if keep == p + c + r:
+            return pair
+        reason = "`truncation='drop'`" if self.truncation == "drop" else "a media span would be cut"
+        if keep is not None:
+            budget = keep - p
+            keep_c = min(c, max(budget - r, budget // 2))
+            keep_r = min(r, budget - keep_c)
+            cut = {
+                **pair,
+                "chosen_ids": pair["chosen_ids"][:keep_c],
+                "rejected_ids": pair["rejected_ids"][:keep_r],
+                "chosen_labels": pair["chosen_labels"][:keep_c],
+                "rejected_labels": pair["rejected_labels"][:keep_r],
+            }
+            if all((labels != IGNORE_INDEX).any() for labels in (cut["chosen_labels"], cut["rejected_labels"])):
+                return cut
+            reason = "cutting the answers would leave one without a token"
+        return self._drop(f"a preference pair of {p + c + r} tokens", reason)
 
-        Plain conversations get `MultimodalCollator.sample_length`. Packing bins pairs by this length; the row is
-        checked again with the real encoding, so a pair is never split and no row exceeds `max_length`.
+    def sample_length(self, messages: list[dict]) -> int:
+        """Tokens of a pair's row, `prompt + chosen + rejected` (media counted once), without loading media: the
+        length the dataset's length index holds, packing bins by and `max_length` bounds.
+
+        Plain conversations get `MultimodalCollator.sample_length`.
         """
         if not isinstance(messages, PreferenceMessages):
             return super().sample_length(messages)
@@ -452,221 +483,127 @@ class PreferenceCollator(MultimodalCollator):
             "padding": True,
         }
 
-    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if samples and all(PACKED_KEY in sample for sample in samples):
-            return self._call_packed([list(sample[PACKED_KEY]) for sample in samples])
-        if self.padding_free:
-            return self._call_packed([list(samples)])
-        pairs, extras = self._encode_samples(samples)
-        if self.ensure_image and not any("pixel_values" in pair["media"] for pair in pairs):
-            pairs.append(self._blank_pair())
-        batch = self._layout(pairs)
-        self._add_extras(batch, extras, len(pairs))
-        return batch
-
-    @staticmethod
-    def _add_extras(batch: dict[str, torch.Tensor], extras: list[Mapping[str, Any]], num_pairs: int) -> None:
-        for key in ("index", "ref_chosen_logps", "ref_rejected_logps"):
-            if extras and all(key in sample for sample in extras):
-                values = [sample[key] for sample in extras] + [0] * (num_pairs - len(extras))
-                batch[key] = torch.tensor(values, dtype=torch.long if key == "index" else torch.float32)
-
-    def _encode_samples(self, samples: Sequence[Mapping[str, Any]], check_empty: bool = True):
-        """Encoded pairs (dropped ones left out) and the samples they came from."""
-        pairs, extras = [], []
-        for index, sample in enumerate(samples):
-            messages = sample.get("messages")
-            if not isinstance(messages, PreferenceMessages):
-                raise ValueError(
-                    f"Sample {index} is not a preference pair (got {type(messages).__name__}); DPO data needs a "
-                    f"preference template: {', '.join(f'`{t}`' for t in sorted(PREFERENCE_TEMPLATES))}."
-                )
-            pair = self._encode_pair(messages, index)
-            if pair is not None:
-                pairs.append(pair)
-                extras.append(sample)
-        if check_empty and not pairs:
-            raise ValueError(
-                "Every pair of a batch was dropped (longer than `max_length`): raise `--max_length` or lower "
-                "`--per_device_train_batch_size`."
-            )
-        return pairs, extras
-
-    # -- padding-free / packed rows -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _pair_length(pair: dict[str, Any]) -> int:
-        return len(pair["prompt"]["input_ids"]) + len(pair["chosen_ids"]) + len(pair["rejected_ids"])
-
-    def _fits_packed_row(self, pair: dict[str, Any]) -> bool:
-        """A pair is never split across rows: one longer than `max_length` as a whole is an error or a counted drop."""
-        length = self._pair_length(pair)
-        if self.max_length is None or length <= self.max_length:
-            return True
-        message = (
-            f"A preference pair has {length} tokens (prompt + chosen + rejected, media included), more than "
-            f"`max_length={self.max_length}`, and a packed row never splits a pair. Raise `--max_length`, or pass "
-            "`--truncation drop` to skip such pairs (counted and logged)."
-        )
-        if self.truncation == "error":
-            raise SampleTooLongError(message)
-        self.num_dropped += 1
-        logger.warning(f"{message} Dropped; {self.num_dropped} dropped so far.")
-        return False
-
-    def _call_packed(self, groups: list[list[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
-        rows, extras = [], []
-        for group in groups:
-            pairs, samples = self._encode_samples(group, check_empty=False)
-            kept = [(pair, sample) for pair, sample in zip(pairs, samples) if self._fits_packed_row(pair)]
-            if kept:
-                rows.append([pair for pair, _ in kept])
-                extras += [sample for _, sample in kept]
-        if not rows:
-            raise ValueError(
-                "Every pair of a batch was dropped (longer than `max_length`): raise `--max_length` or lower "
-                "`--per_device_train_batch_size`."
-            )
-        num_pairs = len(extras)
+    def _layout(self, rows: list[list[dict[str, Any]]], flat: bool) -> dict[str, Any]:
+        """One pair per row (prompts aligned), or the given rows of pairs; then the per-pair extras."""
+        if not flat:
+            rows = [[pair] for pair in rows[0]]
         if self.ensure_image and not any("pixel_values" in pair["media"] for row in rows for pair in row):
             rows.append([self._blank_pair()])  # a row of its own: it never pushes a packed row past `max_length`
-            num_pairs += 1
-        batch = self._packed_layout(rows)
-        self._add_extras(batch, extras, num_pairs)
+        # `single_row` does not apply: a pair row takes a dense 4D mask, whose cost grows with the row squared.
+        return pair_rows(rows, self.tokenizer.pad_token_id, align_prompts=not flat)
+
+    def empty_batch(self) -> dict[str, Any]:
+        """`MultimodalCollator.empty_batch` as a pair batch: one text-only placeholder pair (`pair_mask` False, `index`
+        -1), plus the blank image pair under `ensure_image`; the DPO loss of a batch without a real pair is zero."""
+        logger.warning("Every pair of a batch was dropped or skipped; the step is skipped (counted).")
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
+        ids = torch.tensor([token])
+        placeholder = {"prompt": {"input_ids": ids}, "chosen_ids": ids, "rejected_ids": ids, "chosen_labels": ids,
+                       "rejected_labels": ids, "media": {}, "padding": True}  # fmt: skip
+        rows = [[placeholder]]
+        if self.ensure_image:
+            rows.insert(0, [self._blank_pair()])  # first: its keys (`mm_token_type_ids`) set the batch's
+        batch = pair_rows(rows, self.tokenizer.pad_token_id)
+        batch["index"] = torch.full((len(rows),), -1, dtype=torch.long)
+        batch[EMPTY_BATCH_KEY] = True
         return batch
 
-    def _packed_layout(self, rows: list[list[dict[str, Any]]]) -> dict[str, torch.Tensor]:
-        lengths = [sum(self._pair_length(pair) for pair in row) for row in rows]
-        L = max(lengths)
-        n = len(rows)
-        input_ids = torch.full((n, L), self.tokenizer.pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((n, L), dtype=torch.long)
-        segment = torch.zeros((n, L), dtype=torch.long)  # 0 padding, 1 prompt, 2 chosen, 3 rejected
-        pair_ids = torch.zeros((n, L), dtype=torch.long)  # 1-based pair of each column, 0 for padding
-        token_types = {
-            key: torch.zeros((n, L), dtype=torch.long)
-            for key in ("mm_token_type_ids", "token_type_ids")
-            if key in rows[0][0]["prompt"]
-        }
-        # Per row: (column whose logits predict the token, target, slot) of every answer token.
-        targets: list[list[tuple[int, int, int]]] = []
-        media: dict[str, list[torch.Tensor]] = {}
-        pair_index = 0
-        for row, pairs in enumerate(rows):
-            entries, offset = [], 0
-            for pair in pairs:
-                p, c, r = len(pair["prompt"]["input_ids"]), len(pair["chosen_ids"]), len(pair["rejected_ids"])
-                span = slice(offset, offset + p + c + r)
-                input_ids[row, span] = torch.cat(
-                    [pair["prompt"]["input_ids"], pair["chosen_ids"], pair["rejected_ids"]]
-                )
-                position_ids[row, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
-                segment[row, span] = torch.cat([torch.full((p,), 1), torch.full((c,), 2), torch.full((r,), 3)]).long()
-                pair_ids[row, span] = pair_index + 1
-                for key, tensor in token_types.items():
-                    tensor[row, offset : offset + p] = pair["prompt"].get(key, torch.zeros(p, dtype=torch.long))
-                start = offset + p
-                for side, labels, first in (
-                    (0, pair["chosen_labels"], start),
-                    (1, pair["rejected_labels"], start + c),
-                ):
-                    for k, label in enumerate(labels.tolist()):
-                        if label != IGNORE_INDEX:
-                            # Token k of an answer is predicted at the column before it; the first token of both
-                            # answers from the last prompt column (the rejected answer does not see the chosen one).
-                            entries.append((start - 1 if k == 0 else first + k - 1, label, 2 * pair_index + side))
-                for key, value in pair["media"].items():
-                    media.setdefault(key, []).append(value)
-                offset += p + c + r
-                pair_index += 1
-            targets.append(entries)
-        # One `logits_to_keep` for all rows: every column any row needs, as often as one row needs it.
-        need: dict[int, int] = {}
-        for entries in targets:
-            counts: dict[int, int] = {}
-            for column, _, _ in entries:
-                counts[column] = counts.get(column, 0) + 1
-            for column, count in counts.items():
-                need[column] = max(need.get(column, 0), count)
-        columns = sorted(column for column, count in need.items() for _ in range(count))
-        first_slot = {}
-        for k, column in enumerate(columns):
-            first_slot.setdefault(column, k)
-        K = max(len(columns), 1)
-        answer_labels = torch.full((n, K), IGNORE_INDEX, dtype=torch.long)
-        answer_slots = torch.full((n, K), -1, dtype=torch.long)
-        for row, entries in enumerate(targets):
-            used: dict[int, int] = {}
-            for column, label, slot in entries:
-                k = first_slot[column] + used.get(column, 0)
-                used[column] = used.get(column, 0) + 1
-                answer_labels[row, k], answer_slots[row, k] = label, slot
-        all_pairs = [pair for pairs in rows for pair in pairs]
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": pair_attention_mask(segment, pair_ids),
-            "position_ids": position_ids,
-            **token_types,
-            "logits_to_keep": torch.tensor(columns if columns else [0], dtype=torch.long),
-            "answer_labels": answer_labels,
-            "answer_slots": answer_slots,
-            "pair_mask": torch.tensor([not pair.get("padding", False) for pair in all_pairs]),
-        }
-        for key in sorted(media):
-            batch[key] = torch.cat(media[key])
-        return batch
+    def _finish(self, batch: dict[str, Any], kept: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """Per-pair extras the samples carry (`index`, reference log-probs), 0 for a padding pair."""
+        num_pairs = len(batch["pair_mask"])
+        for key in ("index", "ref_chosen_logps", "ref_rejected_logps"):
+            if kept and all(key in sample for sample in kept):
+                values = [sample[key] for sample in kept] + [0] * (num_pairs - len(kept))
+                batch[key] = torch.tensor(values, dtype=torch.long if key == "index" else torch.float32)
+        return super()._finish(batch, kept)
 
-    def _layout(self, pairs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        P = max(len(pair["prompt"]["input_ids"]) for pair in pairs)
-        C = max(max(len(pair["chosen_ids"]) for pair in pairs), 1)
-        R = max(max(len(pair["rejected_ids"]) for pair in pairs), 1)
-        L = P + C + R
-        pad_id = self.tokenizer.pad_token_id
-        n = len(pairs)
-        input_ids = torch.full((n, L), pad_id, dtype=torch.long)
-        position_ids = torch.zeros((n, L), dtype=torch.long)
-        segment = torch.zeros((n, L), dtype=torch.long)  # 0 padding, 1 prompt, 2 chosen, 3 rejected
-        chosen_labels = torch.full((n, C), IGNORE_INDEX, dtype=torch.long)
-        rejected_labels = torch.full((n, R), IGNORE_INDEX, dtype=torch.long)
-        token_types = {
-            key: torch.zeros((n, L), dtype=torch.long)
-            for key in ("mm_token_type_ids", "token_type_ids")
-            if key in pairs[0]["prompt"]
-        }
-        for row, pair in enumerate(pairs):
+
+def pair_rows(rows: list[list[dict[str, Any]]], pad_token_id: int, align_prompts: bool = False) -> dict[str, Any]:
+    """The pair batch (see `PreferenceCollator`) of encoded pairs, `rows[i]` the pairs of row `i` in order.
+
+    `align_prompts` (one pair per row): each row is left-padded so every prompt ends at the same column; the answers
+    of all rows then share few columns, so `logits_to_keep` stays about as long as the longest two answers.
+    """
+    sizes = [[(len(pair["prompt"]["input_ids"]), len(pair["chosen_ids"]), len(pair["rejected_ids"])) for pair in row]
+             for row in rows]  # fmt: skip
+    longest_prompt = max(row[0][0] for row in sizes) if align_prompts else 0
+    lefts = [longest_prompt - row[0][0] if align_prompts else 0 for row in sizes]
+    L = max(left + sum(p + c + r for p, c, r in row) for left, row in zip(lefts, sizes))
+    n = len(rows)
+    input_ids = torch.full((n, L), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n, L), dtype=torch.long)
+    segment = torch.zeros((n, L), dtype=torch.long)  # 0 padding, 1 prompt, 2 chosen, 3 rejected
+    pair_ids = torch.zeros((n, L), dtype=torch.long)  # 1-based pair of each column, 0 for padding
+    token_types = {
+        key: torch.zeros((n, L), dtype=torch.long)
+        for key in ("mm_token_type_ids", "token_type_ids")
+        if key in rows[0][0]["prompt"]
+    }
+    # Per row: (column whose logits predict the token, target, slot) of every answer token.
+    targets: list[list[tuple[int, int, int]]] = []
+    media: dict[str, list[torch.Tensor]] = {}
+    ends: list[tuple[int, int, int]] = []  # per pair: its row, the columns of its chosen and rejected last tokens
+    pair_index = 0
+    for row, (pairs, left) in enumerate(zip(rows, lefts)):
+        entries, offset = [], left
+        for pair in pairs:
             p, c, r = len(pair["prompt"]["input_ids"]), len(pair["chosen_ids"]), len(pair["rejected_ids"])
-            input_ids[row, P - p : P] = pair["prompt"]["input_ids"]
-            input_ids[row, P : P + c] = pair["chosen_ids"]
-            input_ids[row, P + C : P + C + r] = pair["rejected_ids"]
-            position_ids[row, P - p : P] = torch.arange(p)
-            position_ids[row, P : P + c] = torch.arange(p, p + c)
-            position_ids[row, P + C : P + C + r] = torch.arange(p, p + r)
-            segment[row, P - p : P] = 1
-            segment[row, P : P + c] = 2
-            segment[row, P + C : P + C + r] = 3
-            chosen_labels[row, :c] = pair["chosen_labels"]
-            rejected_labels[row, :r] = pair["rejected_labels"]
+            span = slice(offset, offset + p + c + r)
+            input_ids[row, span] = torch.cat([pair["prompt"]["input_ids"], pair["chosen_ids"], pair["rejected_ids"]])
+            position_ids[row, span] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+            segment[row, span] = torch.cat([torch.full((p,), 1), torch.full((c,), 2), torch.full((r,), 3)]).long()
+            pair_ids[row, span] = pair_index + 1
             for key, tensor in token_types.items():
-                tensor[row, P - p : P] = pair["prompt"].get(key, torch.zeros(p, dtype=torch.long))
-        # Token at column P + j (chosen) is predicted at column P - 1 + j; rejected token j at P + C - 1 + j, except
-        # the first, predicted from the last prompt column (the rejected answer does not see the chosen one).
-        logits_to_keep = torch.cat(
-            [torch.arange(P - 1, P - 1 + C), torch.tensor([P - 1]), torch.arange(P + C, P + C + R - 1)]
-        )
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": pair_attention_mask(segment),
-            "position_ids": position_ids,
-            **token_types,
-            "logits_to_keep": logits_to_keep,
-            "chosen_labels": chosen_labels,
-            "rejected_labels": rejected_labels,
-            "pair_mask": torch.tensor([not pair.get("padding", False) for pair in pairs]),
-        }
-        media_keys = sorted({key for pair in pairs for key in pair["media"]})
-        for key in media_keys:
-            batch[key] = torch.cat([pair["media"][key] for pair in pairs if key in pair["media"]])
-        return batch
+                tensor[row, offset : offset + p] = pair["prompt"].get(key, torch.zeros(p, dtype=torch.long))
+            start = offset + p
+            for side, labels, first in ((0, pair["chosen_labels"], start), (1, pair["rejected_labels"], start + c)):
+                for k, label in enumerate(labels.tolist()):
+                    if label != IGNORE_INDEX:
+                        # Token k of an answer is predicted at the column before it; the first token of both
+                        # answers from the last prompt column (the rejected answer does not see the chosen one).
+                        entries.append((start - 1 if k == 0 else first + k - 1, label, 2 * pair_index + side))
+            for key, value in pair["media"].items():
+                media.setdefault(key, []).append(value)
+            ends.append((row, start + c - 1 if c else start - 1, start + c + r - 1 if r else start - 1))
+            offset += p + c + r
+            pair_index += 1
+        targets.append(entries)
+    # One `logits_to_keep` for all rows: every column any row needs, as often as one row needs it.
+    need: dict[int, int] = {}
+    for entries in targets:
+        counts: dict[int, int] = {}
+        for column, _, _ in entries:
+            counts[column] = counts.get(column, 0) + 1
+        for column, count in counts.items():
+            need[column] = max(need.get(column, 0), count)
+    columns = sorted(column for column, count in need.items() for _ in range(count))
+    first_slot: dict[int, int] = {}
+    for k, column in enumerate(columns):
+        first_slot.setdefault(column, k)
+    K = max(len(columns), 1)
+    answer_labels = torch.full((n, K), IGNORE_INDEX, dtype=torch.long)
+    answer_slots = torch.full((n, K), -1, dtype=torch.long)
+    for row, entries in enumerate(targets):
+        used: dict[int, int] = {}
+        for column, label, slot in entries:
+            k = first_slot[column] + used.get(column, 0)
+            used[column] = used.get(column, 0) + 1
+            answer_labels[row, k], answer_slots[row, k] = label, slot
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": pair_attention_mask(segment, pair_ids),
+        "position_ids": position_ids,
+        **token_types,
+        "logits_to_keep": torch.tensor(columns if columns else [0], dtype=torch.long),
+        "answer_labels": answer_labels,
+        "answer_slots": answer_slots,
+        "pair_mask": torch.tensor([not pair.get("padding", False) for pairs in rows for pair in pairs]),
+        "pair_rows": torch.tensor([row for row, _, _ in ends], dtype=torch.long),
+        "answer_ends": torch.tensor([[chosen, rejected] for _, chosen, rejected in ends], dtype=torch.long),
+    }
+    for key in sorted(media):
+        batch[key] = torch.cat(media[key])
+    return batch
 
 
 def pair_attention_mask(segment: torch.Tensor, pair_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -685,11 +622,11 @@ def pair_attention_mask(segment: torch.Tensor, pair_ids: torch.Tensor | None = N
 
 __all__ = [
     "PREFERENCE_TEMPLATES",
-    "IndexedDataset",
     "PreferenceCollator",
     "PreferenceDataset",
     "PreferenceMessages",
     "is_preference_template",
     "pair_attention_mask",
+    "pair_rows",
     "register_preference_template",
 ]

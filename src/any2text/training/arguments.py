@@ -6,8 +6,9 @@ Everything the stock `TrainingArguments` owns (`output_dir`, `deepspeed`, `bf16`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import TrainingArguments
 
@@ -113,17 +114,6 @@ class DataArguments:
     eval_name: str | None = field(default=None, metadata={"help": "Like `--train_name`."})
     eval_size: str | None = field(default=None, metadata={"help": "Like `--train_size`."})
     eval_media_root: str | None = field(default=None, metadata={"help": "Like `--media_root`, for evaluation."})
-    max_length: int | None = field(
-        default=None, metadata={"help": "Longest sample in tokens, media tokens included; default: no limit."}
-    )
-    truncation: str = field(
-        default="error",
-        metadata={
-            "help": "Samples over `--max_length`: `error` stops with the sample named; `drop` skips them (counted, "
-            "logged); `text` cuts text at the end. Media spans are never cut.",
-            "choices": list(TRUNCATION_MODES),
-        },
-    )
     skip_bad_rows: bool = field(
         default=False,
         metadata={
@@ -135,8 +125,8 @@ class DataArguments:
         default=DEFAULT_MAX_BAD_ROWS,
         metadata={
             "help": "With `--skip_bad_rows`: training stops, with a summary of the likely cause, once a dataset has "
-            "more bad rows than this: a count (`100`), a fraction of the dataset's rows (`0.01`, the default), `0` or "
-            "`inf` (no cap)."
+            "more bad rows than this: a count (`100`), a fraction of the dataset's rows (`0.01`, the default), `0` "
+            "(no bad row tolerated) or `inf` (no cap). The same in every stage (`any2text.train`, `any2text.dpo`)."
         },
     )
     validate_rows: bool = field(
@@ -151,28 +141,6 @@ class DataArguments:
         metadata={
             "help": "Read media paths that lead outside the media root (`../x.png`, absolute paths elsewhere); "
             "refused by default."
-        },
-    )
-    # Throughput (TRL's names; see `any2text.data.packing`).
-    padding_free: bool = field(
-        default=False,
-        metadata={
-            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
-            "attention never crosses samples. Loss and gradients equal the padded batch's."
-        },
-    )
-    packing: bool = field(
-        default=False,
-        metadata={
-            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
-            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
-        },
-    )
-    packing_strategy: str = field(
-        default="bfd",
-        metadata={
-            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
-            "choices": list(PACKING_STRATEGIES),
         },
     )
 
@@ -209,6 +177,76 @@ class DataArguments:
         )  # fmt: skip
 
 
+# A config file's dataset records (TRL's `DatasetMixtureConfig(datasets=[DatasetConfig(path, name, split, ...)])`, with
+# our `template`, `weight`, `media_root`, `size`) and the argument each key fills, for `datasets` / `eval_datasets`.
+_RECORD_FIELDS = {
+    "datasets": {"path": "train_datasets", "template": "train_template", "split": "train_split", "name": "train_name",
+                 "data_files": "train_data_files", "size": "train_size", "weight": "train_weights",
+                 "media_root": "media_root"},
+    "eval_datasets": {"path": "eval_datasets", "template": "eval_template", "split": "eval_split", "name": "eval_name",
+                      "data_files": "eval_data_files", "size": "eval_size", "media_root": "eval_media_root"},
+}  # fmt: skip
+
+
+def dataset_records_to_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping with `datasets:` (and `eval_datasets:`) given as records turned into the comma-list arguments.
+
+    Example (YAML)::
+
+        datasets:
+          - {path: data/LLaVA-Instruct, template: LLaVA, data_files: llava_v1_5_mix665k.json, weight: 3,
+             media_root: data/LLaVA-Instruct/images}
+          - {path: AudioCaps/AudioCaps, template: AudioCaps, weight: 1}
+
+    is `train_datasets: data/LLaVA-Instruct,AudioCaps/AudioCaps,`, `train_template: LLaVA,AudioCaps,`, ... A record
+    needs `path` and `template`; a key it leaves out takes that argument's default. Comma lists stay the
+    command-line shorthand; one config file uses one form or the other.
+
+    Raises:
+        ValueError: an unknown record key, a record without `path` / `template`, both forms given, or a value holding
+            a comma.
+    """
+    config = dict(config)
+    for key, fields in _RECORD_FIELDS.items():
+        records = config.get(key)
+        if key == "eval_datasets" and not isinstance(records, list):
+            continue  # `eval_datasets: a.json,b.json,` is the comma-list argument itself
+        if records is None:
+            continue
+        config.pop(key)
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"`{key}` must be a list of records such as `{{path: data.json, template: LLaVA}}`.")
+        given = [field for field in fields.values() if field in config]
+        if given:
+            raise ValueError(
+                f"`{key}` records and the comma-list argument(s) {', '.join(f'`{g}`' for g in given)} are both set; "
+                "use one form."
+            )
+        for number, record in enumerate(records):
+            unknown = sorted(set(record) - set(fields))
+            if unknown or "path" not in record or "template" not in record:
+                raise ValueError(
+                    f"`{key}` record {number} ({record}) needs `path` and `template`, and may set "
+                    f"{', '.join(f'`{k}`' for k in fields if k not in ('path', 'template'))}"
+                    + (f"; unknown: {', '.join(f'`{k}`' for k in unknown)}." if unknown else ".")
+                )
+        defaults = {field.name: field.default for field in dataclasses.fields(DataArguments)}
+        for record_key, argument in fields.items():
+            values = []
+            for record in records:
+                value = record.get(record_key)
+                if isinstance(value, list | tuple) or (isinstance(value, str) and "," in value):
+                    raise ValueError(f"`{key}` record `{record.get('path')}`: `{record_key}` must be one value "
+                                     f"without commas, got {value!r}.")  # fmt: skip
+                values.append("" if value is None else str(value))
+            if all(value == "" for value in values):
+                continue
+            default = defaults.get(argument)
+            values = [value or (default if isinstance(default, str) else "") for value in values]
+            config[argument] = ",".join(values) + ","
+    return config
+
+
 @dataclass
 class LoraArguments:
     """LoRA on the language model only, named as TRL names it. Projectors (and any unfrozen tower) train fully."""
@@ -230,10 +268,50 @@ class LoraArguments:
 
 @dataclass
 class MultimodalTrainingArguments(TrainingArguments):
-    """The stock `TrainingArguments` (every flag as transformers spells it) plus how training meets non-finite values.
+    """The stock `TrainingArguments` (every flag as transformers spells it) plus the knobs every stage shares, under
+    TRL's `SFTConfig` names: `max_length`, `truncation`, `padding_free`, `packing`, `packing_strategy`; and how
+    training meets non-finite values. The SFT stage's config (`SFTConfig`); `DPOConfig` adds DPO's own.
 
     A subclass, as TRL's `SFTConfig` is, so the argument groups stay four and nothing stock is declared again.
     """
+
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest sample in tokens, media tokens included (a preference pair: its row, prompt + chosen + "
+            "rejected); default: no limit."
+        },
+    )
+    truncation: str = field(
+        default="error",
+        metadata={
+            "help": "Samples over `--max_length`: `error` stops with the sample named; `drop` skips them (counted, "
+            "logged); `text` cuts text at the end. Media spans are never cut.",
+            "choices": list(TRUNCATION_MODES),
+        },
+    )
+    # Throughput (TRL's `SFTConfig` / `DPOConfig` names; see `any2text.data.packing`).
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Concatenate a batch's samples into one row without padding; positions restart per sample and "
+            "attention never crosses samples. Loss and gradients equal the padded batch's."
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Bin-pack samples into rows of at most `--max_length` tokens (media counted, no sample split); "
+            "`--per_device_train_batch_size` then counts rows. Implies padding-free rows."
+        },
+    )
+    packing_strategy: str = field(
+        default="bfd",
+        metadata={
+            "help": "How `--packing` fills rows: `bfd` (best-fit decreasing).",
+            "choices": list(PACKING_STRATEGIES),
+        },
+    )
 
     skip_nonfinite_steps: bool = field(
         default=False,
@@ -245,4 +323,14 @@ class MultimodalTrainingArguments(TrainingArguments):
     )
 
 
-__all__ = ["DataArguments", "LoraArguments", "ModelArguments", "MultimodalTrainingArguments"]
+# TRL's name for the supervised stage's configuration.
+SFTConfig = MultimodalTrainingArguments
+
+__all__ = [
+    "SFTConfig",
+    "DataArguments",
+    "LoraArguments",
+    "ModelArguments",
+    "MultimodalTrainingArguments",
+    "dataset_records_to_arguments",
+]

@@ -25,7 +25,6 @@ keeps the model's zero-contribution tower dummies, so mixed-modality batches do 
 from __future__ import annotations
 
 import copy
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -33,21 +32,15 @@ import torch
 import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
-from ..cli import setup_logging as _setup_logging
-from ..data.preference import IndexedDataset, PreferenceCollator, PreferenceDataset
-from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
+from ..data.collator import EMPTY_BATCH_KEY
+from ..data.preference import PreferenceCollator
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
-from .model import load_model_and_processor, prepare_model
-from .throughput import check_packing_arguments, pack_dataset
-from .train import make_parser as train_make_parser
-from .train import parse_args as train_parse_args
-from .train import run_stage
-from .trainer import DataReportCallback, MultimodalTrainer
-from .workarounds import check_cpu_deepspeed as _check_cpu_deepspeed
-from .workarounds import init_cpu_deepspeed as _init_cpu_deepspeed
+from .model import load_model_and_processor
+from .parsing import make_argument_parser, parse_argument_groups
+from .stage import Stage, build_stage, run_stage, stage_main
+from .trainer import MultimodalTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -66,8 +59,10 @@ _MODEL_KEYS = (
 
 
 @dataclass
-class DPOArguments:
-    """DPO hyper-parameters under TRL's `DPOConfig` names, and the reference model."""
+class DPOConfig(MultimodalTrainingArguments):
+    """The DPO stage's configuration, as TRL's `DPOConfig`: the stock `TrainingArguments`, the knobs every stage shares
+    (`max_length`, `truncation`, `padding_free`, `packing`...; see `MultimodalTrainingArguments`), and DPO's own
+    hyper-parameters under TRL's names, with the reference model."""
 
     beta: float = field(
         default=0.1,
@@ -135,6 +130,11 @@ class DPOArguments:
             raise ValueError(f"`--beta` must be positive, got {self.beta}.")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise ValueError(f"`--rpo_alpha` must be >= 0 (or unset), got {self.rpo_alpha}.")
+        super().__post_init__()
+
+
+# The name of the DPO argument group before it joined `TrainingArguments` (TRL's `DPOConfig` shape).
+DPOArguments = DPOConfig
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -197,9 +197,12 @@ def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
 
 def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One forward of `PreferenceCollator`'s batch: log-probs of the chosen and rejected answers of every pair.
+    """One forward of a `PreferenceCollator` batch: summed log-probs and token counts of every pair's answers.
 
-    The model encodes the media once (one row per pair) and computes logits only at `logits_to_keep`.
+    Returns `chosen_logps`, `rejected_logps`, `chosen_lengths`, `rejected_lengths`, one value per pair. The model
+    encodes the media once (one prompt per pair) and computes logits only at `logits_to_keep`; each kept column's
+    log-prob of its `answer_labels` target is summed into its `answer_slots` slot (`2 * pair + side`). One code
+    path for every layout: one pair per row is the packed layout with one pair in each row.
     """
     inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
     outputs = model(
@@ -208,24 +211,9 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
         logits_to_keep=batch["logits_to_keep"],
         use_cache=False,
     )
-    if "answer_slots" in batch:
-        return _packed_pair_logps(outputs.logits, batch)
-    split = batch["chosen_labels"].shape[1]
-    chosen, chosen_lengths = answer_logps(outputs.logits[:, :split], batch["chosen_labels"])
-    rejected, rejected_lengths = answer_logps(outputs.logits[:, split:], batch["rejected_labels"])
-    return {
-        "chosen_logps": chosen,
-        "rejected_logps": rejected,
-        "chosen_lengths": chosen_lengths,
-        "rejected_lengths": rejected_lengths,
-    }
-
-
-def _packed_pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Padding-free / packed rows: token log-probs summed into their pair's chosen or rejected slot."""
     labels, slots = batch["answer_labels"], batch["answer_slots"]
     mask = slots >= 0
-    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps = torch.log_softmax(outputs.logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     num_slots = 2 * batch["pair_mask"].shape[0]
     sums = torch.zeros(num_slots, dtype=logps.dtype, device=logps.device).index_add(0, slots[mask], logps[mask])
     counts = torch.zeros(num_slots, dtype=torch.long, device=logps.device).index_add(
@@ -276,16 +264,16 @@ class DPOTrainer(MultimodalTrainer):
     """`Trainer` whose loss is DPO on `PreferenceCollator` batches.
 
     Args:
-        dpo_args: the `DPOArguments`.
+        dpo_args: the DPO hyper-parameters; default: `args` (a `DPOConfig`).
         ref_model: the frozen reference of a full fine-tune; `None` with LoRA (adapters disabled) and with
             `precompute_ref_log_probs` (computed before the first step, see `ref_model_loader`).
         ref_model_loader: loads the reference when one is needed but not kept in memory: precomputing after a
             resume (the policy then is no longer the reference) or for an evaluation set after training started.
     """
 
-    def __init__(self, *args, dpo_args: DPOArguments, ref_model=None, ref_model_loader=None, **kwargs):
+    def __init__(self, *args, dpo_args: DPOConfig | None = None, ref_model=None, ref_model_loader=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.dpo_args = dpo_args
+        self.dpo_args = dpo_args if dpo_args is not None else self.args
         self.ref_model = ref_model
         self.ref_model_loader = ref_model_loader
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -293,7 +281,7 @@ class DPOTrainer(MultimodalTrainer):
         # The loss is a mean over pairs: the Trainer divides it by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
         self._is_peft = hasattr(self.model, "disable_adapter")
-        if dpo_args.disable_dropout:
+        if self.dpo_args.disable_dropout:
             disable_dropout(self.model)
             if ref_model is not None:
                 disable_dropout(ref_model)
@@ -377,6 +365,8 @@ class DPOTrainer(MultimodalTrainer):
         reference, context = self._reference_model(model)
         with torch.no_grad(), context:
             for batch in loader:
+                if batch.get(EMPTY_BATCH_KEY):
+                    continue  # every pair of it dropped or skipped: nothing to look up later either
                 batch = self._prepare_inputs(batch)
                 logps = pair_logps(reference, batch)
                 for row, index in enumerate(batch["index"].tolist()):
@@ -403,7 +393,9 @@ class DPOTrainer(MultimodalTrainer):
                 beta=args.beta, loss_type=loss_type, label_smoothing=args.label_smoothing,
                 chosen_lengths=policy["chosen_lengths"], rejected_lengths=policy["rejected_lengths"],
             )  # fmt: skip
-        loss = per_pair[keep].mean()
+        # A batch without a real pair (the placeholder of an empty batch on one rank of several): a zero loss that
+        # still runs backward through the same modules as the other ranks.
+        loss = per_pair[keep].mean() if keep.any() else per_pair.sum() * 0.0
         if args.rpo_alpha is not None:
             nll = rpo_nll(policy["chosen_logps"][keep], policy["chosen_lengths"][keep])
             loss = loss + args.rpo_alpha * nll
@@ -420,12 +412,15 @@ class DPOTrainer(MultimodalTrainer):
             "logps/rejected": policy["rejected_logps"].detach()[keep],
         }
         columns = torch.stack([value.float() for value in per_pair_metrics.values()], dim=1)
-        means = self.accelerator.gather_for_metrics(columns).mean(dim=0).tolist()
+        # Ranks may hold different numbers of pairs (a dropped pair, an empty batch): pad to one shape with NaN
+        # before the gather (a collective needs equal shapes), then average what is real.
+        columns = self.accelerator.pad_across_processes(columns, dim=0, pad_index=float("nan"))
+        means = torch.nanmean(self.accelerator.gather(columns), dim=0).tolist()
         metrics = self._metrics[mode]
         for name, value in zip(per_pair_metrics, means, strict=True):
             metrics[name].append(value)
         if args.rpo_alpha is not None:
-            metrics["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
+            metrics["nll_loss"].append(self.accelerator.gather(nll.detach()).mean().item())
         return (loss, policy) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -480,36 +475,29 @@ def _prepare_deepspeed(model: torch.nn.Module, accelerator, args: TrainingArgume
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, DPOArguments, MultimodalTrainingArguments)
+# Preference alignment: pairs in one row `[prompt | chosen | rejected]`, the DPO loss on the answers' log-probs.
+DPO = Stage(
+    name="dpo",
+    data="pairs",
+    collator_class=PreferenceCollator,
+    trainer_class=DPOTrainer,
+    config_class=DPOConfig,
+    label_names=("answer_labels",),
+)
+ARGUMENT_GROUPS = DPO.argument_groups  # (ModelArguments, DataArguments, LoraArguments, DPOConfig)
 
 
 def make_parser() -> HfArgumentParser:
-    return train_make_parser(ARGUMENT_GROUPS)
+    return make_argument_parser(ARGUMENT_GROUPS)
 
 
 def parse_args(argv: list[str] | None = None):
-    """Flags, or one `.yaml` / `.json` config file, into the five argument groups (as `any2text.train` parses)."""
-    return train_parse_args(argv, ARGUMENT_GROUPS)
+    """Flags, or one `.yaml` / `.json` config file, into `(ModelArguments, DataArguments, LoraArguments, DPOConfig)`
+    (as `any2text.train` parses)."""
+    return parse_argument_groups(ARGUMENT_GROUPS, argv)
 
 
-def build_preference_dataset(data_args: DataArguments, split: str, processor, seed: int) -> IndexedDataset | None:
-    """The `train` / `eval` preference set the comma-list arguments describe, items indexed for reference log-probs."""
-    specs = data_args.dataset_specs(split)
-    if specs is None:
-        return None
-    feature_extractor = getattr(processor, "feature_extractor", None)
-    dataset = PreferenceDataset(
-        specs,
-        sampling_rate=getattr(feature_extractor, "sampling_rate", None),
-        skip_bad_rows=data_args.skip_bad_rows,
-        num_samples=data_args.train_num_samples if split == "train" else None,
-        seed=seed,
-        validate_rows=data_args.validate_rows,
-    )
-    return IndexedDataset(dataset)
-
-
-def _load_reference(model_args: ModelArguments, dpo_args: DPOArguments):
+def _load_reference(model_args: ModelArguments, dpo_args: DPOConfig):
     path = dpo_args.ref_model_name_or_path or model_args.model_name_or_path
     ref_args = copy.copy(model_args)
     ref_args.model_name_or_path = path
@@ -521,65 +509,32 @@ def build_dpo_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
     lora_args: LoraArguments,
-    dpo_args: DPOArguments,
-    training_args: TrainingArguments,
+    training_args: DPOConfig,
 ) -> DPOTrainer:
-    """Policy (freezing policy, optional LoRA), reference, preference data and pair collator, as a `DPOTrainer`."""
-    if not data_args.train_datasets:
-        raise ValueError("Nothing to align on: pass `--train_datasets` and a preference `--train_template`.")
+    """The DPO stage on the shared set-up (`stage.build_stage`), with its reference model."""
+    dpo_args = training_args
     if lora_args.use_peft and dpo_args.ref_model_name_or_path:
         raise ValueError(
             "With `--use_peft` the reference is the model with its adapters disabled; leave "
             "`--ref_model_name_or_path` unset (or train without LoRA)."
         )
-    if training_args.train_sampling_strategy == "group_by_length":
-        raise ValueError(
-            "`--train_sampling_strategy group_by_length` is not supported by `any2text.dpo` yet (pair lengths are not "
-            "precomputed); use `random` or `sequential`."
-        )
-    training_args.remove_unused_columns = False
-    training_args.label_names = ["chosen_labels"]
-
-    model, processor = load_model_and_processor(model_args)
-    ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
-    model = prepare_model(model, model_args, lora_args, training_args)  # as `any2text.train` does
-
     ref_model = None
-    if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs:
+    if not lora_args.use_peft and not dpo_args.precompute_ref_log_probs and data_args.train_datasets:
         ref_model = _load_reference(model_args, dpo_args)
-
-    flat = data_args.padding_free or data_args.packing
-    if flat:
-        check_packing_arguments(data_args)
-    collator = PreferenceCollator(
-        processor, max_length=data_args.max_length, truncation=data_args.truncation, ensure_image=ensure_image,
-        padding_free=flat,
-    )  # fmt: skip
-    train_dataset = build_preference_dataset(data_args, "train", processor, training_args.seed)
-    eval_dataset = build_preference_dataset(data_args, "eval", processor, training_args.seed)
-    if data_args.packing:
-        # Bins of whole pairs, at most `--max_length` tokens of `prompt + chosen + rejected` each; a batch holds
-        # `per_device_train_batch_size` bins, one row each (see `PreferenceCollator`).
-        train_dataset = pack_dataset(train_dataset, collator, data_args)
-        eval_dataset = pack_dataset(eval_dataset, collator, data_args)
-    return DPOTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collator,
-        processing_class=processor,
-        callbacks=[DataReportCallback(collator, train_dataset)],
-        dpo_args=dpo_args,
+    return build_stage(
+        DPO, model_args, data_args, lora_args, training_args,
         ref_model=ref_model,
         ref_model_loader=None if lora_args.use_peft else (lambda: _load_reference(model_args, dpo_args)),
-    )
+    )  # fmt: skip
 
 
-def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer:
+def dpo(
+    model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments, training_args: DPOConfig
+) -> DPOTrainer:
     """Run stage 3: align, save the model (or adapter) and processor to `output_dir`, `trainer_state.json`, card."""
     transformers.set_seed(training_args.seed)
-    trainer = build_dpo_trainer(model_args, data_args, lora_args, dpo_args, training_args)
+    trainer = build_dpo_trainer(model_args, data_args, lora_args, training_args)
+    dpo_args = training_args
     reference = (
         "the model with its adapters disabled"
         if lora_args.use_peft
@@ -594,17 +549,13 @@ def dpo(model_args, data_args, lora_args, dpo_args, training_args) -> DPOTrainer
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m any2text.dpo` / `any2text dpo`: parse the arguments and run the alignment stage."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _init_cpu_deepspeed(argv)
-    model_args, data_args, lora_args, dpo_args, training_args = parse_args(argv)
-    _check_cpu_deepspeed(training_args)
-    _setup_logging(training_args)
-    dpo(model_args, data_args, lora_args, dpo_args, training_args)
-    return 0
+    return stage_main(argv, parse_args, dpo)
 
 
 __all__ = [
+    "DPO",
     "DPOArguments",
+    "DPOConfig",
     "DPOTrainer",
     "answer_logps",
     "build_dpo_trainer",

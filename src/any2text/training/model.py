@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -16,14 +18,19 @@ from .workarounds import keep_saved_keys_after_zero3_load
 logger = logging.get_logger(__name__)
 
 
-def load_model_and_processor(model_args: ModelArguments):
-    """The checkpoint through the Auto classes (LlamaVisionAudio and stock Llava alike) and its processor."""
+def load_model_and_processor(model_args: ModelArguments, load_model: Callable[..., torch.nn.Module] | None = None):
+    """The checkpoint through the Auto classes (LlamaVisionAudio and stock Llava alike) and its processor.
+
+    `load_model(model_name_or_path, dtype=..., attn_implementation=...)` loads the model (a stage's own, e.g. the
+    reward model's); default: `AutoModelForImageTextToText.from_pretrained`.
+    """
     kwargs = {"dtype": model_args.dtype}  # `from_pretrained` takes the dtype's name ("bfloat16", "auto")
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
     # `from_pretrained` (not a bare constructor) so that DeepSpeed ZeRO-3 partitions the weights while loading.
     # (Importing `any2text`, which this module's package does, registered LlamaVisionAudio with the Auto classes.)
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    load_model = AutoModelForImageTextToText.from_pretrained if load_model is None else load_model
+    model = load_model(model_args.model_name_or_path, **kwargs)
     processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
     if is_deepspeed_zero3_enabled():
         mark_zero3_leaf_towers(model)

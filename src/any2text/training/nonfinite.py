@@ -52,7 +52,8 @@ def describe_rows(rows: Sequence[Mapping[str, Any] | None]) -> str:
 
 
 class RowIdentityDataset(torch.utils.data.Dataset):
-    """`dataset` whose mapping samples also carry `source` (their sample index); everything else is `dataset`'s.
+    """`dataset` whose mapping samples also carry `source` (their sample index); composition, not a proxy: only
+    the length index (`lengths`) is passed through, everything else is read from `.dataset`.
 
     For datasets whose items do not name their row themselves (`MultimodalDataset` items do). A sample that already
     has `source` keeps it.
@@ -70,14 +71,16 @@ class RowIdentityDataset(torch.utils.data.Dataset):
             sample = {**sample, ROW_ID_KEY: row_identity(index)}
         return sample
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "dataset":  # keeps pickling (DataLoader workers) from recursing
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    @property
+    def lengths(self) -> list[int] | None:
+        """The wrapped dataset's length index (items keep their order here): `data.lengths.dataset_lengths`."""
+        return getattr(self.dataset, "lengths", None)
 
 
 class RowIdCollator:
-    """`collator`, plus the batch's `row_ids` (one per sample, in order) when its samples carry `source`."""
+    """`collator`, plus the batch's `row_ids` (one per sample, in order) when its samples carry `source`.
+
+    Composition, not a proxy: the collator itself is `.collator`."""
 
     def __init__(self, collator: Any):
         self.collator = collator
@@ -93,11 +96,6 @@ class RowIdCollator:
         if any(row is not None for row in rows):
             batch[ROW_IDS_KEY] = rows
         return batch
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "collator":
-            raise AttributeError(name)
-        return getattr(self.collator, name)
 
 
 def _local_tensor(parameter: torch.nn.Parameter) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 `HfArgumentParser` does the parsing; what is added here is the entry points' convention: the config file may be the
 only argument (`python -m any2text.train stage2.yaml`, TRL's scripts take it as `--config stage2.yaml`), launcher
-flags are accepted beside it, flags are never abbreviated, and an unknown flag names the closest known one.
+flags are accepted beside it, flags are never abbreviated, and an unknown flag names the closest known one. A config
+file may list its datasets as records (`datasets: [{path, template, split, name, weight, media_root}]`, TRL's
+`DatasetMixtureConfig` naming; see `arguments.dataset_records_to_arguments`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ def parse_argument_groups(groups: tuple[type, ...], argv: list[str] | None = Non
     parser = make_argument_parser(groups)
     path, launcher = config_file(argv)
     if path is not None:
-        return parser.parse_dict({**read_config(path), **launcher}, allow_extra_keys=False)
+        from .arguments import dataset_records_to_arguments
+
+        config = dataset_records_to_arguments(read_config(path))
+        return parser.parse_dict({**config, **launcher}, allow_extra_keys=False)
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         known = [f"--{field.name}" for group in groups for field in dataclasses.fields(group) if field.init]

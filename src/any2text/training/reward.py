@@ -7,11 +7,12 @@ From stage 2's output, LoRA on the language model (the `score` head trains fully
         --freeze_language_model False --use_peft True --center_rewards_coefficient 0.01
 
 The same module runs under `python -m any2text.reward`, `torchrun -m any2text.reward`, `any2text reward` and with one
-`.yaml` / `.json` config file. The model and LoRA flags are `any2text.train`'s; `RewardConfig` holds TRL's
-`RewardConfig` names (`max_length`, `center_rewards_coefficient`, `disable_dropout`) beside the data flags of
-`any2text.dpo` (every preference template: `AA_TI2T`, `AA_TA2T`, `RLAIF-V`, `TRL-Preference`; an optional `margin`
-column) and the stock `TrainingArguments`. The starting checkpoint is any LlamaVisionAudio checkpoint or a stock Llava
-one (`load_reward_model`).
+`.yaml` / `.json` config file. It is one more stage on the set-up every stage shares (`training.stage`, `REWARD`
+below): the model, data and LoRA flags mean what they mean in `any2text.train` and `any2text.dpo` (every preference
+template: `AA_TI2T`, `AA_TA2T`, `RLAIF-V`, `TRL-Preference`; an optional `margin` column), and `RewardConfig` holds
+TRL's `RewardConfig` names (`max_length`, `center_rewards_coefficient`, `disable_dropout`) beside the stock
+`TrainingArguments`. The starting checkpoint is any LlamaVisionAudio checkpoint or a stock Llava one
+(`load_reward_model`, the stage's model loader).
 
 Loss and metrics are TRL `RewardTrainer`'s: `-logsigmoid(r_chosen - r_rejected - margin)`, plus
 `center_rewards_coefficient * mean((r_chosen + r_rejected) ** 2)`; `accuracy`, `margin`, `min_reward`, `mean_reward`,
@@ -24,7 +25,6 @@ non-pad token of its answer, exactly what `AutoModelForSequenceClassification` g
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,22 +33,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoProcessor
-from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers import AutoConfig, AutoModelForSequenceClassification, HfArgumentParser
 from transformers.utils import logging
 
-from ..cli import setup_logging
+from ..data.collator import EMPTY_BATCH_KEY
 from ..data.preference import PreferenceCollator
 from ..models.llama_vision_audio import LlamaVisionAudioConfig, LlamaVisionAudioForSequenceClassification
 from ..models.llama_vision_audio.modeling_llama_vision_audio import LLAVA_KEY_MAPPING
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
-from .dpo import _MODEL_KEYS, _attention_mask, _config_of, build_preference_dataset, disable_dropout
-from .model import mark_zero3_leaf_towers, prepare_model
-from .parsing import parse_argument_groups
-from .throughput import check_packing_arguments, pack_dataset
-from .train import run_stage
-from .trainer import DataReportCallback, MultimodalTrainer
-from .workarounds import check_cpu_deepspeed, init_cpu_deepspeed, keep_saved_keys_after_zero3_load
+from .dpo import _MODEL_KEYS, _attention_mask, _config_of, disable_dropout
+from .parsing import make_argument_parser, parse_argument_groups
+from .stage import Stage, build_stage, run_stage, stage_main
+from .trainer import MultimodalTrainer
 
 logger = logging.get_logger(__name__)
 
@@ -56,9 +52,10 @@ MARGIN_COLUMN = "margin"
 
 
 @dataclass
-class RewardConfig(MultimodalTrainingArguments, DataArguments):
-    """The stock `TrainingArguments`, the preference data flags (`--train_datasets`, `--max_length`, `--truncation`,
-    `--packing`...) and the reward knobs under TRL `RewardConfig`'s names."""
+class RewardConfig(MultimodalTrainingArguments):
+    """The reward stage's configuration, as TRL's `RewardConfig`: the stock `TrainingArguments`, the knobs every stage
+    shares (`max_length`, `truncation`, `padding_free`, `packing`...; see `MultimodalTrainingArguments`), and the
+    reward model's own under TRL's names."""
 
     center_rewards_coefficient: float | None = field(
         default=None,
@@ -70,7 +67,6 @@ class RewardConfig(MultimodalTrainingArguments, DataArguments):
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in the model (TRL's default)."})
 
     def __post_init__(self):
-        DataArguments.__post_init__(self)
         if self.center_rewards_coefficient is not None and not self.center_rewards_coefficient >= 0:
             raise ValueError(
                 f"`--center_rewards_coefficient` must be >= 0 (or unset), got {self.center_rewards_coefficient}."
@@ -113,40 +109,27 @@ def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, to
 
 
 def answer_end_columns(
-    input_ids: torch.Tensor, position_ids: torch.Tensor, pad_token_id: int | None
+    batch: Mapping[str, torch.Tensor], pad_token_id: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where each pair's rewards are read in a `PreferenceCollator` batch: `(rows, chosen_columns, rejected_columns)`,
-    one entry per pair in batch order (`pair_mask`'s order), padded, padding-free and packed layouts alike.
+    """Where each pair's rewards are read in a pair batch (see `PreferenceCollator`): `(rows, chosen_columns,
+    rejected_columns)`, one entry per pair in `pair_mask`'s order, padded, padding-free and packed layouts alike.
 
-    A pair's `prompt + chosen` is a run of positions counting up from 0 and its rejected answer a run continuing from
-    the prompt's end (positions > 0); padding columns have position 0 and stand alone. Within an answer's run the
-    column read is the last one that is not `pad_token_id`: the token `AutoModelForSequenceClassification` pools for
-    `prompt + answer` alone. A padding pair (`ensure_image`) has no rejected run; its chosen column is used twice.
+    The batch names them: `pair_rows` and `answer_ends` (the last token of each answer). An answer ending in
+    `pad_token_id` (a tokenizer whose pad token is its end-of-turn token) is read at its last other token, as
+    `AutoModelForSequenceClassification` reads `prompt + answer` alone (the last non-pad token); the chosen answer
+    may fall back into its prompt, as the Auto class would, and the rejected one stops at its own first column.
     """
-    rows, length = input_ids.shape
-    breaks = torch.ones_like(input_ids, dtype=torch.bool)  # a run starts at this column
-    breaks[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    ends = torch.ones_like(breaks)
-    ends[:, :-1] = breaks[:, 1:]
-    starts, stops = breaks.nonzero(), ends.nonzero()  # row-major: the k-th start and k-th stop are one run
-    run_row, first, last = starts[:, 0], starts[:, 1], stops[:, 1]
-    start_position = position_ids[run_row, first]
-    is_chosen = (start_position == 0) & (last > first)
-    is_rejected = start_position > 0
-    columns = torch.arange(length, device=input_ids.device).expand(rows, length)
+    rows, ends = batch["pair_rows"], batch["answer_ends"]
+    chosen, rejected = ends[:, 0], ends[:, 1]
     if pad_token_id is None:
-        last_real = columns
-    else:
-        last_real = torch.where(input_ids != pad_token_id, columns, -1).cummax(dim=1).values
-    end = last_real[run_row, last]
-    end = torch.where(end >= first, end, last)
-    answers = (is_chosen | is_rejected).nonzero().flatten()  # padding runs left out: in order, chosen then rejected
-    run_row, end, is_chosen, is_rejected = run_row[answers], end[answers], is_chosen[answers], is_rejected[answers]
-    chosen_runs = is_chosen.nonzero().flatten()
-    following = (chosen_runs + 1).clamp(max=len(run_row) - 1)
-    paired = (chosen_runs + 1 < len(run_row)) & is_rejected[following] & (run_row[following] == run_row[chosen_runs])
-    rejected_runs = torch.where(paired, following, chosen_runs)
-    return run_row[chosen_runs], end[chosen_runs], end[rejected_runs]
+        return rows, chosen, rejected
+    input_ids = batch["input_ids"]
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    last_real = torch.where(input_ids != pad_token_id, columns, -1).cummax(dim=1).values  # per column
+    chosen_read = last_real[rows, chosen]
+    rejected_read = last_real[rows, rejected]
+    rejected_read = torch.where(rejected_read > chosen, rejected_read, rejected)  # not into the chosen answer
+    return rows, torch.where(chosen_read >= 0, chosen_read, chosen), rejected_read
 
 
 def pair_rewards(
@@ -154,25 +137,22 @@ def pair_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards `(pairs,)` of the chosen and rejected answers of a `PreferenceCollator` batch, from one forward.
 
-    Reads `input_ids`, `attention_mask` (4D pair mask), `position_ids`, the media keys and `pair_mask`.
-    `pad_token_id`: the model's (`config.get_text_config().pad_token_id`, read from `model` when not given; a
-    DeepSpeed engine hides it, so the trainer passes it).
+    Reads `input_ids`, `attention_mask` (4D pair mask), `position_ids`, the media keys, `pair_rows` and `answer_ends`
+    (`answer_end_columns`). `pad_token_id`: the model's (`config.get_text_config().pad_token_id`, read from `model`
+    when not given; a DeepSpeed engine hides it, so the trainer passes it).
     """
-    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
-    outputs = model(
-        **inputs, attention_mask=_attention_mask(model, batch["attention_mask"]), logits_to_keep=0, use_cache=False
-    )
-    scores = outputs.logits[..., 0]
     if pad_token_id is None:
         pad_token_id = _config_of(model).get_text_config().pad_token_id
-    rows, chosen, rejected = answer_end_columns(batch["input_ids"], batch["position_ids"], pad_token_id)
-    if len(rows) != len(batch["pair_mask"]):
-        raise ValueError(
-            f"Found {len(rows)} answers to score in a batch of {len(batch['pair_mask'])} pairs: the batch is not in "
-            "`PreferenceCollator`'s layout (positions counting up from 0 through prompt + chosen, continuing from "
-            "the prompt through rejected)."
-        )
-    return scores[rows, chosen], scores[rows, rejected]
+    rows, chosen, rejected = answer_end_columns(batch, pad_token_id)
+    # Scores only at the columns read (the union over rows), as DPO keeps logits only at its answer columns.
+    keep, where = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
+    outputs = model(
+        **inputs, attention_mask=_attention_mask(model, batch["attention_mask"]), logits_to_keep=keep, use_cache=False
+    )
+    scores = outputs.logits[..., 0]  # (rows, len(keep))
+    pairs = len(rows)
+    return scores[rows, where[:pairs]], scores[rows, where[pairs:]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -180,7 +160,7 @@ def pair_rewards(
 
 
 def margin_table(dataset: torch.utils.data.Dataset | None) -> dict[tuple[str, int], float]:
-    """The `margin` column of every dataset behind `dataset` (a `build_preference_dataset` result), by
+    """The `margin` column of every dataset behind `dataset` (a `PreferenceDataset`, packed or not), by
     `(dataset name, row)` as the items' `source` names them; datasets without the column have no entries."""
     base = getattr(dataset, "dataset", dataset)
     table: dict[tuple[str, int], float] = {}
@@ -256,7 +236,10 @@ def load_reward_model(
 
 
 class RewardTrainer(MultimodalTrainer):
-    """`Trainer` whose loss is TRL `RewardTrainer`'s, on `RewardCollator` batches (one row per pair)."""
+    """`Trainer` whose loss is TRL `RewardTrainer`'s, on `RewardCollator` batches (one row per pair).
+
+    The `margin` column of the train and eval datasets, where they have one, reaches the collator's batches here.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -266,21 +249,37 @@ class RewardTrainer(MultimodalTrainer):
         self.pad_token_id = _config_of(self.model).get_text_config().pad_token_id
         if getattr(self.args, "disable_dropout", True):
             disable_dropout(self.model)
+        if isinstance(self.collator, RewardCollator):
+            self.collator.margins.update({**margin_table(self.train_dataset), **margin_table(self.eval_dataset)})
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = pair_rewards(model, inputs, self.pad_token_id)
         keep = inputs["pair_mask"]
-        chosen, rejected = chosen[keep], rejected[keep]
-        margin = inputs["margin"][keep] if "margin" in inputs else None
-        loss = reward_loss(chosen, rejected, margin, getattr(self.args, "center_rewards_coefficient", None))
-        pairs = self.accelerator.gather_for_metrics(torch.stack([chosen, rejected], dim=1).detach().float())
-        metrics = reward_metrics(pairs[:, 0], pairs[:, 1])
-        values = torch.stack(list(metrics.values())).tolist()  # one device sync for all of them
-        for name, value in zip(metrics, values, strict=True):
-            self._metrics["train" if model.training else "eval"][name].append(value)
-        return (loss, {"rewards_chosen": chosen, "rewards_rejected": rejected}) if return_outputs else loss
+        if keep.any():
+            margin = inputs["margin"][keep] if "margin" in inputs else None
+            loss = reward_loss(
+                chosen[keep], rejected[keep], margin, getattr(self.args, "center_rewards_coefficient", None)
+            )
+        else:
+            # No real pair (the placeholder of an empty batch on one rank of several): a zero loss that still runs
+            # backward through the same modules as the other ranks.
+            loss = (chosen.sum() + rejected.sum()) * 0.0
+        pairs = torch.stack([chosen[keep], rejected[keep]], dim=1).detach().float()
+        # Ranks may hold different numbers of pairs (a dropped pair, an empty batch): pad to one shape with NaN
+        # before the gather (a collective needs equal shapes), then score what is real.
+        pairs = self.accelerator.gather(self.accelerator.pad_across_processes(pairs, dim=0, pad_index=float("nan")))
+        pairs = pairs[~pairs.isnan().any(dim=1)]
+        if len(pairs):
+            metrics = reward_metrics(pairs[:, 0], pairs[:, 1])
+            values = torch.stack(list(metrics.values())).tolist()  # one device sync for all of them
+            for name, value in zip(metrics, values, strict=True):
+                self._metrics["train" if model.training else "eval"][name].append(value)
+        outputs = {"rewards_chosen": chosen[keep], "rewards_rejected": rejected[keep]}
+        return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if inputs.get(EMPTY_BATCH_KEY):
+            return None, None, None  # every pair of this batch dropped or skipped: nothing to evaluate
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
@@ -300,77 +299,52 @@ class RewardTrainer(MultimodalTrainer):
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 
-ARGUMENT_GROUPS = (ModelArguments, LoraArguments, RewardConfig)
+# The reward model: pairs in one row `[prompt | chosen | rejected]`, a score at the end of each answer, TRL's loss.
+REWARD = Stage(
+    name="reward",
+    data="pairs",
+    collator_class=RewardCollator,
+    trainer_class=RewardTrainer,
+    config_class=RewardConfig,
+    load_model=load_reward_model,
+)
+ARGUMENT_GROUPS = REWARD.argument_groups  # (ModelArguments, DataArguments, LoraArguments, RewardConfig)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, LoraArguments, RewardConfig]:
-    """Flags, or one `.yaml` / `.json` config file, into the three argument groups."""
+def make_parser() -> HfArgumentParser:
+    return make_argument_parser(ARGUMENT_GROUPS)
+
+
+def parse_args(argv: list[str] | None = None):
+    """Flags, or one `.yaml` / `.json` config file, into `(ModelArguments, DataArguments, LoraArguments,
+    RewardConfig)` (as `any2text.train` parses)."""
     return parse_argument_groups(ARGUMENT_GROUPS, argv)
 
 
-def build_reward_trainer(model_args: ModelArguments, lora_args: LoraArguments, args: RewardConfig) -> RewardTrainer:
-    """Reward model (freezing policy, optional LoRA, `score` always trained), preference data, pair collator."""
-    if not args.train_datasets:
-        raise ValueError("Nothing to train on: pass `--train_datasets` and a preference `--train_template`.")
-    if args.train_sampling_strategy == "group_by_length":
-        raise ValueError("`--train_sampling_strategy group_by_length` is not supported for pairs yet, as in DPO.")
-    args.remove_unused_columns = False  # samples are `{"messages": ...}`
-    kwargs = {"dtype": model_args.dtype}
-    if model_args.attn_implementation is not None:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    model = load_reward_model(model_args.model_name_or_path, **kwargs)
-    if is_deepspeed_zero3_enabled():
-        mark_zero3_leaf_towers(model)
-        keep_saved_keys_after_zero3_load(model)
-    processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
-    model = prepare_model(model, model_args, lora_args, args)
-    if args.padding_free or args.packing:
-        check_packing_arguments(args)
-    train_dataset = build_preference_dataset(args, "train", processor, args.seed)
-    eval_dataset = build_preference_dataset(args, "eval", processor, args.seed)
-    collator = RewardCollator(
-        processor, max_length=args.max_length, truncation=args.truncation, padding_free=args.padding_free or
-        args.packing, margins={**margin_table(train_dataset), **margin_table(eval_dataset)},
-    )  # fmt: skip
-    if args.packing:
-        train_dataset, eval_dataset = (
-            pack_dataset(train_dataset, collator, args),
-            pack_dataset(eval_dataset, collator, args),
-        )
-    return RewardTrainer(
-        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator,
-        processing_class=processor, callbacks=[DataReportCallback(collator, train_dataset)],
-    )  # fmt: skip
-
-
-def reward(model_args: ModelArguments, lora_args: LoraArguments, args: RewardConfig) -> RewardTrainer:
+def reward(
+    model_args: ModelArguments, data_args: DataArguments, lora_args: LoraArguments, training_args: RewardConfig
+) -> RewardTrainer:
     """Train the reward model; save it (or its adapter and `score` head), the processor, state, card and metrics."""
-    transformers.set_seed(args.seed)
-    trainer = build_reward_trainer(model_args, lora_args, args)
+    transformers.set_seed(training_args.seed)
+    trainer = build_stage(REWARD, model_args, data_args, lora_args, training_args)
     card_section = (
-        "\n## Reward model\n\nA `score` head at the last non-pad token (`AutoModelForSequenceClassification`), trained "
-        f"with TRL's pairwise loss, `center_rewards_coefficient={args.center_rewards_coefficient}`.\n"
+        "\n## Reward model\n\nA `score` head at the last non-pad token (`AutoModelForSequenceClassification`), "
+        f"trained with TRL's pairwise loss, `center_rewards_coefficient={training_args.center_rewards_coefficient}`.\n"
     )
-    return run_stage(trainer, model_args, args, lora_args, args, card_section=card_section)
+    return run_stage(trainer, model_args, data_args, lora_args, training_args, card_section=card_section)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m any2text.reward` / `any2text reward`: parse the arguments and train the reward model."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    init_cpu_deepspeed(argv)
-    model_args, lora_args, args = parse_args(argv)
-    check_cpu_deepspeed(args)
-    setup_logging(args)
-    reward(model_args, lora_args, args)
-    return 0
+    return stage_main(argv, parse_args, reward)
 
 
 __all__ = [
+    "REWARD",
     "RewardCollator",
     "RewardConfig",
     "RewardTrainer",
     "answer_end_columns",
-    "build_reward_trainer",
     "load_reward_model",
     "main",
     "margin_table",

@@ -1,8 +1,8 @@
-"""Throughput switches of `any2text.train`: padding-free / packed batches, Liger kernels, and a data-rate report.
+"""Throughput switches of the training stages: Liger kernels, and a data-rate report.
 
-Kept apart from `train.py` so each switch is one call there:
+Kept apart from the stage set-up so each switch is one call there (padding-free / packed batches are the set-up's,
+`training/stage.py`, on `data/packing.py`):
 
-- `prepare_packing` wraps the datasets and the collator for `--padding_free` / `--packing` (see `data/packing.py`);
 - `apply_liger_kernel` puts Liger's Triton kernels on the language model instance for `--use_liger_kernel`;
 - `ThroughputCallback` logs data loader samples/s against training-step samples/s, so a starving GPU shows.
 """
@@ -10,83 +10,14 @@ Kept apart from `train.py` so each switch is one call there:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
 from transformers.utils import is_liger_kernel_available, logging
 
-from ..data.collator import MultimodalCollator
-from ..data.packing import VARLEN_SDPA, PackedCollator, PackedDataset, use_varlen_sdpa
-from .arguments import DataArguments
 from .freezing import find_components
-from .trainer import sample_lengths
 
 logger = logging.get_logger(__name__)
-
-
-@dataclass
-class PackedData:
-    collator: Any
-    train_dataset: torch.utils.data.Dataset | None
-    eval_dataset: torch.utils.data.Dataset | None
-    samples_per_item: float = 1.0
-
-
-def check_packing_arguments(data_args: DataArguments) -> None:
-    if data_args.packing and data_args.max_length is None:
-        raise ValueError("`--packing True` needs `--max_length` (the length of a packed row, media tokens included).")
-
-
-def prepare_packing(
-    data_args: DataArguments,
-    collator: MultimodalCollator,
-    train_dataset: torch.utils.data.Dataset | None,
-    eval_dataset: torch.utils.data.Dataset | None,
-    ensure_image: bool,
-    attn_implementation: str | None = None,
-    model: torch.nn.Module | None = None,
-) -> PackedData:
-    """The collator and datasets for `--padding_free` / `--packing` (unchanged when neither is set).
-
-    Packing fills rows from exact sample lengths (`trainer.sample_lengths`), so a packed run reads every sample's text
-    once before training (not its media). `attn_implementation` is the language model's: flash-attention gets all
-    packed rows as one row.
-    `model`, when given, has an `sdpa` language model switched to per-sample SDPA (`any2text_varlen_sdpa`): stock
-    `sdpa` would attend over each whole packed row under a dense block-diagonal mask, quadratic in the row length.
-    """
-    if not (data_args.padding_free or data_args.packing):
-        return PackedData(collator, train_dataset, eval_dataset)
-    check_packing_arguments(data_args)
-    if model is not None and use_varlen_sdpa(find_components(model)["language_model"].modules[0]):
-        attn_implementation = VARLEN_SDPA
-        logger.info(f"Packed rows: the language model's `sdpa` runs per sample (`{VARLEN_SDPA}`).")
-    # flash-attention reads packed `position_ids` only in a batch of one row (see `PackedCollator.single_row`); the
-    # per-sample SDPA pays nothing for a longer row, so one row spares the pad tail a packed batch's rows would need.
-    single_row = "flash" in str(attn_implementation or "") or attn_implementation == VARLEN_SDPA
-    wrapped = PackedCollator(collator, packing=data_args.packing, ensure_image=ensure_image, single_row=single_row)
-    if not data_args.packing:
-        return PackedData(wrapped, train_dataset, eval_dataset)
-    packed_train = pack_dataset(train_dataset, collator, data_args)
-    spi = packed_train.samples_per_item if packed_train is not None else 1.0
-    return PackedData(wrapped, packed_train, pack_dataset(eval_dataset, collator, data_args), spi)
-
-
-def pack_dataset(
-    dataset: torch.utils.data.Dataset | None, collator: Any, data_args: DataArguments
-) -> PackedDataset | None:
-    """`--packing`: `dataset`'s samples (or DPO pairs) in bins of at most `--max_length` tokens, as measured by
-    `collator` (`trainer.sample_lengths`); `None` stays `None`."""
-    if dataset is None:
-        return None
-    return PackedDataset(dataset, sample_lengths(dataset, collator), data_args.max_length, data_args.packing_strategy)
-
-
-def language_model_attention(model: torch.nn.Module) -> str | None:
-    """The attention implementation the language model runs (`sdpa`, `eager`, `flash_attention_2`...)."""
-    language_model = find_components(model)["language_model"].modules[0]
-    return getattr(language_model.config, "_attn_implementation", None)
 
 
 def apply_liger_kernel(model: torch.nn.Module, training_args: TrainingArguments) -> None:
@@ -184,13 +115,4 @@ def warn_if_data_in_main_process(training_args: TrainingArguments) -> None:
         )
 
 
-__all__ = [
-    "PackedData",
-    "ThroughputCallback",
-    "apply_liger_kernel",
-    "check_packing_arguments",
-    "language_model_attention",
-    "pack_dataset",
-    "prepare_packing",
-    "warn_if_data_in_main_process",
-]
+__all__ = ["ThroughputCallback", "apply_liger_kernel", "warn_if_data_in_main_process"]

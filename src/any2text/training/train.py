@@ -24,31 +24,25 @@ True`).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import transformers
 from transformers import HfArgumentParser, TrainingArguments
-from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.utils import logging
 
-from ..cli import setup_logging
-from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
-from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
-from .checkpoints import resolve_resume_checkpoint
-from .data_setup import build_training_data
-from .freezing import parameter_table
-from .model import load_model_and_processor, prepare_model
-from .model_card import training_card
-from .nonfinite import NonFiniteError
+from ..data.collator import MultimodalCollator
+from .arguments import DataArguments, LoraArguments, ModelArguments, SFTConfig
+from .model import load_model_and_processor
 from .parsing import make_argument_parser, parse_argument_groups
-from .throughput import ThroughputCallback, language_model_attention, warn_if_data_in_main_process
-from .trainer import DataReportCallback, MultimodalTrainer
-from .workarounds import check_cpu_deepspeed, init_cpu_deepspeed
+from .stage import Stage, build_stage, run_stage, stage_main
+from .trainer import MultimodalTrainer
 
-logger = logging.get_logger(__name__)
-
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, LoraArguments, MultimodalTrainingArguments)
+# Supervised fine-tuning (stages 1 and 2): conversations, loss on the assistant tokens (the model's own).
+SFT = Stage(
+    name="sft",
+    data="samples",
+    collator_class=MultimodalCollator,
+    trainer_class=MultimodalTrainer,
+    config_class=SFTConfig,
+)
+ARGUMENT_GROUPS = SFT.argument_groups  # (ModelArguments, DataArguments, LoraArguments, SFTConfig)
 
 
 def make_parser(groups: tuple[type, ...] = ARGUMENT_GROUPS) -> HfArgumentParser:
@@ -73,33 +67,7 @@ def build_trainer(
     training_args: TrainingArguments,
 ) -> MultimodalTrainer:
     """Model, freezing policy, optional LoRA, datasets and collator, assembled into a `MultimodalTrainer`."""
-    if not data_args.train_datasets:
-        raise ValueError("Nothing to train on: pass `--train_datasets` and `--train_template`.")
-    # Samples are `{"messages": ...}`; the stock column filter would drop them before they reach the collator.
-    training_args.remove_unused_columns = False
-    if training_args.label_names is None:
-        training_args.label_names = ["labels"]
-
-    model, processor = load_model_and_processor(model_args)
-    # A stock model (Llava) cannot run its vision tower without an image; under ZeRO-3 a rank whose batch has none
-    # would skip it while the others gather its parameters, and the run would hang. The collator then adds a blank
-    # image row with no labels. LlamaVisionAudio runs every tower every training step by itself.
-    ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
-    model = prepare_model(model, model_args, lora_args, training_args)
-    collator, data = build_training_data(
-        data_args, training_args, processor, ensure_image, attn_implementation=language_model_attention(model),
-        model=model,
-    )  # fmt: skip
-    warn_if_data_in_main_process(training_args)
-    return MultimodalTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train_dataset,
-        eval_dataset=data.eval_dataset,
-        data_collator=data.collator,
-        processing_class=processor,
-        callbacks=[DataReportCallback(collator, data.train_dataset), ThroughputCallback(data.samples_per_item)],
-    )
+    return build_stage(SFT, model_args, data_args, lora_args, training_args)
 
 
 def train(
@@ -118,61 +86,18 @@ def train(
     return run_stage(trainer, model_args, data_args, lora_args, training_args)
 
 
-def run_stage(
-    trainer: MultimodalTrainer,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    lora_args: LoraArguments,
-    training_args: TrainingArguments,
-    card_section: str = "",
-) -> MultimodalTrainer:
-    """What every stage does with its trainer (SFT and DPO alike): train (resuming when asked), count skipped steps,
-    save the model, state and model card (`card_section` appended), log and save the metrics, evaluate."""
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
-    _report_skipped_steps(trainer, result.metrics)
-    trainer.save_model()
-    trainer.save_state()
-    if trainer.is_world_process_zero():
-        card = training_card(
-            trainer.model, model_args, data_args, lora_args, training_args, parameter_table(trainer.model),
-            trainer.state.log_history,
-        )  # fmt: skip
-        with open(os.path.join(training_args.output_dir, "README.md"), "w") as f:
-            f.write(card + card_section)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return trainer
-
-
-def _report_skipped_steps(trainer: MultimodalTrainer, metrics: dict) -> None:
-    """Count the steps `--skip_nonfinite_steps` skipped in the metrics; a run that skipped every step is an error."""
-    skipped = trainer.num_nonfinite_steps_skipped
-    if not skipped:
-        return
-    metrics["train_nonfinite_steps_skipped"] = skipped
-    steps_run = trainer.state.global_step
-    logger.warning(f"Skipped {skipped} of {steps_run} optimizer steps on non-finite losses or gradients (see above).")
-    if skipped >= steps_run:
-        raise NonFiniteError(
-            f"Every one of the {steps_run} optimizer steps of this run was non-finite and skipped: nothing was learned, "
-            "so nothing is saved. Check the data for non-finite media and lower `--learning_rate`."
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m any2text.train` / `any2text train`: parse the arguments and run one stage."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    init_cpu_deepspeed(argv)
-    model_args, data_args, lora_args, training_args = parse_args(argv)
-    check_cpu_deepspeed(training_args)
-    setup_logging(training_args)
-    train(model_args, data_args, lora_args, training_args)
-    return 0
+    return stage_main(argv, parse_args, train)
 
 
-__all__ = ["build_trainer", "load_model_and_processor", "main", "make_parser", "parse_args", "run_stage", "train"]
+__all__ = [
+    "SFT",
+    "build_trainer",
+    "load_model_and_processor",
+    "main",
+    "make_parser",
+    "parse_args",
+    "run_stage",
+    "train",
+]

@@ -16,7 +16,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
-from ..data.collator import MultimodalCollator
+from ..data.collator import EMPTY_BATCH_KEY, MultimodalCollator
 from ..data.loading import MultimodalDataset
 from ..data.packing import PackedDataset
 from .checkpoints import CheckpointManifestCallback
@@ -37,7 +37,7 @@ logger = logging.get_logger(__name__)
 def sample_lengths(dataset: torch.utils.data.Dataset, collator: MultimodalCollator) -> list[int]:
     """Exact token length of every sample, without loading media: the one place lengths are measured and checked.
 
-    `MultimodalTrainer`'s length-grouped sampler and `--packing` (`throughput.prepare_packing`) both ask here. A dataset
+    `MultimodalTrainer`'s length-grouped sampler and `--packing` (`stage.build_stage_data`) both ask here. A dataset
     that already knows its lengths (`dataset.lengths`: a `PackedDataset`, or a `MultimodalDataset` measured before) is
     read; a `MultimodalDataset` is measured in its validation pass (`validate(length_fn=collator.sample_length)`: one
     batched read of the rows, bad rows found now) and keeps them; any other dataset renders each item's `messages`.
@@ -53,6 +53,10 @@ def sample_lengths(dataset: torch.utils.data.Dataset, collator: MultimodalCollat
     if lengths is None and isinstance(dataset, MultimodalDataset):
         lengths = dataset.validate(length_fn=collator.sample_length)
     elif lengths is None:
+        logger.warning(
+            f"`{type(dataset).__name__}` has no length index (`lengths`): measuring every sample by reading it, "
+            "media included. A `MultimodalDataset` measures from its rows without decoding media."
+        )
         lengths = [collator.sample_length(dataset[i]["messages"]) for i in range(len(dataset))]
     lengths = [int(length) for length in lengths]
     _report_too_long(lengths, collator)
@@ -97,9 +101,13 @@ class MultimodalTrainer(Trainer):
         train_dataset = kwargs.get("train_dataset")
         if _lacks_row_identity(train_dataset):
             kwargs["train_dataset"] = RowIdentityDataset(train_dataset)
-        if kwargs.get("data_collator") is not None and not isinstance(kwargs["data_collator"], RowIdCollator):
-            kwargs["data_collator"] = RowIdCollator(kwargs["data_collator"])
+        collator = kwargs.get("data_collator")
+        # The stage's own collator (lengths, counts), kept beside the wrapper the Trainer calls.
+        self.collator = collator.collator if isinstance(collator, RowIdCollator) else collator
+        if collator is not None and not isinstance(collator, RowIdCollator):
+            kwargs["data_collator"] = RowIdCollator(collator)
         super().__init__(*args, **kwargs)
+        self.num_empty_batches_skipped = 0
         self.skip_nonfinite_steps = bool(getattr(self.args, "skip_nonfinite_steps", False))
         if self.skip_nonfinite_steps and self.is_deepspeed_enabled:
             raise ValueError(
@@ -119,7 +127,7 @@ class MultimodalTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and _is_map_style(dataset):
-            lengths = sample_lengths(dataset, self.data_collator)
+            lengths = sample_lengths(dataset, self.collator)
             return LengthGroupedSampler(
                 self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=lengths
             )
@@ -130,6 +138,8 @@ class MultimodalTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         rows = inputs.pop(ROW_IDS_KEY, None)
+        if inputs.pop(EMPTY_BATCH_KEY, False):
+            return self._skip_empty_batch(model, inputs)
         self._step_rows.extend(rows or [None])
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss):
@@ -139,8 +149,29 @@ class MultimodalTrainer(Trainer):
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if inputs.get(EMPTY_BATCH_KEY):
+            return None, None, None  # nothing left to evaluate in this batch (every sample dropped or skipped)
         inputs = {key: value for key, value in inputs.items() if key != ROW_IDS_KEY}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def _skip_empty_batch(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """A batch whose every sample was dropped (`--truncation drop`) or skipped (`--skip_bad_rows`): no update
+        from it, counted in `num_empty_batches_skipped`. One process: nothing runs. DeepSpeed or several processes:
+        the stage's `compute_loss` runs on the collator's placeholder (`empty_batch`) times zero, forward and backward,
+        so every rank issues the same collectives (ZeRO-3 gathers, DDP's all-reduce, metric gathers) as the others."""
+        self.num_empty_batches_skipped += 1
+        logger.warning(
+            f"Step {self.state.global_step + 1}: every sample of this batch was dropped or skipped; no update from it "
+            f"({self.num_empty_batches_skipped} empty batch(es) so far). Raise `--max_length` or fix the rows."
+        )
+        if not self.is_deepspeed_enabled and self.args.world_size == 1:
+            return torch.zeros((), device=self.args.device)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs) * 0.0  # the stage's own forwards (a reference's too)
+        self.accelerator.backward(loss)
+        return loss.detach()
 
     def _begin_step(self) -> None:
         self._step_rows, self._step_loss_finite = [], True
@@ -253,7 +284,7 @@ class DataReportCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.collator.num_dropped:
             logger.warning(
-                f"The collator dropped {self.collator.num_dropped} samples longer than "
+                f"The collator dropped {self.collator.num_dropped} samples (or pairs) longer than "
                 f"`max_length={self.collator.max_length}` (truncation=`{self.collator.truncation}`)."
             )
         if self.dataset is not None and hasattr(self.dataset, "log_skip_summary"):
