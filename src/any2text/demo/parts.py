@@ -29,7 +29,7 @@ IMAGE_SIZE = 32
 SAMPLING_RATE = 16000
 
 
-def save_tiny_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
+def save_tiny_parts(folder: Path, seed: int = 0, lm_hidden_size: int = 128, lm_layers: int = 2) -> dict[str, Path]:
     """A Llama with the committed tokenizer, a full CLIPModel and a full ClapModel, all random, under `folder`.
 
     Returns the folder of each part (`language_model`, `clip`, `clap`), ready for the real builder.
@@ -37,7 +37,7 @@ def save_tiny_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
     torch.manual_seed(seed)
     paths = {name: folder / name for name in ("language_model", "clip", "clap")}
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-    text_config = tiny_text_config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2)
+    text_config = tiny_text_config(vocab_size=len(tokenizer), hidden_size=lm_hidden_size, num_hidden_layers=lm_layers)
     AutoModelForCausalLM.from_config(text_config).save_pretrained(paths["language_model"])
     tokenizer.save_pretrained(paths["language_model"])
 
