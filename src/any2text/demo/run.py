@@ -159,14 +159,15 @@ def run_demo(
     epochs of 16 it reached a training loss near 0.2 and left shape, side and beep count at 70%, 79% and 47% (37% on
     600 held-out rows). Twice the rows, batches of 32 at twice the learning rate (3e-3 was unstable) and
     padding-free batches (each step ~20% less CPU) bring beep count and side to 99% and 100% with seed 0; stage 1
-    only sees a quarter epoch because the language model it trains against is random. Shape then stayed near 72%,
-    on the training rows as on held-out ones (83% / 88% after 8 epochs of a 3-layer model): the model underfits
-    circle against square, so more rows did not help (3600 x 5 or 4800 x 4 epochs: 79%). A language model of 3
-    layers with 8 heads of 16 dimensions (instead of 2 layers of 4 heads of 32) trained 8 epochs reads shape at 91%
-    with seed 0 (2 layers, 6 epochs: 72%; 3 layers with 4 heads: 79% / 85% / 88% / 86% after 6 / 7 / 8 / 9 epochs;
-    4 layers, 6 epochs: 76%; 2 layers of width 192, 6 epochs: 61%; 3 layers with 8 heads for 6 epochs: 86% but side
-    fell to 55%). The stronger stage-2 model needs 5 DPO epochs (not 3) and `rpo_alpha=2.0` (see `demo.dpo`) for the
-    greedy answers to follow the preferred ones. The reward model (`demo.reward`) trains its language model too: frozen, it did not learn.
+    only sees a quarter epoch because the language model it trains against is random. Shape then stayed near 72%, on
+    the training rows as on held-out ones (83% / 88% after 8 epochs of a 3-layer model): the model underfits circle
+    against square, so more rows did not help (3600 x 5 or 4800 x 4 epochs: 79%). A language model of 3 layers with
+    8 heads of 16 dimensions (instead of 2 layers of 4 heads of 32) trained 8 epochs reads shape at 91% with seed 0,
+    82.7% with seed 1 (7 epochs: 89.7%; 2 layers, 6 epochs: 72%; 3 layers with 4 heads: 79% / 85% / 88% / 86% after
+    6 / 7 / 8 / 9 epochs; 4 layers, 6 epochs: 76%; 2 layers of width 192, 6 epochs: 61%; 3 layers with 8 heads for 6
+    epochs: 86% but side fell to 55%). The stronger stage-2 model needs 5 DPO epochs (not 3) and `rpo_alpha=2.0`
+    (see `demo.dpo`) for the greedy answers to follow the preferred ones. The reward model (`demo.reward`) trains
+    its language model too: frozen, it did not learn.
     """
     with _torch_threads(num_threads):
         return _run_demo(
