@@ -226,15 +226,19 @@ def _run_demo(
         from .synthetic_preference import generate_preference_data
 
         # One set of pairs (JSON lines with media paths) for DPO and the reward model.
-        preference_files = generate_preference_data(out / "data/preference", dpo_pairs or reward_pairs, n_pairs_test,
-                                                    seed=seed, image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
+        preference_files = generate_preference_data(
+            out / "data/preference", dpo_pairs or reward_pairs, n_pairs_test, seed=seed, image_size=IMAGE_SIZE,
+            sampling_rate=SAMPLING_RATE,
+        )  # fmt: skip
     dpo_results = None
     if dpo_pairs:
         from .dpo import run_dpo_stage
 
         logger.warning("[6/8] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
-        dpo_results = run_dpo_stage(out, final, n_train=dpo_pairs, n_test=n_pairs_test, epochs=dpo_epochs, seed=seed,
-                                    image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE, files=preference_files)  # fmt: skip
+        dpo_results = run_dpo_stage(
+            out, final, n_train=dpo_pairs, n_test=n_pairs_test, epochs=dpo_epochs, seed=seed, image_size=IMAGE_SIZE,
+            sampling_rate=SAMPLING_RATE, files=preference_files,
+        )  # fmt: skip
         clock.lap("dpo")
 
     reward_results = None
