@@ -1,5 +1,5 @@
 """A shortened `make demo`: the real builder, stages 1 and 2 through `train()`, reload with the Auto classes, score,
-DPO."""
+DPO, reward model."""
 
 import json
 
@@ -34,15 +34,28 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     # ... and greedy answers follow the preferred one (stage 2 never produced these words: 0% before).
     assert dpo["generation_follows_after"]["all"] >= dpo["generation_follows_before"]["all"] + 0.5, dpo
 
+    # The reward model (a score head on the stage-2 model, trained by `any2text reward` on the same pairs and scored
+    # by `any2text eval --benchmark reward`) ranks held-out pairs by the medium, not the wording.
+    reward = results["reward"]
+    assert reward["accuracy"]["all"] >= 0.85, reward
+    assert reward["blind_accuracy"]["all"] <= 0.7, reward
+    assert reward["n_test"] == dpo["n_test"] and reward["n_train"] == dpo["n_train"]  # DPO's pairs
+    scores = json.loads((tmp_path / "demo/eval_reward/reward/scores.json").read_text())["scores"]
+    assert scores["accuracy"] == pytest.approx(reward["accuracy"]["all"])
+    assert scores["blind_accuracy"] == pytest.approx(reward["blind_accuracy"]["all"])
+
     out = tmp_path / "demo"
-    for name in ("results.json", "results.md", "loss_curves.png", "stage1/trainer_state.json"):
+    for name in ("results.json", "results.md", "loss_curves.png", "stage1/trainer_state.json",
+                 "reward/training_curves.png", "reward/config.json"):  # fmt: skip
         assert (out / name).is_file(), name
-    assert "](loss_curves.png)" in (out / "results.md").read_text()  # results.md shows the curves
+    markdown = (out / "results.md").read_text()
+    assert "](loss_curves.png)" in markdown  # results.md shows the curves
+    assert "](reward/training_curves.png)" in markdown  # ... and the reward model's own
     saved = json.loads((out / "results.json").read_text())
     assert saved["per_modality"] == results["per_modality"]
     # Every step's wall time is reported, and they add up to the total.
     timings = saved["timings"]
-    steps = ("data_s", "build_s", "stage1_s", "stage2_s", "eval_s", "dpo_s")
+    steps = ("data_s", "build_s", "stage1_s", "stage2_s", "eval_s", "dpo_s", "reward_s")
     assert set(timings) == {*steps, "total_s"}
     assert sum(timings[s] for s in steps) == pytest.approx(timings["total_s"], rel=0.01)
     history = json.loads((out / "stage2/trainer_state.json").read_text())["log_history"]

@@ -77,9 +77,10 @@ def _by_kind(kinds: list[str], values: list[bool]) -> dict[str, float]:
 def run_dpo_stage(
     out: Path, model_dir: Path, n_train: int = 128, n_test: int = 100, epochs: float = 5.0, lr: float = 8e-3,
     seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, rpo_alpha: float | None = 2.0, beta: float = 0.5,
-    batch_size: int = 8,
+    batch_size: int = 8, files: dict[str, Path] | None = None,
 ) -> dict:  # fmt: skip
-    """Write the pairs, score the stage-2 model, run `any2text.dpo` (LoRA), merge, score again; returns the results.
+    """Write the pairs (unless `files` gives them: `train` / `test` JSON lines), score the stage-2 model, run
+    `any2text.dpo` (LoRA), merge, score again; returns the results.
 
     Defaults (128 pairs, 5 epochs of batch 8 = 80 steps, lr 8e-3, beta 0.5, rpo_alpha 2.0, reference log-probs
     precomputed) measured on held-out pairs after `make demo`'s stage 2: preference accuracy 45% -> 100%, blind 50% ->
@@ -92,9 +93,10 @@ def run_dpo_stage(
     from ..training.dpo import main as dpo_main
     from ..training.merge import merge_lora
 
-    files = generate_preference_data(
-        out / "data/preference", n_train, n_test, seed=seed, image_size=image_size, sampling_rate=sampling_rate
-    )
+    if files is None:
+        files = generate_preference_data(
+            out / "data/preference", n_train, n_test, seed=seed, image_size=image_size, sampling_rate=sampling_rate
+        )
     kinds = [json.loads(line)["kind"] for line in files["test"].read_text().splitlines()]
     processor = AutoProcessor.from_pretrained(model_dir)
     test = PreferenceDataset(

@@ -29,15 +29,23 @@ IMAGE_SIZE = 32
 SAMPLING_RATE = 16000
 
 
-def save_tiny_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
+def save_tiny_parts(
+    folder: Path, seed: int = 0, lm_hidden_size: int = 128, lm_layers: int = 3, lm_heads: int = 8
+) -> dict[str, Path]:
     """A Llama with the committed tokenizer, a full CLIPModel and a full ClapModel, all random, under `folder`.
+
+    The Llama has `lm_layers` layers of width `lm_hidden_size` (also the projectors' width) with `lm_heads` query
+    heads and half as many key/value heads.
 
     Returns the folder of each part (`language_model`, `clip`, `clap`), ready for the real builder.
     """
     torch.manual_seed(seed)
     paths = {name: folder / name for name in ("language_model", "clip", "clap")}
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-    text_config = tiny_text_config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2)
+    text_config = tiny_text_config(vocab_size=len(tokenizer), hidden_size=lm_hidden_size, num_hidden_layers=lm_layers)
+    text_config.num_attention_heads = lm_heads
+    text_config.num_key_value_heads = max(lm_heads // 2, 1)
+    text_config.head_dim = lm_hidden_size // lm_heads
     AutoModelForCausalLM.from_config(text_config).save_pretrained(paths["language_model"])
     tokenizer.save_pretrained(paths["language_model"])
 

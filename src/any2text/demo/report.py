@@ -99,9 +99,9 @@ def plot_losses(stage_dirs: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def results_markdown(results: dict, curves: str | None = None) -> str:
-    """The held-out table, the wall times and the DPO table; `curves` (a path relative to the file) embeds the loss
-    curves image."""
+def results_markdown(results: dict, curves: str | None = None, stage_curves: dict[str, str] | None = None) -> str:
+    """The held-out table, the wall times, the DPO and reward-model tables; `curves` (a path relative to the file)
+    embeds the loss curves image, `stage_curves` (stage name -> path) a stage's own `training_curves.png`."""
     lines = [
         "| question type | trained | blind (media withheld) | chance | n |",
         "|---|---:|---:|---:|---:|",
@@ -119,8 +119,14 @@ def results_markdown(results: dict, curves: str | None = None) -> str:
         from .dpo import dpo_markdown
 
         lines += ["", dpo_markdown(results["dpo"]).rstrip()]
+    if results.get("reward"):
+        from .reward import reward_markdown
+
+        lines += ["", reward_markdown(results["reward"]).rstrip()]
     if curves:
         lines += ["", f"![training loss per stage]({curves})"]
+    for stage, path in (stage_curves or {}).items():
+        lines += ["", f"![{stage}: training curves]({path})"]
     return "\n".join(lines) + "\n"
 
 
