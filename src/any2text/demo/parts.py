@@ -12,11 +12,11 @@ from transformers import (
     ClapModel,
     ClapTextConfig,
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
 )
 
+from ..builders.image_processors import clip_image_processor_class
 from ..builders.presets import (
     cheap_audio_config,
     cheap_feature_extractor,
@@ -58,7 +58,7 @@ def save_tiny_parts(
         projection_dim=32,
     )
     CLIPModel(clip_config).save_pretrained(paths["clip"])
-    CLIPImageProcessor(
+    clip_image_processor_class()(
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     ).save_pretrained(paths["clip"])
 

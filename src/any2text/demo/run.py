@@ -70,11 +70,11 @@ def train_stage(
     model_args = ModelArguments(
         model_name_or_path=str(model), freeze_mm_proj=False, freeze_language_model=not train_language_model
     )
-    data_args = DataArguments(train_datasets=str(data), train_template="LLAVA", train_split="train", padding_free=True)
+    data_args = DataArguments(train_datasets=str(data), train_template="LLAVA", train_split="train")
     lora_args = LoraArguments(use_peft=use_peft, lora_r=32, lora_alpha=64)
     training_args = MultimodalTrainingArguments(
         output_dir=str(output), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=5,
+        learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=5, logging_steps=5, padding_free=True,
         save_strategy="no", report_to="none", use_cpu=True, seed=seed, disable_tqdm=False, log_level="warning",
         dataloader_num_workers=1, dataloader_persistent_workers=True,
     )  # fmt: skip
