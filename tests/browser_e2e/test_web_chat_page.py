@@ -1,8 +1,8 @@
 """`any2text chat --web` in a real browser: Debian's chromium, headless, driven by Playwright (which downloads nothing:
 `executable_path` is the system browser). Run by `make test-browser`.
 
-The page serves the demo's trained tiny model (`any2text demo --dpo_pairs 0 --reward_pairs 0`, trained once into
-build/web-chat-demo and reused), started with the real command line. The test uploads one of the demo's pictures,
+The page serves the demo's trained tiny model (`any2text demo --dpo_pairs 0 --reward_pairs 0`, trained once
+into build/web-chat-demo and reused), started with the real command line. The test uploads one of the demo's pictures,
 asks its colour, waits for the streamed answer, asks where the shape is (the picture is in the history), checks both answers against
 `any2text.inference`'s greedy generation, and saves the screenshot the README shows (docs/web_chat.png).
 """
@@ -43,7 +43,18 @@ def free_port() -> int:
 def checkpoint() -> Path:
     """The demo's stage-2 model (trained here once, about 3 minutes on 2 cores; reused while build/ stays)."""
     if not (DEMO / "stage2" / "config.json").exists():
-        command = [sys.executable, "-m", "any2text.cli", "demo", "--output_dir", str(DEMO), "--dpo_pairs", "0", "--reward_pairs", "0"]
+        command = [
+            sys.executable,
+            "-m",
+            "any2text.cli",
+            "demo",
+            "--output_dir",
+            str(DEMO),
+            "--dpo_pairs",
+            "0",
+            "--reward_pairs",
+            "0",
+        ]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return DEMO / "stage2"
