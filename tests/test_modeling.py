@@ -159,6 +159,19 @@ def test_frozen_encoders_build_no_autograd_graph(tester, processor):
     assert out.pooler_output.requires_grad  # the projector still trains
 
 
+@pytest.mark.parametrize("layer", [0, -1])
+def test_image_features_read_the_configured_vision_layer(tester, processor, layer):
+    model = tester.get_model().eval()
+    model.config.vision_feature_layer = layer
+    pixel_values = processor.image_processor([make_image()], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values).pooler_output
+        hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    drop_cls = model.config.vision_feature_select_strategy == "default"
+    selected = hidden[layer][:, 1:] if drop_cls else hidden[layer]
+    torch.testing.assert_close(features, model.model.vision_projector(selected))
+
+
 def test_training_step_touches_every_tower_with_zero_contribution(tester, processor):
     """A text-only batch still runs both towers and projectors (ZeRO-3 needs it) without changing the loss."""
     model = tester.get_model()

@@ -183,8 +183,11 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and _needs_grad(self.vision_tower)):
             outputs = self.vision_tower(
                 pixel_values,
-                # An index (or list) makes transformers' encoders keep only those hidden states.
-                output_hidden_states=True if output_hidden_states else (layers[0] if len(layers) == 1 else layers),
+                # An index (or list) makes transformers' encoders keep only those hidden states; index 0 (the
+                # embeddings) would read as False there, so it asks for all of them.
+                output_hidden_states=True
+                if output_hidden_states or layers == [0]
+                else (layers[0] if len(layers) == 1 else layers),
                 return_dict=True,
                 **_given(output_attentions=output_attentions),
             )
