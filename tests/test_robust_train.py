@@ -358,3 +358,19 @@ def test_skip_nonfinite_steps_flag_is_parsed_beside_the_stock_arguments():
     _, _, _, training_args = parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--skip_nonfinite_steps"])
     assert training_args.skip_nonfinite_steps is True
     assert training_args.logging_nan_inf_filter is True  # the stock flag is untouched
+
+
+def test_zero3_shard_padding_is_not_read_as_a_non_finite_weight():
+    """ZeRO-3 pads a parameter's last shard with uninitialised memory: NaN there is no weight; NaN in the values is."""
+    from any2text.training.nonfinite import non_finite_parameters
+
+    model = torch.nn.Linear(3, 1, bias=False)  # 3 values: on 2 ranks, shards of 2, rank 0 holds values 0-1
+    weight = model.weight
+    weight.ds_numel = 3
+    weight.ds_tensor = torch.tensor([1.0, 2.0])
+    assert non_finite_parameters(model) == {}
+    weight.ds_numel = 1  # a 1-value parameter: rank 0's shard holds the value, then one padding slot
+    weight.ds_tensor = torch.tensor([1.0, float("nan")])
+    assert non_finite_parameters(model) == {}
+    weight.ds_tensor = torch.tensor([float("nan"), 0.0])
+    assert non_finite_parameters(model) == {"weight": 1}

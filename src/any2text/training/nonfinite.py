@@ -98,9 +98,22 @@ class RowIdCollator:
         return batch
 
 
-def _local_tensor(parameter: torch.nn.Parameter) -> torch.Tensor:
-    # Under DeepSpeed ZeRO-3 a parameter is an empty placeholder; this rank's shard is `ds_tensor`.
-    return getattr(parameter, "ds_tensor", None) if hasattr(parameter, "ds_tensor") else parameter
+def _local_tensor(parameter: torch.nn.Parameter) -> torch.Tensor | None:
+    """The values of `parameter` this rank holds: the parameter itself, or under DeepSpeed ZeRO-3 (where the parameter
+    is an empty placeholder) its shard `ds_tensor` without the shard's padding.
+
+    ZeRO-3 cuts a parameter of `ds_numel` values into equal shards; the last shard is padded with uninitialised memory,
+    which is no weight and may hold anything, NaN included, so it is left out.
+    """
+    if not hasattr(parameter, "ds_tensor"):
+        return parameter
+    shard = parameter.ds_tensor
+    if shard is None:
+        return None
+    group = getattr(parameter, "ds_process_group", None)
+    rank = torch.distributed.get_rank(group=group) if torch.distributed.is_initialized() else 0
+    start = shard.numel() * rank
+    return shard.reshape(-1)[: max(0, min(shard.numel(), parameter.ds_numel - start))]
 
 
 def non_finite_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -349,6 +349,11 @@ def stage_main(argv: list[str] | None, parse: Callable[[list[str]], tuple], run:
     check_cpu_deepspeed(groups[-1])
     setup_logging(groups[-1])
     run(*groups)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Ranks leave together and close the process group: a rank that exits while another still saves, with the
+        # group's threads alive, can abort ("terminate called without an active exception") and fail the launch.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
