@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +198,18 @@ def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return (logps * mask).sum(-1), mask.sum(-1)
 
 
+def pair_forward(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], logits_to_keep: torch.Tensor) -> Any:
+    """The one forward of a `PreferenceCollator` batch (DPO's log-probs, the reward model's scores): the model's
+    inputs, the pair layout's 4D mask in the kernel's form, outputs only at the `logits_to_keep` columns."""
+    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
+    return model(
+        **inputs,
+        attention_mask=_attention_mask(model, batch["attention_mask"]),
+        logits_to_keep=logits_to_keep,
+        use_cache=False,
+    )
+
+
 def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One forward of a `PreferenceCollator` batch: summed log-probs and token counts of every pair's answers.
 
@@ -204,13 +218,7 @@ def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     log-prob of its `answer_labels` target is summed into its `answer_slots` slot (`2 * pair + side`). One code
     path for every layout: one pair per row is the packed layout with one pair in each row.
     """
-    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
-    outputs = model(
-        **inputs,
-        attention_mask=_attention_mask(model, batch["attention_mask"]),
-        logits_to_keep=batch["logits_to_keep"],
-        use_cache=False,
-    )
+    outputs = pair_forward(model, batch, logits_to_keep=batch["logits_to_keep"])
     labels, slots = batch["answer_labels"], batch["answer_slots"]
     mask = slots >= 0
     logps = torch.log_softmax(outputs.logits.float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -562,6 +570,7 @@ __all__ = [
     "dpo",
     "dpo_loss",
     "main",
+    "pair_forward",
     "pair_logps",
     "rpo_nll",
 ]

@@ -41,7 +41,7 @@ from ..data.preference import PreferenceCollator
 from ..models.llama_vision_audio import LlamaVisionAudioConfig, LlamaVisionAudioForSequenceClassification
 from ..models.llama_vision_audio.modeling_llama_vision_audio import LLAVA_KEY_MAPPING
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
-from .dpo import _MODEL_KEYS, _attention_mask, _config_of, disable_dropout
+from .dpo import _config_of, disable_dropout, pair_forward
 from .parsing import make_argument_parser, parse_argument_groups
 from .stage import Stage, build_stage, run_stage, stage_main
 from .trainer import MultimodalTrainer
@@ -146,10 +146,7 @@ def pair_rewards(
     rows, chosen, rejected = answer_end_columns(batch, pad_token_id)
     # Scores only at the columns read (the union over rows), as DPO keeps logits only at its answer columns.
     keep, where = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
-    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
-    outputs = model(
-        **inputs, attention_mask=_attention_mask(model, batch["attention_mask"]), logits_to_keep=keep, use_cache=False
-    )
+    outputs = pair_forward(model, batch, logits_to_keep=keep)
     scores = outputs.logits[..., 0]  # (rows, len(keep))
     pairs = len(rows)
     return scores[rows, where[:pairs]], scores[rows, where[pairs:]]
