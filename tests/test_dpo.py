@@ -1,5 +1,6 @@
 """Stage 3 (DPO): the loss, the pair layout (media encoded once, logits only at answers), LoRA reference, resume."""
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from any2text.data.collator import MultimodalCollator
 from any2text.data.preference import PreferenceCollator, PreferenceMessages, pair_attention_mask
 from any2text.data.templates import get_template
 from any2text.demo.synthetic_preference import generate_preference_data
+from any2text.modalities import MODALITIES
 from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pair_logps, parse_args
 from conftest import REPO, run_example_script
 
@@ -565,17 +567,15 @@ def test_demo_preference_answers_differ_at_their_first_token(tmp_path):
 
 
 def test_a_pairs_media_are_read_once_for_both_answers(checkpoint, monkeypatch):
-    import any2text.data.collator as collator_module
-
     calls = {"image": 0, "audio": 0}
     for kind in calls:
-        original = getattr(collator_module, f"load_{kind}")
+        modality = MODALITIES[kind]
 
-        def counting(*args, _original=original, _kind=kind, **kwargs):
+        def counting(*args, _original=modality.decoder, _kind=kind, **kwargs):
             calls[_kind] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(collator_module, f"load_{kind}", counting)
+        monkeypatch.setitem(MODALITIES, kind, dataclasses.replace(modality, decoder=counting))
     processor = AutoProcessor.from_pretrained(checkpoint)
     batch = PreferenceCollator(processor)([{"messages": pair} for pair in _mixed_pairs()])
     # One image and one clip in the three pairs: each decoded once, not once per answer.

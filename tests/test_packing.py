@@ -1,5 +1,6 @@
 """Padding-free and packed batches: same loss and gradients as padded ones, whole samples, exact resume, switches."""
 
+import dataclasses
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ from any2text.data.packing import (
     use_varlen_sdpa,
     varlen_sdpa_attention_forward,
 )
+from any2text.modalities import MODALITIES
 from any2text.training.throughput import apply_liger_kernel
 from any2text.training.train import main
 from conftest import SAMPLING_RATE, tiny_models, write_llava_data
@@ -314,7 +316,6 @@ def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp
     """With `--dataloader_num_workers 1`, no image is decoded and no batch processed in the training process."""
     import os
 
-    import any2text.data.loading as loading
     from any2text.training.train import build_trainer, parse_args
 
     in_main = []  # appended to in this process only: a forked worker appends to its own copy
@@ -328,7 +329,8 @@ def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp
 
         return wrapped
 
-    monkeypatch.setattr(loading, "load_image", spy(loading.load_image))
+    image = MODALITIES["image"]
+    monkeypatch.setitem(MODALITIES, "image", dataclasses.replace(image, decoder=spy(image.decoder)))
     monkeypatch.setattr(MultimodalCollator, "__call__", spy(MultimodalCollator.__call__))
     args = common_args(
         workdir, packing="True", max_length="120", per_device_train_batch_size="2",
@@ -344,7 +346,7 @@ def test_media_decoding_and_preprocessing_run_in_dataloader_workers(workdir, tmp
     if workers:
         assert in_main == []
     else:  # control: the spies do see work done in this process
-        assert "load_image" in in_main and "__call__" in in_main
+        assert "decode_image" in in_main and "__call__" in in_main
 
 
 @pytest.mark.slow

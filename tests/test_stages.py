@@ -5,6 +5,7 @@ Two parts: the findings of issue 18 (each through the stage's own entry point, `
 which is what every stage's trainer is given.
 """
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from any2text.data.bad_rows import BadRowError, TooManyBadRowsError
 from any2text.data.collator import EMPTY_BATCH_KEY, IGNORE_INDEX
 from any2text.data.packing import PACKED_KEY, PackedDataset
 from any2text.data.templates import get_template
+from any2text.modalities import MODALITIES
 from any2text.training import dpo as dpo_module
 from any2text.training import reward as reward_module
 from any2text.training.arguments import DataArguments
@@ -222,13 +224,12 @@ def test_decompression_bomb_is_a_named_skippable_bad_row(stage, processor, tmp_p
 def test_packing_measures_lengths_without_decoding_media(stage, tiny_checkpoint, tmp_path, monkeypatch):
     """The length index comes from the rows (the DPO set-up used to render every pair through a wrapper, decoding
     every image before step 1)."""
-    import any2text.data.loading as loading
-
     case = STAGES[stage]
     data = write_rows(case, tmp_path / "data", ["good", "text", "good", "good"])
     decoded = []
-    original = loading.load_image
-    monkeypatch.setattr(loading, "load_image", lambda *a, **k: decoded.append(a[0]) or original(*a, **k))
+    image = MODALITIES["image"]
+    spy = dataclasses.replace(image, decoder=lambda *a, **k: decoded.append(a[0]) or image.decoder(*a, **k))
+    monkeypatch.setitem(MODALITIES, "image", spy)
     trainer = case.build(*case.parse_args(_args(case, tiny_checkpoint, data, tmp_path / "o", packing="True",
                                                  max_length="400")))  # fmt: skip
     assert decoded == []

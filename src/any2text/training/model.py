@@ -9,6 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArg
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
+from ..modalities import MODALITIES
 from .arguments import LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
@@ -49,7 +50,7 @@ def mark_zero3_leaf_towers(model: torch.nn.Module) -> list[str]:
     from deepspeed.utils import set_z3_leaf_modules
 
     towers = find_components(model)
-    marked = [name for name in ("vision_tower", "audio_tower") if name in towers]
+    marked = [name for name in dict.fromkeys(m.tower for m in MODALITIES.values()) if name in towers]
     for name in marked:
         set_z3_leaf_modules(towers[name].modules[0], [type(towers[name].modules[0])])
     return marked
