@@ -89,6 +89,7 @@ def prepare_inputs(processor: Any, conversations: Sequence[Conversation]) -> Bat
         if items:
             kwargs[modality.processor_kwarg] = items
             kwargs.update({option: options[option] for option in modality.processor_options})
+            kwargs.update(modality.processor_kwargs)
     return processor(**kwargs)
 
 

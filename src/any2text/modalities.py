@@ -49,9 +49,12 @@ class Modality:
             feature extractor's `sampling_rate`; video: `num_frames` / `fps`).
         processor_options: decoder options the processor is also called with (audio: `sampling_rate`, so the
             processor never has to assume the rate of the audio it is given).
-        blank: `options -> item`, a blank decoded item (to measure the tokens an item becomes, or to run a tower).
-        units: `(ref, media_root, allow_outside_root, **options) -> int`, how many blank-sized units (video: frames)
-            an item becomes, read without decoding media; `None`: one unit per item.
+        processor_kwargs: fixed keywords of a processor call with decoded items (video: `do_sample_frames=False`,
+            the decoder already sampled the frames).
+        blank: `options -> item`, a blank decoded item of one unit (to measure the tokens a unit becomes, or to run a
+            tower).
+        units: `(ref, media_root, allow_outside_root, **options) -> int`, how many units (video: frames) an item
+            becomes, read without decoding media; `None`: an item is one unit.
         folders: whether a folder is a valid reference (a video given as a folder of frame images).
         check: `(processor, items) -> None`, training-side checks of decoded items (raises `ValueError`: a bad row).
     """
@@ -70,6 +73,7 @@ class Modality:
     feature_getter: str
     decoder_options: Callable[[Any], dict[str, Any]] = field(default=lambda processor: {})
     processor_options: tuple[str, ...] = ()
+    processor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     blank: Callable[[Mapping[str, Any]], Any] | None = None
     units: Callable[..., int] | None = None
     folders: bool = False
@@ -94,8 +98,8 @@ def _frame_sampling(processor: Any) -> dict[str, Any]:
     return {key: getattr(processor, key) for key in ("num_frames", "fps") if getattr(processor, key, None) is not None}
 
 
-def _blank_video(options: Mapping[str, Any]) -> np.ndarray:
-    return np.zeros((options.get("num_frames") or 1, 32, 32, 3), dtype=np.uint8)
+def _blank_frame(options: Mapping[str, Any]) -> np.ndarray:
+    return np.zeros((1, 32, 32, 3), dtype=np.uint8)
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -197,7 +201,8 @@ register_modality(
         projector="vision_projector",
         feature_getter="get_video_features",
         decoder_options=_frame_sampling,
-        blank=_blank_video,
+        processor_kwargs={"do_sample_frames": False},
+        blank=_blank_frame,
         units=media.video_num_frames,
         folders=True,
     )

@@ -274,6 +274,7 @@ class MultimodalCollator:
                 modality.check(self.processor, items)
             kwargs[modality.processor_kwarg] = items
             kwargs.update({option: self.media_options[option] for option in modality.processor_options})
+            kwargs.update(modality.processor_kwargs)
         return dict(self.processor(**kwargs))
 
     def _encode(self, messages: list[dict], index: int, media: Mapping[str, list] | None = None) -> dict[str, Any]:
@@ -539,12 +540,12 @@ class MultimodalCollator:
         return modality.units(ref, self.media_root, self.allow_media_outside_root, **self.media_options)
 
     def _tokens_per(self, modality: Modality) -> int:
-        """Tokens one unit of a medium becomes, measured once by running the processor on a blank item."""
+        """Tokens one unit of a medium becomes, measured once by running the processor on a blank unit."""
         if modality.name not in self._tokens_per_item:
             blank = modality.blank(self.media_options)
             encoded = self._process(modality.processor_token(self.processor), {modality.name: [blank]})
             row = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
-            self._tokens_per_item[modality.name] = int(self._media_mask(row).sum()) // self._units(modality, blank)
+            self._tokens_per_item[modality.name] = int(self._media_mask(row).sum())
         return self._tokens_per_item[modality.name]
 
 

@@ -319,12 +319,12 @@ def _local_file(spec: DatasetSpec) -> str | None:
 
 
 def _without_media_decoding(feature: Any) -> Any:
-    """A copy of `feature` where every `Image` / `Audio` (also nested in lists / dicts) has `decode=False`.
+    """A copy of `feature` where every `Image` / `Audio` / `Video` (also nested in lists / dicts) has `decode=False`.
 
-    Decoding then happens per item, on access, in `media.py`: datasets' `Audio()` decoding needs torchcodec, and
-    decoding whole columns up front would hold every image in RAM.
+    Decoding then happens per item, on access, in `media.py`: datasets' `Audio()` / `Video()` decoding needs
+    torchcodec, and decoding whole columns up front would hold every image in RAM.
     """
-    if isinstance(feature, datasets.Image | datasets.Audio):
+    if isinstance(feature, datasets.Image | datasets.Audio | datasets.Video):
         return type(feature)(decode=False) if feature.decode else feature
     if isinstance(feature, dict):
         return type(feature)({key: _without_media_decoding(value) for key, value in feature.items()})

@@ -356,12 +356,12 @@ def _video_cause(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, str):
         return cause
-    text = f"{type(error).__name__} {error}".lower()
-    if "missing" in text or "does not exist" in text:
+    kind = type(error).__name__.lower()
+    if "missing" in kind or isinstance(error, FileNotFoundError):
         return "missing_media"
-    if "short" in text or "fewer" in text:
+    if "short" in kind:
         return "too_short_media"
-    if "empty" in text or "no frame" in text or "no video" in text or "0 frames" in text:
+    if "empty" in kind:
         return "empty_media"
     return "undecodable_media"
 
@@ -387,6 +387,10 @@ def _video_source(
     )
 
 
+def _in_memory(source: Any) -> bool:
+    return source is not None and not isinstance(source, str)
+
+
 def load_video(
     ref: MediaRef,
     media_root: str | os.PathLike | None = None,
@@ -398,6 +402,10 @@ def load_video(
 ) -> np.ndarray:
     """Load a video reference as uint8 frames `(T, H, W, 3)`, sampled as the processor samples (`num_frames` uniform
     frames, or `fps` frames per second), through the processor module's `load_video` (PyAV).
+
+    Frames already in memory (a list or an array) under `fps` are taken as sampled already, every one kept (they
+    carry no frame rate; as a bare audio array is taken to be at the encoder's rate): what a dataset decoded is not
+    sampled twice. Under `num_frames` they are sampled to `num_frames` (unchanged when they are that many).
 
     Args:
         ref: a path to a video file (mp4/webm/mkv/avi) or to a folder of frame images (sorted by name), a
@@ -415,6 +423,8 @@ def load_video(
     from ..models.llama_vision_audio.processing_llama_vision_audio import load_video as decode
 
     source, name, data = _video_source(ref, media_root, allow_outside_root)
+    if fps is not None and _in_memory(source):
+        fps = None  # frames in memory carry no frame rate: taken as sampled already (see above)
     try:
         if data is None:
             frames, _ = decode(source, num_frames=num_frames, fps=fps)
@@ -427,7 +437,7 @@ def load_video(
                 file.write(data)
                 file.flush()
                 frames, _ = decode(file.name, num_frames=num_frames, fps=fps)
-    except (ImportError, FileNotFoundError):
+    except ImportError:
         raise
     except (ValueError, OSError, RuntimeError) as error:
         cause = _video_cause(error)
@@ -457,7 +467,9 @@ def video_num_frames(
             raise ValueError("Counting a video's frames needs the processor's `num_frames` or `fps`.")
         return int(num_frames)
     source, name, data = _video_source(ref, media_root, allow_outside_root)
-    if data is not None or not (isinstance(source, str) and os.path.isfile(source)):
+    if _in_memory(source):
+        return len(source)
+    if data is not None or not os.path.isfile(source):
         return len(load_video(ref, media_root, allow_outside_root=allow_outside_root, num_frames=num_frames, fps=fps))
     import av
 
