@@ -2,6 +2,7 @@
 
 import json
 
+import av
 import numpy as np
 import pytest
 
@@ -11,8 +12,6 @@ from any2text.data.messages import media_refs
 from any2text.data.preference import PreferenceMessages
 from any2text.data.templates import get_template, user_message
 from conftest import tiny_models
-
-av = pytest.importorskip("av")
 
 
 def write_video(path, num_frames: int = 6, size: int = 16, fps: int = 4):
