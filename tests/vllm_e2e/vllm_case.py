@@ -63,10 +63,9 @@ def main(run_path: str) -> None:
         max_model_len=run["max_model_len"],
         max_num_seqs=1,
         enforce_eager=True,
+        # No processor kwargs: vLLM resamples clips to the feature extractor's rate and calls the processor without
+        # a rate, which the processor then assumes (as transformers' audio processors do).
         limit_mm_per_prompt={modality: 1 for modality in sorted(modalities)},
-        # vLLM resamples clips to the feature extractor's rate and calls the processor without a rate: this says so.
-        # (Stock Llava's processor takes no audio; the option is only for the Transformers backend.)
-        **({"mm_processor_kwargs": {"audio_at_feature_extractor_rate": True}} if "audio" in modalities else {}),
         seed=0,
     )
     # Greedy, and the full length whatever the model emits: the tokens are compared with transformers' greedy ones.
