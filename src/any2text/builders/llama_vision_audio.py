@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+from transformers import ClapFeatureExtractor
 from transformers.utils import logging
 
 from ..models.llama_vision_audio import (
@@ -11,7 +12,6 @@ from ..models.llama_vision_audio import (
     LlamaVisionAudioProcessor,
 )
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
-from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import LlamaVisionAudioFeatureExtractor
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
 from .checkpoint import BuildRecord, write_outputs
 from .components import AUDIO_TOKEN, IMAGE_TOKEN, assemble, load_parts
@@ -86,7 +86,7 @@ def build_llama_vision_audio(
     processor = LlamaVisionAudioProcessor(
         # The processor always carries both media processors; a missing encoder gets a default (never used).
         image_processor=parts.media_processors.get("vision", clip_image_processor_class()()),
-        feature_extractor=parts.media_processors.get("audio", LlamaVisionAudioFeatureExtractor()),
+        feature_extractor=parts.media_processors.get("audio", ClapFeatureExtractor()),
         tokenizer=parts.tokenizer,
         chat_template=DEFAULT_CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
