@@ -16,6 +16,7 @@ from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
 from transformers.utils import logging
+from transformers.video_utils import VideoInput
 
 from .feature_extraction_llama_vision_audio import (
     LlamaVisionAudioFeatureExtractor,
@@ -413,7 +414,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         images: ImageInput | None = None,
         text: str | list[str] | None = None,
         audio: AudioInput | None = None,
-        videos=None,
+        videos: VideoInput | None = None,
         **kwargs: Unpack[LlamaVisionAudioProcessorKwargs],
     ) -> BatchFeature:
         for alias in ("audios", "raw_speech"):  # lmms-eval passes `audios=`, older audio processors `raw_speech=`
@@ -467,7 +468,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         if text is None:
-            raise ValueError("`text` is required: it says where each `<image>` and `<audio>` goes.")
+            raise ValueError("`text` is required: it says where each `<image>`, `<audio>` and `<video>` goes.")
         if isinstance(text, (list, tuple)) and not text:
             raise ValueError("`text` is an empty list: pass one prompt (a string) per sample.")
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
