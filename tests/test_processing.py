@@ -284,6 +284,8 @@ def test_media_count_mismatch_is_a_clear_error(processor):
         processor(text="<video> hi", videos=[moving_bar(), moving_bar()])
     with pytest.raises(ValueError, match="tokenizer does not know `<video>`"):
         processor(text="<video> hi", videos=[moving_bar()])
+    # Serving engines look for `video_processor`: a checkpoint without `<video>` offers no video.
+    assert not hasattr(processor, "video_processor")
 
 
 def test_empty_text_is_a_clear_error_not_a_float_tensor(processor):
@@ -437,6 +439,7 @@ def test_a_video_expands_to_frames_times_pooled_patches_through_the_image_proces
     """One `<video>` = T * `video_frame_seq_length` video tokens (type 2); frames are the CLIP image processor's."""
     processor = video_processor
     assert processor.video_frame_seq_length == 4  # 16 tokens per 8x8 image (4x4 patches) -> 2x2 after pooling
+    assert processor.video_processor is processor.image_processor
     videos = [moving_bar(12), moving_bar(8, 16, 6)]
     out = processor(
         text=["a <video> b <image>", "<video> c"],

@@ -482,7 +482,13 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
 
     @property
     def video_processor(self):
-        """Video frames go through the image processor (transformers' video processors need torchvision)."""
+        """Video frames go through the image processor (transformers' video processors need torchvision).
+
+        Absent when the tokenizer has no `<video>` (a checkpoint without video): serving engines, which look for this
+        attribute, then offer no video input, and `videos=` is an error naming the missing token.
+        """
+        if self.video_token_id is None:
+            raise AttributeError(f"`{type(self).__name__}` takes no video: its tokenizer has no `{self.video_token}`.")
         return self.image_processor
 
     def _process_videos(self, videos: list, **kwargs) -> tuple[dict, list[str]]:
