@@ -319,7 +319,7 @@ def check_clip_lengths(processor: Any, clips: list[np.ndarray]) -> None:
 
     (The processor itself keeps the first window, as serving engines need; here that would be silent data loss.)
     """
-    from ..models.llama_vision_audio.processing_llama_vision_audio import fuses_long_clips
+    from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import fuses_long_clips
 
     extractor = processor.feature_extractor
     if fuses_long_clips(extractor):
