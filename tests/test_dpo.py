@@ -437,6 +437,40 @@ def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_fi
 # Padding-free and packed pairs (issue #12 in the DPO stage)
 
 
+def _video_pairs() -> list[PreferenceMessages]:
+    """A pair with a video (8 frames, the processor's `num_frames`), one with an image, one with both."""
+    template = get_template("TRL-Preference")
+    clip = np.stack([np.full((16, 16, 3), 20 * i, np.uint8) for i in range(8)])
+    return [
+        template({"prompt": "Brighter or darker?", "videos": [clip], "chosen": "brighter", "rejected": "darker it gets"}),
+        template({"prompt": "What colour?", "images": [Image.new("RGB", (16, 16), (255, 0, 0))], "chosen": "red it is",
+                  "rejected": "blue"}),
+        template({"prompt": "<image> then <video>: same?", "images": [Image.new("RGB", (16, 16), (0, 0, 255))],
+                  "videos": [clip[::-1].copy()], "chosen": "no", "rejected": "yes they are"}),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    from test_packing import with_video_token
+
+    return with_video_token(tiny_checkpoint, tmp_path_factory.mktemp("video-checkpoint"))
+
+
+def test_video_pair_logps_equal_separate_forwards_with_frames_encoded_once(video_checkpoint):
+    model = AutoModelForImageTextToText.from_pretrained(video_checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(video_checkpoint)
+    pairs = _video_pairs()
+    batch = PreferenceCollator(processor)([{"messages": pair} for pair in pairs])
+    images = []
+    model.model.vision_tower.register_forward_pre_hook(lambda module, args: images.append(args[0].shape[0]))
+    with torch.no_grad():
+        got = pair_logps(model, batch)
+    # Two videos of 8 frames and two images, each through the vision tower once for its pair (not once per answer).
+    assert batch["pixel_values_videos"].shape[0] == 16 and sum(images) == 16 + 2
+    _assert_equal_to_separate_forwards(got, model, processor, pairs)
+
+
 def _pairs_of(kind: str) -> list[PreferenceMessages]:
     image, audio, text = _mixed_pairs()
     template = get_template("TRL-Preference")
@@ -458,11 +492,13 @@ def _loss_and_grads(model, batch):
     return loss.detach(), logps, grads
 
 
-@pytest.mark.parametrize("kind", ["image", "audio", "mixed"])
-def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
+@pytest.mark.parametrize("kind", ["image", "audio", "mixed", "video"])
+def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind, request):
+    checkpoint = request.getfixturevalue("video_checkpoint") if kind == "video" else checkpoint
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
-    samples = [{"messages": pair, "index": i} for i, pair in enumerate(_pairs_of(kind))]
+    pairs = _video_pairs() if kind == "video" else _pairs_of(kind)
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
     padded = PreferenceCollator(processor)(samples)
     flat = PreferenceCollator(processor, padding_free=True)(samples)
     # Two packed rows (bins) of whole pairs, as `PackedDataset` items give them.
