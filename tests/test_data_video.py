@@ -64,6 +64,22 @@ def test_llava_row_with_video_placeholders_and_images_together():
     assert video_parts(get_template("LLaVA")(row)) == ["b.mp4", "c.mp4"]
 
 
+def test_llama_factory_rows_with_videos():
+    row = {
+        "messages": [
+            {"role": "user", "content": "<video>Which way does it move?"},
+            {"role": "assistant", "content": "Left."},
+        ],
+        "videos": ["mllm_demo_data/1.mp4"],
+    }
+    messages = get_template("LLaMA-Factory")(row)
+    assert messages[0]["content"] == [
+        {"type": "video", "video": "mllm_demo_data/1.mp4"},
+        {"type": "text", "text": "Which way does it move?"},
+    ]
+    assert messages[1] == {"role": "assistant", "content": [{"type": "text", "text": "Left."}]}
+
+
 def test_llava_video_count_mismatch_names_the_row():
     row = {
         "id": "x",

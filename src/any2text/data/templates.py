@@ -488,6 +488,13 @@ def llava(row: dict[str, Any]) -> list[Message]:
     return [{"role": role, "content": split_placeholders(text, media)} for role, text in roles_and_texts]
 
 
+@register_template("LLaMA-Factory", required_columns=("messages",), aliases=("LLaMA-Factory-ShareGPT",))
+def llama_factory(row: dict[str, Any]) -> list[Message]:
+    """LLaMA-Factory's multimodal rows: `messages` (`[{"role", "content": str}]`) with `<image>` / `<video>` /
+    `<audio>` placeholders, media in `images` / `videos` / `audios`; the LLaVA template's rules otherwise."""
+    return llava({**row, "conversations": _field(row, "messages")})
+
+
 # LLaVA-Video-178K (`lmms-lab/LLaVA-Video-178K`): LLaVA rows whose `video` holds the clip (its `<image>` tag is read as
 # the video's placeholder), required to have one.
 register_template("LLaVA-Video", llava, required_columns=("conversations", ("video", "videos")))
