@@ -54,6 +54,7 @@ from .model_card import training_card
 from .nonfinite import NonFiniteError
 from .throughput import ThroughputCallback, warn_if_data_in_main_process
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
+from .zero3 import install_lockstep
 
 logger = logging.get_logger(__name__)
 
@@ -124,7 +125,7 @@ def load_stage_model(
 
     A stock model (Llava) cannot run its vision tower without an image; under ZeRO-3 a rank whose batch has none
     would skip it while the others gather its parameters, and the run would hang, so its batches get a blank image
-    row with no labels (`ensure_image`). LlamaVisionAudio runs every tower every training step by itself.
+    row with no labels (`ensure_image`). LlamaVisionAudio gets the training lock-step instead (`training/zero3.py`).
     """
     model, processor = load_model_and_processor(model_args, load_model)
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
@@ -271,6 +272,7 @@ def build_stage(
     if training_args.label_names is None:
         training_args.label_names = list(stage.label_names)
     model, processor, ensure_image = load_stage_model(model_args, lora_args, training_args, stage.load_model)
+    install_lockstep(model)  # every rank runs every encoder every step (ZeRO-3), before DeepSpeed adds its hooks
     data = build_stage_data(stage, data_args, training_args, processor, ensure_image=ensure_image, model=model)
     warn_if_data_in_main_process(training_args)
     return stage.trainer_class(
