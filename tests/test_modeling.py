@@ -289,6 +289,11 @@ def test_config_video_tokens_per_frame_and_checks():
     )
     assert LlamaVisionAudioConfig(vision_config=clip).video_token_id == 128258
     assert LlamaVisionAudioConfig(audio_config=ClapAudioConfig()).video_token_id is None  # no vision tower, no video
+    # A config saved before video reads none: 128258 is another token there (`<pad>` in Llama-3 builds).
+    saved = LlamaVisionAudioConfig(vision_config=clip).to_dict()
+    assert LlamaVisionAudioConfig.from_dict(saved).video_token_id == 128258
+    del saved["video_token_id"]
+    assert LlamaVisionAudioConfig.from_dict(saved).video_token_id is None
     with pytest.raises(ValueError, match="must differ"):
         LlamaVisionAudioConfig(vision_config=clip, video_token_id=128256)
     with pytest.raises(ValueError, match="spatial_pool_mode"):

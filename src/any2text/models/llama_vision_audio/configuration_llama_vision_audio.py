@@ -30,7 +30,7 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             Id of the token that holds the place of one audio embedding.
         video_token_id (`int`, *optional*, defaults to 128258):
             Id of the token that holds the place of one video embedding; `None` (set so when there is no vision
-            encoder) means the model reads no video.
+            encoder, and for a config saved before video) means the model reads no video.
         vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
             Hidden state(s) of the vision encoder fed to the projector (a list is concatenated on the channel axis).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
@@ -129,6 +129,14 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             # Serving engines size audio by the encoder's max input length (vLLM reads `max_source_positions`): for
             # CLAP, every clip becomes `audio_seq_length` tokens whatever its length. Derived, so never stale.
             self.audio_config.max_source_positions = self.audio_seq_length
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "LlamaVisionAudioConfig":
+        """`PreTrainedConfig.from_dict`; a config saved before video (no `video_token_id` key) reads no video: its
+        tokenizer has no `<video>`, and id 128258 is another token there (`<pad>` in Llama-3 builds and the seed's)."""
+        if not {"video_token_id", "video_token_index"} & config_dict.keys():
+            config_dict = {**config_dict, "video_token_id": None}
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_llava_config(cls, llava_config: PreTrainedConfig, **kwargs) -> "LlamaVisionAudioConfig":
