@@ -15,7 +15,7 @@ VIDEO_ID = 5  # a plain token of the tiny vocabulary stands for `<video>` (the t
 
 
 def frozen_model(tester, **kwargs):
-    model = tester.get_model(video_token_id=VIDEO_ID, **kwargs)
+    model = tester.get_model(**{"video_token_id": VIDEO_ID, **kwargs})
     model.model.vision_tower.requires_grad_(False)
     model.model.audio_tower.requires_grad_(False)
     return model
@@ -87,14 +87,29 @@ def test_every_batch_makes_the_same_calls_in_the_same_order(tester, processor):
     sequences = {}
     for name, batch in batches.items():
         calls.clear()
+        model.zero_grad(set_to_none=True)
         model(**batch, labels=batch["input_ids"]).loss.backward()
         sequences[name] = list(calls)
+        # Every projector takes part in the backward too (ZeRO-3 gathers there as well), even when its dummy ran
+        # inside a frozen tower's call.
+        for projector in (model.model.vision_projector, model.model.audio_projector):
+            assert projector.linear_1.weight.grad is not None, name
     order = ["vision_tower", "audio_tower", "vision_tower", "language_model"]
     for name, sequence in sequences.items():
         assert [module for module, _ in sequence] == order, name
     # The real items run in their own slot: the image in the first vision call, the video's 3 frames in the second.
     assert sequences["image"][0] == ("vision_tower", 1) and sequences["video"][2] == ("vision_tower", 3)
     assert sequences["video"][0] == ("vision_tower", 1)  # the image slot's dummy
+
+
+def test_a_dummy_run_inside_a_frozen_towers_call_joins_the_backward(tester, processor):
+    """An audio-only batch runs the image slot's dummy from the (frozen, graph-free) audio tower's call: the vision
+    projector must still get its (zero) gradient, or ZeRO-3's backward gathers stop matching the other ranks'."""
+    model = install_and_train(frozen_model(tester, video_token_id=None))  # no video slot to hide a missing gradient
+    batch = processor(text=["<audio> hear"], audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    grad = model.model.vision_projector.linear_1.weight.grad
+    assert grad is not None and torch.count_nonzero(grad) == 0
 
 
 def install_and_train(model):

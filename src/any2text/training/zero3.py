@@ -48,6 +48,7 @@ class _Step:
     tower_calls: dict[str, int] = field(default_factory=dict)
     zero: torch.Tensor | float = 0.0
     in_dummy: bool = False
+    grad_enabled: bool = True
 
 
 class _Lockstep:
@@ -67,7 +68,7 @@ class _Lockstep:
             return
         inputs = self.signature.bind_partial(*args, **kwargs).arguments
         real = [modality for modality in self.slots if modality.given(inputs)]
-        self.step = _Step(real=real, pending=list(self.slots))
+        self.step = _Step(real=real, pending=list(self.slots), grad_enabled=torch.is_grad_enabled())
 
     def before_tower(self, tower: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -104,11 +105,14 @@ class _Lockstep:
             if slot in step.real:
                 continue  # ran (or will run) for real: not ours to replace
             step.in_dummy = True
+            # The forward's own grad mode: a dummy that runs inside a frozen tower's call (its pre-hook) would
+            # otherwise build no graph, and its projector would miss the backward (and ZeRO-3's gathers there).
             try:
-                features = getattr(self.model, slot.feature_getter)(*self._dummy_inputs(slot), return_dict=True)
+                with torch.set_grad_enabled(step.grad_enabled):
+                    features = getattr(self.model, slot.feature_getter)(*self._dummy_inputs(slot), return_dict=True)
+                    step.zero = step.zero + features.pooler_output.sum() * 0.0
             finally:
                 step.in_dummy = False
-            step.zero = step.zero + features.pooler_output.sum() * 0.0
 
     def _dummy_inputs(self, modality: Modality) -> tuple[torch.Tensor, ...]:
         model = self.model
