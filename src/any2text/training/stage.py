@@ -54,7 +54,6 @@ from .model_card import training_card
 from .nonfinite import NonFiniteError
 from .throughput import ThroughputCallback, warn_if_data_in_main_process
 from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
-from .zero3 import install_lockstep
 
 logger = logging.get_logger(__name__)
 
@@ -272,7 +271,6 @@ def build_stage(
     if training_args.label_names is None:
         training_args.label_names = list(stage.label_names)
     model, processor, ensure_image = load_stage_model(model_args, lora_args, training_args, stage.load_model)
-    install_lockstep(model)  # every rank runs every encoder every step (ZeRO-3), before DeepSpeed adds its hooks
     data = build_stage_data(stage, data_args, training_args, processor, ensure_image=ensure_image, model=model)
     warn_if_data_in_main_process(training_args)
     return stage.trainer_class(
