@@ -339,6 +339,7 @@ def _dpo_args(checkpoint: Path, data: Path, output: Path, *extra: str) -> list[s
 @pytest.mark.slow
 def test_lora_dpo_keeps_towers_frozen_and_reference_is_the_adapter_free_model(checkpoint, pairs_file, tmp_path):
     from any2text.training.dpo import build_dpo_trainer
+    from any2text.training.zero3 import install_lockstep
 
     groups = parse_args(_dpo_args(checkpoint, pairs_file, tmp_path / "out", "--use_peft", "True", "--max_steps", "3",
                                   "--save_strategy", "no"))  # fmt: skip
@@ -360,7 +361,9 @@ def test_lora_dpo_keeps_towers_frozen_and_reference_is_the_adapter_free_model(ch
     batch = next(iter(trainer.get_train_dataloader()))
     batch = trainer._prepare_inputs(batch)
     ref_chosen, ref_rejected = trainer.reference_logps(trainer.model, batch)
-    base = AutoModelForImageTextToText.from_pretrained(checkpoint).train()
+    base = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    install_lockstep(base)  # as every training model is loaded (training/zero3.py)
+    base.train()
     with torch.no_grad():
         expected = pair_logps(base, batch)
     torch.testing.assert_close(ref_chosen, expected["chosen_logps"], rtol=1e-4, atol=1e-4)

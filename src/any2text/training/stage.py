@@ -125,7 +125,7 @@ def load_stage_model(
 
     A stock model (Llava) cannot run its vision tower without an image; under ZeRO-3 a rank whose batch has none
     would skip it while the others gather its parameters, and the run would hang, so its batches get a blank image
-    row with no labels (`ensure_image`). LlamaVisionAudio runs every tower every training step by itself.
+    row with no labels (`ensure_image`). LlamaVisionAudio gets the training lock-step instead (`training/zero3.py`).
     """
     model, processor = load_model_and_processor(model_args, load_model)
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
