@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.utils import logging
 
+from ..modalities import MODALITIES as MODALITY_TABLE
 from ..models.llama_vision_audio import LlamaVisionAudioModel
 from ..models.llama_vision_audio.modeling_llama_vision_audio import MODALITIES, Modality
 
@@ -115,22 +116,14 @@ class _Lockstep:
                 step.in_dummy = False
 
     def _dummy_inputs(self, modality: Modality) -> tuple[torch.Tensor, ...]:
-        model = self.model
-        if modality.name in ("image", "video"):
-            vision = model.config.vision_config
-            size, channels = vision.image_size, getattr(vision, "num_channels", 3)
-            return (torch.zeros(1, channels, size, size, device=model.device, dtype=model.vision_tower.dtype),)
-        if modality.name == "audio":
-            audio = model.config.audio_config
-            channels = 4 if getattr(audio, "enable_fusion", False) else 1
-            frames = audio.spec_size * (audio.spec_size // audio.num_mel_bins)  # HTSAT folds time into spec_size rows
-            clips = self._long_clips_needed()
-            features = torch.zeros(
-                clips, channels, frames, audio.num_mel_bins, device=model.device, dtype=model.audio_tower.dtype
+        """The modality table's zero-contribution dummy (`any2text.modalities.Modality.dummy`) for this model."""
+        record = MODALITY_TABLE.get(modality.name)
+        if record is None or record.dummy is None:
+            raise ValueError(
+                f"No zero-contribution dummy for the `{modality.name}` modality: give its record in "
+                "`any2text.modalities` a `dummy` (see `register_modality`)."
             )
-            # is_longer=True also runs CLAP's fusion branch, so every rank touches the same parameters.
-            return features, torch.ones(clips, 1, dtype=torch.bool, device=model.device)
-        raise ValueError(f"No zero-contribution dummy for the `{modality.name}` modality: add one to `_dummy_inputs`.")
+        return record.dummy(self.model)
 
     # --- CLAP's fusion branch -------------------------------------------------------------------------------------
 
