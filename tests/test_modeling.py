@@ -353,7 +353,7 @@ def test_video_features_of_videos_equal_those_of_their_frames(tester):
 
 def test_video_adds_no_weights_and_an_image_projector_serves_it(tmp_path, tester):
     """The state dict of a model with video is the one without: a stage-1 image projector loads into it as is."""
-    without = tester.get_model()  # the default `video_token_id` is past the tiny vocabulary: no video
+    without = tester.get_model(video_token_id=None)  # no video
     with_video = video_model(tester)
     assert with_video.state_dict().keys() == without.state_dict().keys()
     without.save_pretrained(tmp_path)
