@@ -7,9 +7,9 @@ same way on a projector that got no gradient). A LlamaVisionAudio batch decides 
 `install_lockstep(model)` adds, with public torch hooks on the model's own modules:
 
 - one call per modality slot (image, audio, video, in `MODALITIES` order) every training forward: a modality the batch
-  lacks runs its feature getter on a tiny dummy (one blank image / frame, silent "longer" audio clips) right where
-  its real call would have been, and the result joins `inputs_embeds` times zero, so the loss and every gradient are
-  unchanged. Image and video share the vision tower and its projector: they are two calls of one tower, and each
+  lacks runs its feature getter on the modality table's dummy (`any2text.modalities.Modality.dummy`: one blank image
+  / frame, silent "longer" audio clips; a new modality brings its own) right where its real call would have been,
+  and the result joins `inputs_embeds` times zero, so the loss and every gradient are unchanged. Image and video share the vision tower and its projector: they are two calls of one tower, and each
   tower runs as many times as it serves modalities, whatever the batch holds;
 - CLAP's fusion branch on every audio call: CLAP runs its fusion modules only for clips flagged `is_longer`, so a
   call with none gets silent long clips appended (two when CLAP trains: its fusion BatchNorm needs more than one),
