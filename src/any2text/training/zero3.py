@@ -6,7 +6,7 @@ lacks a modality never meet those of the others and training hangs (DDP without 
 same way on a projector that got no gradient). A LlamaVisionAudio batch decides which encoders run, so
 `install_lockstep(model)` adds, with public torch hooks on the model's own modules:
 
-- one call per modality slot (image, audio, video, in `MODALITIES` order) every training forward: a modality the batch
+- one call per modality slot (image, audio, video, then any a subclass adds: the model's `modalities` table, in its order) every training forward: a modality the batch
   lacks runs its feature getter on the modality table's dummy (`any2text.modalities.Modality.dummy`: one blank image
   / frame, silent "longer" audio clips; a new modality brings its own) right where its real call would have been,
   and the result joins `inputs_embeds` times zero, so the loss and every gradient are unchanged. Image and video share the vision tower and its projector: they are two calls of one tower, and each
@@ -33,7 +33,7 @@ from transformers.utils import logging
 
 from ..modalities import MODALITIES as MODALITY_TABLE
 from ..models.llama_vision_audio import LlamaVisionAudioModel
-from ..models.llama_vision_audio.modeling_llama_vision_audio import MODALITIES, Modality
+from ..models.llama_vision_audio.modeling_llama_vision_audio import Modality
 
 logger = logging.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class _Step:
 class _Lockstep:
     def __init__(self, model: LlamaVisionAudioModel):
         self.model = model
-        self.slots = [modality for modality in MODALITIES if model.has_modality(modality)]
+        self.slots = [modality for modality in model.modalities if model.has_modality(modality)]
         self.signature = inspect.signature(model.forward)
         self.step: _Step | None = None
         self.extra_clips: list[int] = []
@@ -68,6 +68,7 @@ class _Lockstep:
             self.step = None
             return
         inputs = self.signature.bind_partial(*args, **kwargs).arguments
+        inputs = {**inputs.pop("kwargs", {}), **inputs}  # an added modality's inputs come as keyword arguments
         real = [modality for modality in self.slots if modality.given(inputs)]
         self.step = _Step(real=real, pending=list(self.slots), grad_enabled=torch.is_grad_enabled())
 
