@@ -343,6 +343,52 @@ def reward_model_scores(reward_model: torch.nn.Module, rows: dict, completion_id
     return scores.gather(1, where.view(ends.shape))
 
 
+@torch.no_grad()
+def generate_groups(
+    model: torch.nn.Module,
+    prompts: Mapping[str, Any],
+    num_generations: int,
+    generation_config: GenerationConfig,
+    keep_mode: bool = False,
+) -> torch.Tensor:
+    """`num_generations` completions `(B, G, C)` for each prompt of a `PromptCollator` batch, by `model.generate`.
+
+    Each prompt is prefilled ONCE (all but its last token; its media encoded once), the cache is repeated G times
+    (`Cache.batch_repeat_interleave`), and `generate` decodes every completion from it, starting at the prompt's last
+    token; TRL instead repeats each prompt G times and prefills (and encodes) all of them. The model runs in eval
+    mode unless `keep_mode` (ZeRO-3: in training mode every tower runs on every rank, and `generate` keeps the ranks
+    in step with `synced_gpus`, as TRL's path without gathering the weights).
+    """
+    input_ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    prefill = group_model_inputs(prompts)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in prefill:
+            prefill[key] = prefill[key][:, :-1]
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    was_training = model.training
+    if not keep_mode:
+        model.eval()
+    try:
+        outputs = model(
+            input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+            use_cache=True, logits_to_keep=1, **prefill,
+        )  # fmt: skip
+        cache = outputs.cache if getattr(outputs, "cache", None) is not None else outputs.past_key_values
+        cache.batch_repeat_interleave(num_generations)
+        sequences = model.generate(
+            input_ids=input_ids.repeat_interleave(num_generations, 0),
+            attention_mask=mask.repeat_interleave(num_generations, 0),
+            cache=cache,
+            generation_config=generation_config,
+        )
+    finally:
+        model.train(was_training)
+    completions = sequences[:, input_ids.shape[1] :]
+    if completions.shape[1] == 0:
+        completions = torch.full((len(sequences), 1), generation_config.pad_token_id, device=sequences.device)
+    return completions.reshape(len(input_ids), num_generations, -1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The loss (a pure function)
 
@@ -574,54 +620,23 @@ class GRPOTrainer(MultimodalTrainer):
         return out
 
     def generate_completions(self, model: torch.nn.Module, batch: dict[str, Any], seed: int) -> torch.Tensor:
-        """`num_generations` completions `(B, G, C)` per prompt of a `PromptCollator` batch, sampled with `seed`.
-
-        Each prompt is prefilled ONCE (its media encoded once), the cache repeated G times
-        (`Cache.batch_repeat_interleave`), and transformers' `generate` decodes every completion from it. Under ZeRO-3
-        the model stays in training mode (every tower runs on every rank) and `generate` keeps the ranks in step
-        (`synced_gpus`), as TRL's path without gathering; elsewhere it runs in eval mode.
-        """
-        G = self.args.num_generations
+        """`num_generations` completions `(B, G, C)` per prompt of a prompt batch (`generate_groups`)."""
         unwrapped = self.accelerator.unwrap_model(model)
-        input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        prefill = {key: value for key, value in group_model_inputs(batch).items()}
-        prefill.update(
-            input_ids=input_ids[:, :-1],
-            attention_mask=mask[:, :-1],
-            position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0)[:, :-1],
-        )
-        for key in ("mm_token_type_ids", "token_type_ids"):
-            if key in prefill:
-                prefill[key] = prefill[key][:, :-1]
-        zero3 = is_deepspeed_zero3_enabled()
-        was_training = unwrapped.training
+        self.num_encoded_media += _count_media(batch)
         checkpointing = getattr(unwrapped, "is_gradient_checkpointing", False)
+        if checkpointing:
+            unwrapped.gradient_checkpointing_disable()
         devices = [self.args.device] if self.args.device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return generate_groups(
+                    unwrapped, batch, self.args.num_generations, self.generation_config,
+                    keep_mode=is_deepspeed_zero3_enabled(),
+                )  # fmt: skip
+        finally:
             if checkpointing:
-                unwrapped.gradient_checkpointing_disable()
-            if not zero3:
-                unwrapped.eval()
-            try:
-                self.num_encoded_media += _count_media(prefill)
-                outputs = unwrapped(**prefill, use_cache=True, logits_to_keep=1)
-                cache = outputs.cache if getattr(outputs, "cache", None) is not None else outputs.past_key_values
-                cache.batch_repeat_interleave(G)
-                sequences = unwrapped.generate(
-                    input_ids=input_ids.repeat_interleave(G, 0),
-                    attention_mask=mask.repeat_interleave(G, 0),
-                    cache=cache,
-                    generation_config=self.generation_config,
-                )
-            finally:
-                unwrapped.train(was_training)
-                if checkpointing:
-                    unwrapped.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
-        completions = sequences[:, input_ids.shape[1] :]
-        if completions.shape[1] == 0:
-            completions = torch.full((len(sequences), 1), self.tokenizer.pad_token_id, device=sequences.device)
-        return completions.reshape(len(input_ids), G, -1)
+                unwrapped.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
 
     def _reference_model(self):
         if self._is_peft and self.ref_model is None:
@@ -874,6 +889,7 @@ __all__ = [
     "completion_end_columns",
     "completion_logps",
     "completion_valid_mask",
+    "generate_groups",
     "group_advantages",
     "group_rows",
     "grpo",
