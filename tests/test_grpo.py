@@ -390,3 +390,51 @@ def test_kill_and_resume_ends_equal_to_an_uninterrupted_run(tiny_checkpoint, pro
     resumed_history = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())["log_history"]
     rewards = [h["reward"] for h in history if "reward" in h]
     assert rewards[2:] == [h["reward"] for h in resumed_history if "reward" in h][2:]  # the same completions drawn
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_mixed_modality_grpo(torchrun, tiny_checkpoint, prompts_file, tmp_path):
+    """Rank 0 gets image prompts, rank 1 audio prompts (sequential, one prompt per rank and step): generation (prefill,
+    decoding) and the loss must run the same towers on both ranks, or ZeRO-3's parameter gathers hang."""
+    rows = json.loads(prompts_file.read_text())
+    ordered = [rows[0], rows[1], rows[4], rows[5]]  # image, audio, image, audio
+    for row in ordered:
+        for key in ("images", "audios"):
+            if key in row:
+                row[key] = [str(prompts_file.parent / path) for path in row[key]]
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(ordered))
+    out = tmp_path / "out"
+    torchrun(
+        "any2text.grpo", *_grpo_args(tiny_checkpoint, data, out, "--train_sampling_strategy", "sequential",
+                                      "--per_device_train_batch_size", "2", "--beta", "0.1", "--use_peft", "True",
+                                      "--allow_media_outside_root", "True", "--disable_tqdm", "True"),
+    )  # fmt: skip
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert sum("kl" in h for h in history) == 2
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_one_generation_serves_steps_per_generation_times_num_iterations_steps(
+    tiny_checkpoint, prompts_file, tmp_path
+):
+    from any2text.training.grpo import build_grpo_trainer
+
+    groups = parse_args(_grpo_args(tiny_checkpoint, prompts_file, tmp_path / "out", "--steps_per_generation", "2",
+                                   "--num_iterations", "2", "--max_steps", "4", "--learning_rate", "5e-2",
+                                   "--train_sampling_strategy", "sequential"))  # fmt: skip
+    trainer = build_grpo_trainer(*groups)
+    generated, sliced = [], []
+    generate = trainer.generate_completions
+    trainer.generate_completions = lambda *a, **k: generated.append(1) or generate(*a, **k)
+    compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda model, inputs, **k: (
+        sliced.append(inputs["index"].tolist()) or compute_loss(model, inputs, **k)
+    )
+    trainer.train()
+    # Four prompts generated once (image, audio, image + audio, text; their media split with them), served as two
+    # slices of two prompts, twice, against the generating policy's log-probs (ratio 1 on the first slice).
+    assert len(generated) == 1
+    assert sliced == [[0, 1], [2, 3], [0, 1], [2, 3]]
+    ratios = [h["clip_ratio/region_mean"] for h in trainer.state.log_history if "clip_ratio/region_mean" in h]
+    assert ratios[0] == 0.0 and len(ratios) == 4

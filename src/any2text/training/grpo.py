@@ -101,6 +101,9 @@ class GRPOConfig(MultimodalTrainingArguments):
     steps_per_generation: int | None = field(
         default=None, metadata={"help": "Steps served by one generation; default `gradient_accumulation_steps`."}
     )
+    shuffle_dataset: bool = field(
+        default=True, metadata={"help": "Shuffle the prompts (seeded); `--train_sampling_strategy sequential` too."}
+    )
     # Loss
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 loads and runs no reference model."})
     num_iterations: int = field(default=1, metadata={"help": "Updates per generated batch (mu)."})
@@ -553,6 +556,7 @@ class GRPOTrainer(MultimodalTrainer):
             len(dataset),
             batch_size=self.args.generation_batch_size // self.args.num_generations,
             repeat_count=self.args.num_iterations * self.args.steps_per_generation,
+            shuffle=self.args.shuffle_dataset and self.args.train_sampling_strategy != "sequential",
             seed=self.args.seed,
         )
 
