@@ -285,8 +285,16 @@ def test_reward_functions_get_the_rows_columns_and_abstentions_count(tiny_checkp
     args[args.index("test_grpo:record_columns") + 1 : args.index("test_grpo:record_columns") + 1] = [
         "test_grpo:abstain_on_odd"
     ]
-    assert main(args + ["--reward_weights", "1.0", "0.5"]) == 0
-    (call,) = RECEIVED
+    eval_args = [
+        "--eval_datasets",
+        str(prompts_file),
+        "--eval_template",
+        "TRL-Prompt",
+        "--per_device_eval_batch_size",
+        "8",
+    ]
+    assert main(args + ["--reward_weights", "1.0", "0.5", *eval_args]) == 0
+    call = RECEIVED[0]
     assert len(call["completions"]) == 4 and len(call["prompts"]) == 4  # two prompts x two completions
     assert all(isinstance(p, str) for p in call["prompts"])  # TRL-Prompt's string prompts as the rows hold them
     assert call["prompts"][0] == call["prompts"][1] and call["solution"][0] == call["solution"][1]
@@ -298,6 +306,12 @@ def test_reward_functions_get_the_rows_columns_and_abstentions_count(tiny_checkp
                  "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio", "entropy",
                  "clip_ratio/region_mean"):  # fmt: skip
         assert name in logged, name
+    # Evaluation at the end: every prompt once (4 a batch), G completions each, TRL's metrics with `eval_`.
+    assert len(RECEIVED) == 1 + 2 and all(len(call["completions"]) == 8 for call in RECEIVED[1:])
+    metrics = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert {"eval_loss", "eval_reward", "eval_rewards/record_columns/mean", "eval_completions/mean_length"} <= set(
+        metrics
+    )
 
 
 def test_sft_template_rows_reach_rewards_as_answer(tiny_checkpoint, tmp_path):

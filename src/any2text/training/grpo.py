@@ -58,6 +58,7 @@ from ..data.prompts import PromptCollator
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .dpo import _config_of, _prepare_deepspeed, disable_dropout, pair_forward
 from .model import load_model_and_processor
+from .nonfinite import ROW_IDS_KEY
 from .parsing import make_argument_parser, parse_argument_groups
 from .reward import load_reward_model
 from .stage import Stage, build_stage, run_stage, stage_main
@@ -335,10 +336,13 @@ def completion_end_columns(prompt_length: int, completion_ids: torch.Tensor, val
     return torch.where(last >= 0, offsets + last, prompt_length - 1)
 
 
-def reward_model_scores(reward_model: torch.nn.Module, rows: dict, completion_ids: torch.Tensor, valid: torch.Tensor):
+def reward_model_scores(
+    reward_model: torch.nn.Module, rows: dict, completion_ids: torch.Tensor, valid: torch.Tensor, pad_token_id=None
+) -> torch.Tensor:
     """Scores `(B, G)` of every completion by a `LlamaVisionAudioForSequenceClassification`, from one forward of the
-    group rows (the prompt's media encoded once), each read at its completion's end (`completion_end_columns`)."""
-    pad = _config_of(reward_model).get_text_config().pad_token_id
+    group rows (the prompt's media encoded once), each read at its completion's end (`completion_end_columns`).
+    `pad_token_id`: the reward model's (read from it when not given; a DeepSpeed engine hides it)."""
+    pad = _config_of(reward_model).get_text_config().pad_token_id if pad_token_id is None else pad_token_id
     prompt_length = rows["input_ids"].shape[1] - completion_ids.shape[1] * completion_ids.shape[2]
     ends = completion_end_columns(prompt_length, completion_ids, valid, pad)
     keep, where = torch.unique(ends.flatten(), return_inverse=True)
@@ -498,6 +502,10 @@ class GRPOTrainer(MultimodalTrainer):
             raise ValueError(f"`--reward_weights` has {len(weights)} values for {len(names)} rewards ({names}).")
         self.reward_weights = torch.tensor(weights, dtype=torch.float32)
         self._is_peft = hasattr(self.model, "disable_adapter")
+        # Read now: once DeepSpeed wraps the reward model, its `config` is DeepSpeed's own.
+        self.reward_pad_token_id = (
+            None if reward_model is None else _config_of(reward_model).get_text_config().pad_token_id
+        )
         self.reward_model = self._prepare_frozen(reward_model)
         self.ref_model = self._prepare_frozen(ref_model)
         if self.args.disable_dropout:
@@ -549,6 +557,13 @@ class GRPOTrainer(MultimodalTrainer):
             sampler_fn=self._get_train_sampler,
             is_training=True,
         )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Prompts in order, `per_device_eval_batch_size // num_generations` a batch (the batch counts completions)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        batch_size = max(1, self.args.per_device_eval_batch_size // self.args.num_generations)
+        return self._get_dataloader(dataset=dataset, description="Evaluation", batch_size=batch_size,
+                                    sampler_fn=self._get_eval_sampler)  # fmt: skip
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -659,7 +674,8 @@ class GRPOTrainer(MultimodalTrainer):
         if self.reward_model is not None:
             with torch.no_grad():
                 self.num_encoded_media += _count_media(rows)
-                columns.append(reward_model_scores(self.reward_model, rows, completion_ids, valid).float().flatten())
+                scores = reward_model_scores(self.reward_model, rows, completion_ids, valid, self.reward_pad_token_id)
+                columns.append(scores.float().flatten())
         if self.reward_funcs:
             ids = [row[mask].tolist() for row, mask in zip(completion_ids.flatten(0, 1), valid.flatten(0, 1))]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -764,7 +780,7 @@ class GRPOTrainer(MultimodalTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if inputs.get(EMPTY_BATCH_KEY):
             return None, None, None
-        inputs = self._prepare_inputs({k: v for k, v in inputs.items() if k != "row_ids"})
+        inputs = self._prepare_inputs({k: v for k, v in inputs.items() if k != ROW_IDS_KEY})
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
