@@ -452,3 +452,20 @@ def test_one_generation_serves_steps_per_generation_times_num_iterations_steps(
     assert sliced == [[0, 1], [2, 3], [0, 1], [2, 3]]
     ratios = [h["clip_ratio/region_mean"] for h in trainer.state.log_history if "clip_ratio/region_mean" in h]
     assert ratios[0] == 0.0 and len(ratios) == 4
+
+
+def test_bad_prompt_rows_are_skipped_counted_and_capped_as_in_every_stage(tiny_checkpoint, prompts_file, tmp_path):
+    from any2text.data.bad_rows import TooManyBadRowsError
+
+    rows = json.loads(prompts_file.read_text())
+    rows[2] = {**rows[0], "id": "broken", "images": ["missing.png"]}
+    data = prompts_file.parent / "with_bad.json"
+    data.write_text(json.dumps(rows))
+    with pytest.raises(TooManyBadRowsError, match="max_bad_rows"):
+        main(_grpo_args(tiny_checkpoint, data, tmp_path / "zero", "--skip_bad_rows", "True", "--max_bad_rows", "0",
+                        "--max_steps", "1", "--validate_rows", "True"))  # fmt: skip
+    out = tmp_path / "one"
+    assert main(_grpo_args(tiny_checkpoint, data, out, "--skip_bad_rows", "True", "--max_bad_rows", "1",
+                           "--max_steps", "1", "--validate_rows", "True")) == 0  # fmt: skip
+    logged = [json.loads(line) for line in (out / "bad_rows.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in logged] == ["broken"]
