@@ -419,11 +419,14 @@ def test_zero3_two_ranks_mixed_modality_grpo(torchrun, tiny_checkpoint, prompts_
     data = tmp_path / "prompts.json"
     data.write_text(json.dumps(ordered))
     out = tmp_path / "out"
-    torchrun(
-        "any2text.grpo", *_grpo_args(tiny_checkpoint, data, out, "--train_sampling_strategy", "sequential",
-                                      "--per_device_train_batch_size", "2", "--beta", "0.1", "--use_peft", "True",
-                                      "--allow_media_outside_root", "True", "--disable_tqdm", "True"),
-    )  # fmt: skip
+    rewards = tmp_path / "my_rewards.py"  # a reward function given by its file (the launched ranks lack `tests/`)
+    rewards.write_text("def varied(prompts, completions, completion_ids, **kw):\n"
+                       "    return [float(sum(ids) % 7) for ids in completion_ids]\n")  # fmt: skip
+    args = _grpo_args(tiny_checkpoint, data, out, "--train_sampling_strategy", "sequential",
+                      "--per_device_train_batch_size", "2", "--beta", "0.1", "--use_peft", "True",
+                      "--allow_media_outside_root", "True", "--disable_tqdm", "True")  # fmt: skip
+    args[args.index("test_grpo:record_columns")] = f"{rewards}:varied"
+    torchrun("any2text.grpo", *args)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert sum("kl" in h for h in history) == 2
     assert (out / "adapter_model.safetensors").is_file()

@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,7 +140,7 @@ class GRPOConfig(MultimodalTrainingArguments):
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Reward functions as `module:function` (importable), TRL's signature `f(prompts, completions, "
+            "help": "Reward functions as `module:function` (importable, or a `.py` file's path), TRL's signature `f(prompts, completions, "
             "completion_ids, **columns) -> list[float | None]`."
         },
     )
@@ -239,18 +241,26 @@ def group_advantages(
 
 
 def load_reward_functions(specs: list[str] | None) -> list[Callable[..., list]]:
-    """`module:function` strings (or `module.function`) as the functions they name, with errors naming the fix."""
+    """`module:function` strings (an importable module, or a `.py` file's path) as the functions they name."""
     functions = []
     for spec in specs or []:
-        module_name, sep, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
+        module_name, sep, name = spec.rpartition(":") if ":" in spec else spec.rpartition(".")
         if not sep or not module_name or not name:
             raise ValueError(f"`--reward_funcs {spec}`: expected `module:function` (e.g. `my_rewards:exact_match`).")
         try:
-            function = getattr(importlib.import_module(module_name), name)
+            if module_name.endswith(".py"):
+                loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+                if loader is None or not Path(module_name).is_file():
+                    raise ImportError(f"no file `{module_name}`")
+                module = importlib.util.module_from_spec(loader)
+                loader.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+            function = getattr(module, name)
         except (ImportError, AttributeError) as error:
             raise ValueError(
                 f"`--reward_funcs {spec}`: cannot import `{name}` from `{module_name}` ({error}). Put the module on "
-                "`PYTHONPATH` (or run from its folder)."
+                "`PYTHONPATH` (or run from its folder), or give the path of its `.py` file."
             ) from error
         if not callable(function):
             raise ValueError(f"`--reward_funcs {spec}` names a `{type(function).__name__}`, not a function.")
