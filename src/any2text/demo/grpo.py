@@ -1,17 +1,21 @@
-"""The GRPO stage of `make demo`: on-policy alignment of the stage-2 model on a task with exact answers it was never
-taught, rewarded by exact match.
+"""The GRPO stage of `make demo`: on-policy alignment of the stage-2 model to an instruction it was never taught,
+rewarded by exact match.
 
-The task asks for the *opposite* of what the medium shows: "What is the opposite of the shape's side?" about the
-demo's shapes (`left` -> `right`) and "What is the opposite of the pitch?" about its beeps (`high` -> `low`). Stage 2
-taught the words (side and pitch questions, and "What is the opposite of {x}?" about words) but not this question, and
-the answer depends on the medium only, with both answers equally frequent: a model that does not look at the medium
-scores half. The prompts are TRL prompt-only rows (JSON lines, media paths), like a user's data::
+The instruction is open: "Describe the picture in one word." about the demo's shapes and "Describe the audio." about
+its beeps, and the reward defines what is wanted: the shape's colour and the beeps' pitch. Stage 2 knows both (it was
+taught "What colour is the shape?" and "Is the sound high or low?") but, asked this way, it names whichever attribute
+comes first to it (measured on a weak stage-2 model: a shape 55%, the side 25%, the colour 20% of the time; the pitch
+or the number of beeps about half and half), so its reward starts low; GRPO has to learn which attribute the
+instruction asks for, from the reward alone. The answer is read off the medium only: with the media withheld the
+reward stays near chance (1/4 for colours, 1/2 for pitches). The prompts are TRL prompt-only rows (JSON lines, media
+paths), like a user's data::
 
-    {"id": "img-0", "prompt": "<image>\\nWhat is the opposite of the shape's side?", "images": ["images/0.png"],
-     "answer": "right", "kind": "image_opposite_side"}
+    {"id": "img-0", "prompt": "<image>\nDescribe the picture in one word.", "images": ["images/0.png"],
+     "answer": "red", "kind": "image_colour"}
 
-The stage runs `any2text grpo` (LoRA on the language model, `beta` 0, the reward function `exact_match` below) and
-reports the held-out reward of greedy answers before and after, with the media and with them withheld ("blind").
+The stage runs `any2text grpo` (LoRA on the language model, projectors frozen, `beta` 0, the reward function
+`exact_match` below) and reports the held-out reward of greedy answers before and after, with the media and with
+them withheld ("blind").
 """
 
 from __future__ import annotations
@@ -28,13 +32,12 @@ from transformers.utils import logging
 from ..data.loading import DatasetSpec
 from ..data.prompts import PromptDataset
 from ..inference import generate_batch
-from .synthetic import COLOR_NAMES, SHAPES, make_audio, make_image
+from .synthetic import COLOR_NAMES, POSITIONS, SHAPES, make_audio, make_image
 
 logger = logging.get_logger(__name__)
 
-OPPOSITE = {"left": "right", "right": "left", "high": "low", "low": "high"}
-SIDE_PROMPT = "What is the opposite of the shape's side?"
-PITCH_PROMPT = "What is the opposite of the pitch?"
+IMAGE_PROMPT = "Describe the picture in one word."
+AUDIO_PROMPT = "Describe the audio."
 
 
 def exact_match(prompts, completions, answer, **kwargs) -> list[float]:
@@ -44,7 +47,7 @@ def exact_match(prompts, completions, answer, **kwargs) -> list[float]:
     return [float(text.strip().lower().rstrip(".") == a) for text, a in zip(texts, answer)]
 
 
-def generate_opposite_prompts(
+def generate_describe_prompts(
     folder: str | Path, n_train: int = 64, n_test: int = 64, seed: int = 0, image_size: int = 32,
     sampling_rate: int = 16000,
 ) -> dict[str, Path]:  # fmt: skip
@@ -57,23 +60,20 @@ def generate_opposite_prompts(
     for split, n in (("train", n_train), ("test", n_test)):
         rows = []
         for i in range(n):
-            first = (i // 2) % 2 == 0  # balanced: the shown value alternates every two rows
             if i % 2 == 0:
-                side = "left" if first else "right"
-                colour = COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]
-                image = make_image(colour, SHAPES[int(rng.integers(len(SHAPES)))], side, image_size, rng)
+                colour = COLOR_NAMES[(i // 2) % len(COLOR_NAMES)]  # balanced
+                shape, side = SHAPES[int(rng.integers(len(SHAPES)))], POSITIONS[int(rng.integers(len(POSITIONS)))]
                 name = f"images/{counter}.png"
-                image.save(folder / name)
-                rows.append({"id": f"img-{counter}", "prompt": f"<image>\n{SIDE_PROMPT}", "images": [name],
-                             "answer": OPPOSITE[side], "kind": "image_opposite_side"})  # fmt: skip
+                make_image(colour, shape, side, image_size, rng).save(folder / name)
+                rows.append({"id": f"img-{counter}", "prompt": f"<image>\n{IMAGE_PROMPT}", "images": [name],
+                             "answer": colour, "kind": "image_colour"})  # fmt: skip
             else:
-                pitch = "high" if first else "low"
+                pitch = "high" if (i // 2) % 2 == 0 else "low"
                 name = f"audio/{counter}.wav"
-                sf.write(
-                    folder / name, make_audio(pitch, int(rng.integers(1, 4)), sampling_rate, 1.0, rng), sampling_rate
-                )
-                rows.append({"id": f"aud-{counter}", "prompt": f"<audio>\n{PITCH_PROMPT}", "audios": [name],
-                             "answer": OPPOSITE[pitch], "kind": "audio_opposite_pitch"})  # fmt: skip
+                wave = make_audio(pitch, int(rng.integers(1, 4)), sampling_rate, 1.0, rng)
+                sf.write(folder / name, wave, sampling_rate)
+                rows.append({"id": f"aud-{counter}", "prompt": f"<audio>\n{AUDIO_PROMPT}", "audios": [name],
+                             "answer": pitch, "kind": "audio_pitch"})  # fmt: skip
             counter += 1
         paths[split] = folder / f"{split}.jsonl"
         with open(paths[split], "w", encoding="utf-8") as f:
@@ -83,15 +83,15 @@ def generate_opposite_prompts(
 
 
 def _grpo_args(model: Path, output: Path, data: Path, epochs: float, lr: float, seed: int, generations: int,
-               prompts_per_step: int) -> list[str]:  # fmt: skip
+               prompts_per_step: int, temperature: float, beta: float) -> list[str]:  # fmt: skip
     return [
         "--model_name_or_path", str(model), "--output_dir", str(output),
         "--train_datasets", str(data), "--train_template", "TRL-Prompt",
         "--reward_funcs", "any2text.demo.grpo:exact_match",
         "--use_peft", "True", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0",
-        "--freeze_language_model", "False", "--freeze_mm_proj", "False",
+        "--freeze_language_model", "False", "--freeze_mm_proj", "True",
         "--num_generations", str(generations), "--per_device_train_batch_size", str(generations * prompts_per_step),
-        "--max_completion_length", "4", "--temperature", "1.0", "--beta", "0.0", "--loss_type", "dapo",
+        "--max_completion_length", "3", "--temperature", str(temperature), "--beta", str(beta), "--loss_type", "dapo",
         "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--lr_scheduler_type", "constant",
         "--logging_steps", "4", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True",
         "--dataloader_num_workers", "0", "--seed", str(seed), "--disable_tqdm", "False", "--log_level", "warning",
@@ -109,15 +109,16 @@ def _rewards(model, processor, prompts, answers, kinds) -> dict[str, float]:
 
 
 def run_grpo_stage(
-    out: Path, model_dir: Path, n_train: int = 64, n_test: int = 64, epochs: float = 4.0, lr: float = 5e-3,
+    out: Path, model_dir: Path, n_train: int = 64, n_test: int = 64, epochs: float = 4.0, lr: float = 3e-3,
     seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, generations: int = 8, prompts_per_step: int = 4,
+    temperature: float = 1.0, beta: float = 0.0,
 ) -> dict:  # fmt: skip
     """Write the prompts, score the stage-2 model's greedy answers, run `any2text grpo` (LoRA), merge, score again;
     returns the held-out rewards (per task and `all`, with and without the media) and a few answers."""
     from ..training.grpo import main as grpo_main
     from ..training.merge import merge_lora
 
-    files = generate_opposite_prompts(out / "data/grpo", n_train, n_test, seed, image_size, sampling_rate)
+    files = generate_describe_prompts(out / "data/grpo", n_train, n_test, seed, image_size, sampling_rate)
     test = PromptDataset(DatasetSpec(path=str(files["test"]), template="TRL-Prompt"), sampling_rate=sampling_rate)
     items = [test[i]["messages"] for i in range(len(test))]
     prompts = [list(item) for item in items]
@@ -132,7 +133,9 @@ def run_grpo_stage(
     before_answers = generate_batch(before_model, processor, prompts[:6], max_new_tokens=4)
     del before_model
 
-    if grpo_main(_grpo_args(model_dir, out / "grpo", files["train"], epochs, lr, seed, generations, prompts_per_step)):
+    args = _grpo_args(model_dir, out / "grpo", files["train"], epochs, lr, seed, generations, prompts_per_step,
+                      temperature, beta)  # fmt: skip
+    if grpo_main(args):
         raise RuntimeError("`any2text grpo` failed")
     merge_lora(str(out / "grpo"), str(out / "grpo_merged"))
     after_model = AutoModelForImageTextToText.from_pretrained(out / "grpo_merged").eval()
@@ -149,6 +152,7 @@ def run_grpo_stage(
         "epochs": epochs,
         "learning_rate": lr,
         "num_generations": generations,
+        "temperature": temperature,
         "examples": [
             {"kind": k, "prompt": p[-1]["content"][-1]["text"], "answer": a, "before": b, "after": f}
             for k, p, a, b, f in zip(kinds, prompts, answers, before_answers, after_answers)
@@ -168,4 +172,4 @@ def grpo_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["exact_match", "generate_opposite_prompts", "grpo_markdown", "run_grpo_stage"]
+__all__ = ["exact_match", "generate_describe_prompts", "grpo_markdown", "run_grpo_stage"]

@@ -652,7 +652,10 @@ class GRPOTrainer(MultimodalTrainer):
         """`num_generations` completions `(B, G, C)` per prompt of a prompt batch (`generate_groups`)."""
         unwrapped = self.accelerator.unwrap_model(model)
         self.num_encoded_media += _count_media(batch)
-        checkpointing = getattr(unwrapped, "is_gradient_checkpointing", False)
+        # transformers 5 names it `is_activation_checkpointing` (the old name warns).
+        checkpointing = getattr(unwrapped, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(unwrapped, "is_gradient_checkpointing", False)
         if checkpointing:
             unwrapped.gradient_checkpointing_disable()
         devices = [self.args.device] if self.args.device.type == "cuda" else []
