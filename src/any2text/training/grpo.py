@@ -616,31 +616,27 @@ class GRPOTrainer(MultimodalTrainer):
         completion_ids = self.generate_completions(self.model_wrapped, batch, seed)  # (B, G, C)
         valid = completion_valid_mask(completion_ids, self.eos_token_ids)
         completion_ids = completion_ids.masked_fill(~valid, self.tokenizer.pad_token_id)
-        truncated = ~(valid & torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=valid.device))).any(
-            -1
-        )
+        ended = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=valid.device))
+        truncated = ~(valid & ended).any(-1)  # cut at `max_completion_length` before an end token
         loss_mask = valid & ~truncated.unsqueeze(-1) if self.args.mask_truncated_completions else valid
         rows = group_rows(batch, completion_ids, valid)
         out = {**{k: v for k, v in batch.items() if k not in ("prompts", "reward_kwargs")},
                "completion_ids": completion_ids, "completion_valid": valid, "completion_mask": loss_mask}  # fmt: skip
+        temperature = self.args.temperature
         with torch.no_grad():
-            generate_every = self.args.steps_per_generation * self.args.num_iterations
-            if self.args.gradient_accumulation_steps % generate_every != 0:
-                out["old_per_token_logps"] = completion_logps(self.model, rows, completion_ids, self.args.temperature)[
-                    0
-                ]
+            # The policy that sampled, when the steps this generation serves may update it first (TRL's rule).
+            if self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.args.num_iterations):
+                out["old_per_token_logps"] = completion_logps(self.model, rows, completion_ids, temperature)[0]
             if self.args.beta != 0.0:
                 reference, context = self._reference_model()
                 with context:
-                    out["ref_per_token_logps"] = completion_logps(
-                        reference, rows, completion_ids, self.args.temperature
-                    )[0]
+                    out["ref_per_token_logps"] = completion_logps(reference, rows, completion_ids, temperature)[0]
         rewards_per_func = self._rewards(batch, rows, completion_ids, valid)  # (B*G, funcs)
         gathered = self._gather_rows(rewards_per_func)
         batch_std = None
         if self.args.scale_rewards == "batch":
             batch_std = nanstd((gathered * self.reward_weights.to(gathered.device)).nansum(1))
-        advantages, rewards, std = group_advantages(
+        advantages, _, std = group_advantages(
             rewards_per_func, self.reward_weights, G, self.args.scale_rewards, batch_std
         )
         out["advantages"] = advantages.view(-1, G)
