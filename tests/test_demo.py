@@ -1,5 +1,5 @@
 """A shortened `make demo`: the real builder, stages 1 and 2 through `train()`, reload with the Auto classes, score,
-DPO, reward model."""
+DPO, reward model, GRPO."""
 
 import json
 
@@ -44,6 +44,13 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     assert scores["accuracy"] == pytest.approx(reward["accuracy"]["all"])
     assert scores["blind_accuracy"] == pytest.approx(reward["blind_accuracy"]["all"])
 
+    # GRPO (`any2text grpo`, an exact-match reward) teaches an open instruction which attribute it asks for (the
+    # colour, the pitch): the greedy answers' held-out reward rises, and stays low with the media withheld.
+    grpo = results["grpo"]
+    assert grpo["reward_after"]["all"] >= grpo["reward_before"]["all"] + 0.2, grpo
+    assert grpo["reward_after"]["all"] >= 0.75, grpo
+    assert grpo["blind_reward_after"]["all"] <= 0.45, grpo
+
     out = tmp_path / "demo"
     for name in ("results.json", "results.md", "loss_curves.png", "stage1/trainer_state.json",
                  "reward/training_curves.png", "reward/config.json"):  # fmt: skip
@@ -55,7 +62,7 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     assert saved["per_modality"] == results["per_modality"]
     # Every step's wall time is reported, and they add up to the total.
     timings = saved["timings"]
-    steps = ("data_s", "build_s", "stage1_s", "stage2_s", "eval_s", "dpo_s", "reward_s")
+    steps = ("data_s", "build_s", "stage1_s", "stage2_s", "eval_s", "dpo_s", "reward_s", "grpo_s")
     assert set(timings) == {*steps, "total_s"}
     assert sum(timings[s] for s in steps) == pytest.approx(timings["total_s"], rel=0.01)
     history = json.loads((out / "stage2/trainer_state.json").read_text())["log_history"]

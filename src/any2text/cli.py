@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("any2text.training.train", "main", "train (stage 1 / stage 2, LoRA, DeepSpeed) on the Trainer"),
     "dpo": ("any2text.training.dpo", "main", "align (stage 3: DPO on image / audio / mixed preference pairs)"),
     "reward": ("any2text.training.reward", "main", "train a reward model (a score head) on preference pairs"),
+    "grpo": ("any2text.training.grpo", "main", "align on-policy (GRPO: completions sampled, scored by rewards)"),
     "merge-lora": ("any2text.training.merge", "merge_lora_main", "merge a LoRA stage-2 output into a checkpoint"),
     "eval": ("any2text.evaluation.evaluate", "main", "score a checkpoint on a benchmark (generation or pairs)"),
     "chat": ("any2text.evaluation.chat", "main", "chat about images and audio clips (terminal, or a web page: --web)"),

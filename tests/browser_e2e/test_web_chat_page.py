@@ -1,7 +1,7 @@
 """`any2text chat --web` in a real browser: Debian's chromium, headless, driven by Playwright (which downloads nothing:
 `executable_path` is the system browser). Run by `make test-browser`.
 
-The page serves the demo's trained tiny model (`any2text demo --dpo_pairs 0 --reward_pairs 0`, trained once
+The page serves the demo's trained tiny model (`any2text demo --dpo_pairs 0 --reward_pairs 0 --grpo_prompts 0`, trained once
 into build/web-chat-demo and reused), started with the real command line. The test uploads one of the demo's pictures,
 asks its colour, waits for the streamed answer, asks where the shape is (the picture is in the history), checks both answers against
 `any2text.inference`'s greedy generation, and saves the screenshot the README shows (docs/web_chat.png).
@@ -53,6 +53,8 @@ def checkpoint() -> Path:
             "--dpo_pairs",
             "0",
             "--reward_pairs",
+            "0",
+            "--grpo_prompts",
             "0",
         ]
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)

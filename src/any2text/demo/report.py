@@ -100,7 +100,7 @@ def plot_losses(stage_dirs: dict[str, Path], path: Path) -> None:
 
 
 def results_markdown(results: dict, curves: str | None = None, stage_curves: dict[str, str] | None = None) -> str:
-    """The held-out table, the wall times, the DPO and reward-model tables; `curves` (a path relative to the file)
+    """The held-out table, the wall times, the DPO, reward-model and GRPO tables; `curves` (a path relative to the file)
     embeds the loss curves image, `stage_curves` (stage name -> path) a stage's own `training_curves.png`."""
     lines = [
         "| question type | trained | blind (media withheld) | chance | n |",
@@ -123,6 +123,10 @@ def results_markdown(results: dict, curves: str | None = None, stage_curves: dic
         from .reward import reward_markdown
 
         lines += ["", reward_markdown(results["reward"]).rstrip()]
+    if results.get("grpo"):
+        from .grpo import grpo_markdown
+
+        lines += ["", grpo_markdown(results["grpo"]).rstrip()]
     if curves:
         lines += ["", f"![training loss per stage]({curves})"]
     for stage, path in (stage_curves or {}).items():

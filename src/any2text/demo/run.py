@@ -1,7 +1,7 @@
 """`make demo` / `any2text demo` / `python -m any2text.demo`: the whole recipe on tiny models, offline, in minutes.
 
     any2text demo --output_dir demo_output [--use_peft] [--n_train N] [--stage2_epochs E] [--dpo_pairs 0]
-        [--reward_pairs 0]
+        [--reward_pairs 0] [--grpo_prompts 0]
 
 1. synthetic data (`demo.synthetic`): image questions (colour, shape, side), audio questions (pitch, number of
    beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media;
@@ -15,7 +15,10 @@
    the image or clip: held-out preference accuracy before and after, blind, and greedy answers (see `demo.dpo`);
 6. a reward model (`any2text reward`: a `score` head on the stage-2 model, language model trained) on the same pairs,
    scored by `any2text eval --benchmark reward`: held-out pairwise accuracy with and without the media (`demo.reward`);
-7. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
+7. GRPO (`any2text grpo`, LoRA, an exact-match reward function) on a task stage 2 never taught, the opposite of the
+   shape's side or of the beeps' pitch: held-out reward of greedy answers before and after, with and without the
+   media (`demo.grpo`);
+8. `results.json`, `results.md` and `loss_curves.png` in the output folder, and a few answers next to the truth.
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ def run_demo(
     lm_heads: int = 8,
     reward_pairs: int = 128,
     reward_epochs: float = 8.0,
+    grpo_prompts: int = 64,
+    grpo_epochs: float = 4.0,
 ) -> dict:
     """Runs the demo into `output_dir` (replaced) and returns what `results.json` holds.
 
@@ -173,25 +178,25 @@ def run_demo(
         return _run_demo(
             Path(output_dir), n_train, n_test, stage1_epochs, stage2_epochs, use_peft, seed, dpo_pairs, dpo_epochs,
             stage1_learning_rate, stage2_learning_rate, batch_size, lm_hidden_size, lm_layers, lm_heads, reward_pairs,
-            reward_epochs,
+            reward_epochs, grpo_prompts, grpo_epochs,
         )  # fmt: skip
 
 
 def _run_demo(
     out: Path, n_train: int, n_test: int, stage1_epochs: float, stage2_epochs: float, use_peft: bool, seed: int,
     dpo_pairs: int, dpo_epochs: float, stage1_lr: float, stage2_lr: float, batch_size: int, lm_hidden_size: int,
-    lm_layers: int, lm_heads: int, reward_pairs: int, reward_epochs: float,
+    lm_layers: int, lm_heads: int, reward_pairs: int, reward_epochs: float, grpo_prompts: int, grpo_epochs: float,
 ) -> dict:  # fmt: skip
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     clock = _Clock()
-    logger.warning("[1/8] writing synthetic data")
+    logger.warning("[1/9] writing synthetic data")
     meta = generate_demo_data(
         out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS
     )
     clock.lap("data")
-    logger.warning("[2/8] saving tiny pretrained parts and building the model with the real builder")
+    logger.warning("[2/9] saving tiny pretrained parts and building the model with the real builder")
     parts = save_tiny_parts(
         out / "parts", seed=seed, lm_hidden_size=lm_hidden_size, lm_layers=lm_layers, lm_heads=lm_heads
     )
@@ -200,12 +205,12 @@ def _run_demo(
     )
     clock.lap("build")
 
-    logger.warning("[3/8] stage 1: projectors only (LLaVA JSON data)")
+    logger.warning("[3/9] stage 1: projectors only (LLaVA JSON data)")
     common = {"batch_size": batch_size, "seed": seed}
     stage1 = train_stage(out / "model", out / "stage1", out / "data/llava/train.json", train_language_model=False,
                          epochs=stage1_epochs, learning_rate=stage1_lr, **common)  # fmt: skip
     clock.lap("stage1")
-    logger.warning("[4/8] stage 2: language model + projectors (parquet data)")
+    logger.warning("[4/9] stage 2: language model + projectors (parquet data)")
     stage2 = train_stage(stage1, out / "stage2", out / "data/parquet/train.parquet", train_language_model=True,
                          epochs=stage2_epochs, learning_rate=stage2_lr, use_peft=use_peft, **common)  # fmt: skip
     final = stage2
@@ -216,7 +221,7 @@ def _run_demo(
         merge_lora(str(stage2), str(final))
     clock.lap("stage2")
 
-    logger.warning("[5/8] held-out evaluation: trained vs blind vs chance")
+    logger.warning("[5/9] held-out evaluation: trained vs blind vs chance")
     per_type, modalities, samples = _evaluate(final, out / "data", meta)
     clock.lap("eval")
 
@@ -234,7 +239,7 @@ def _run_demo(
     if dpo_pairs:
         from .dpo import run_dpo_stage
 
-        logger.warning("[6/8] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
+        logger.warning("[6/9] stage 3: DPO (LoRA) on a preference task stage 2 never taught")
         dpo_results = run_dpo_stage(
             out, final, n_train=dpo_pairs, n_test=n_pairs_test, epochs=dpo_epochs, seed=seed, image_size=IMAGE_SIZE,
             sampling_rate=SAMPLING_RATE, files=preference_files,
@@ -246,13 +251,22 @@ def _run_demo(
         from .reward import run_reward_stage
         from .synthetic_preference import generate_preference_data
 
-        logger.warning("[7/8] reward model (a score head on the stage-2 model) on the same preference pairs")
+        logger.warning("[7/9] reward model (a score head on the stage-2 model) on the same preference pairs")
         files = preference_files
         if dpo_pairs and reward_pairs != dpo_pairs:
             files = generate_preference_data(out / "data/preference_reward", reward_pairs, n_pairs_test, seed=seed + 1,
                                              image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
         reward_results = run_reward_stage(out, final, files, epochs=reward_epochs, seed=seed)
         clock.lap("reward")
+
+    grpo_results = None
+    if grpo_prompts:
+        from .grpo import run_grpo_stage
+
+        logger.warning("[8/9] GRPO (LoRA, exact-match reward) on a task stage 2 never taught")
+        grpo_results = run_grpo_stage(out, final, n_train=grpo_prompts, n_test=n_pairs_test, epochs=grpo_epochs,
+                                      seed=seed, image_size=IMAGE_SIZE, sampling_rate=SAMPLING_RATE)  # fmt: skip
+        clock.lap("grpo")
 
     results = {
         "per_type": per_type,
@@ -266,8 +280,9 @@ def _run_demo(
         ],
         "dpo": dpo_results,
         "reward": reward_results,
+        "grpo": grpo_results,
     }  # fmt: skip
-    logger.warning("[8/8] writing results")
+    logger.warning("[9/9] writing results")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     stages = {"stage 1 (projectors)": stage1, "stage 2 (LM + projectors)": stage2}
     if dpo_results is not None:
@@ -276,6 +291,8 @@ def _run_demo(
         stages["reward model"] = out / "reward"
     plot_losses(stages, out / "loss_curves.png")
     curves = {"reward model": "reward/training_curves.png"} if reward_results is not None else {}
+    if grpo_results is not None:
+        curves["GRPO"] = "grpo/training_curves.png"  # reward per step, beside the loss
     (out / "results.md").write_text(results_markdown(results, curves="loss_curves.png", stage_curves=curves))
     return results
 
@@ -294,6 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
         "stage2_learning_rate",
         "dpo_epochs",
         "reward_epochs",
+        "grpo_epochs",
     ):
         parser.add_argument(f"--{name}", type=float, default=defaults[name])
     parser.add_argument("--use_peft", action="store_true", help="stage 2 with LoRA, then merge-lora")
@@ -305,6 +323,12 @@ def make_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults["reward_pairs"],
         help="preference pairs for the reward model (0: no reward-model stage)",
+    )
+    parser.add_argument(
+        "--grpo_prompts",
+        type=int,
+        default=defaults["grpo_prompts"],
+        help="training prompts of the GRPO stage (0: no GRPO stage)",
     )
     parser.add_argument(
         "--num_threads", type=int, default=defaults["num_threads"], help="torch intra-op threads (0: torch's default)"

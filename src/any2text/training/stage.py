@@ -45,6 +45,7 @@ from ..data.collator import MultimodalCollator
 from ..data.loading import MultimodalDataset
 from ..data.packing import VARLEN_SDPA, PackedDataset, use_varlen_sdpa
 from ..data.preference import PreferenceDataset
+from ..data.prompts import PromptDataset
 from ..modalities import media_options
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
@@ -58,7 +59,7 @@ from .trainer import DataReportCallback, MultimodalTrainer, sample_lengths
 
 logger = logging.get_logger(__name__)
 
-DATA_KINDS = ("samples", "pairs")
+DATA_KINDS = ("samples", "pairs", "prompts")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class Stage:
 
     Args:
         name: short name (`sft`, `dpo`, `reward`), for messages and the model card.
-        data: `"samples"` (conversations, `MultimodalDataset`) or `"pairs"` (preference pairs, `PreferenceDataset`:
-            one row `[prompt | chosen | rejected]` per pair, media encoded once; see `PreferenceCollator`).
+        data: `"samples"` (conversations, `MultimodalDataset`), `"pairs"` (preference pairs, `PreferenceDataset`:
+            one row `[prompt | chosen | rejected]` per pair, media encoded once; see `PreferenceCollator`) or
+            `"prompts"` (prompts to generate from, `PromptDataset`; GRPO).
         collator_class: a `MultimodalCollator` (sub)class, built with the set-up's data arguments.
         trainer_class: a `MultimodalTrainer` subclass; `build_stage`'s extra keyword arguments go to it.
         config_class: the stage's `TrainingArguments` subclass (TRL's names), what its entry point parses.
@@ -79,7 +81,7 @@ class Stage:
     """
 
     name: str
-    data: Literal["samples", "pairs"]
+    data: Literal["samples", "pairs", "prompts"]
     collator_class: type[MultimodalCollator]
     trainer_class: type[MultimodalTrainer]
     config_class: type[TrainingArguments] = MultimodalTrainingArguments
@@ -92,7 +94,7 @@ class Stage:
 
     @property
     def dataset_class(self) -> type[MultimodalDataset]:
-        return PreferenceDataset if self.data == "pairs" else MultimodalDataset
+        return {"pairs": PreferenceDataset, "prompts": PromptDataset}.get(self.data, MultimodalDataset)
 
     @property
     def argument_groups(self) -> tuple[type, ...]:

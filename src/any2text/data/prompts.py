@@ -1,0 +1,265 @@
+"""Prompt-only data for on-policy training (GRPO): templates, the dataset and the prompt collator.
+
+A prompt is the conversation up to the turn the model answers, with the row's other columns attached for the reward
+functions (`PromptMessages`). Two sources:
+
+- the template `TRL-Prompt`, TRL's prompt-only format: `prompt` is a string (media at its `<image>` / `<audio>`
+  placeholders, or first when it has none) or a list of messages (`{"type": "image"}` items take the row's images in
+  order), media in `images` / `image` and `audios` / `audio` (paths under the dataset's media root, or embedded);
+  every other column reaches the reward functions under its own name::
+
+      >>> prompt = get_template("TRL-Prompt")({"prompt": "<image>What colour?", "images": ["cat.png"],
+      ...                                       "solution": "red"})
+      >>> prompt[0]["content"], prompt.columns
+      ([{'type': 'image', 'image': 'cat.png'}, {'type': 'text', 'text': 'What colour?'}], {'solution': 'red'})
+
+- any SFT template: the conversation up to its last assistant turn is the prompt, and that turn's text reaches the
+  reward functions as `answer` (`as_prompt`).
+
+`PromptCollator` renders each prompt with the generation prompt, runs the processor (media decoded and processed once
+per prompt) and left-pads the batch, so every prompt ends at the same column: the layout `generate` takes, and the one
+the GRPO step extends with each prompt's completions (`training.grpo.group_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers.utils import logging
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from .bad_rows import BadRowError
+from .collator import _DROPPED_KEYS, _PER_TOKEN_KEYS, EMPTY_BATCH_KEY, MultimodalCollator, _without_media
+from .loading import _BAD_ROW_ERRORS, BAD_ROW_COLUMN, MultimodalDataset
+from .preference import _conversation, _count_media, _media_list, _prompt_with_media
+from .templates import Message, check_conversation, register_template, row_id, row_name
+
+logger = logging.get_logger(__name__)
+
+# Columns `TRL-Prompt` reads itself; every other column of a row reaches the reward functions.
+_PROMPT_COLUMNS = ("prompt", "images", "image", "audios", "audio")
+
+
+class PromptMessages(list):
+    """The turns of a prompt (ending with a user turn), with the row's columns for the reward functions.
+
+    Args:
+        messages: the prompt's turns, in the project-wide message format.
+        columns: values the reward functions receive as keyword arguments (`answer` for an SFT row).
+        raw_prompt: what reward functions receive as `prompts` (TRL passes the row's `prompt` as the dataset holds
+            it); default: the messages.
+    """
+
+    def __init__(self, messages: Sequence[Message], columns: Mapping[str, Any] | None = None, raw_prompt: Any = None):
+        super().__init__(messages)
+        self.columns = dict(columns or {})
+        self.raw_prompt = raw_prompt
+
+    def with_messages(self, messages: Sequence[Message]) -> PromptMessages:
+        """The same prompt with its turns replaced (e.g. by a copy whose media were loaded)."""
+        return PromptMessages(messages, self.columns, self.raw_prompt)
+
+    def __reduce__(self):
+        # DataLoader workers pickle samples; a list subclass would otherwise lose its attributes.
+        return (PromptMessages, (list(self), self.columns, self.raw_prompt))
+
+
+@register_template("TRL-Prompt", required_columns=("prompt",), aliases=("prompt-only", "GRPO"))
+def trl_prompt(row: dict[str, Any]) -> PromptMessages:
+    """TRL's prompt-only format: `prompt` (a string or messages), media in `images` / `audios`; the other columns go
+    to the reward functions."""
+    images, audios = _media_list(row, "image", "images"), _media_list(row, "audio", "audios")
+    prompt = row.get("prompt")
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{row_name(row)} has an empty `prompt`.")
+        messages = _prompt_with_media(row, prompt, images, audios)
+    else:
+        media = {"image": list(images), "audio": list(audios)}
+        messages = _conversation(row, prompt, "prompt", media)
+        for kind in ("image", "audio"):
+            if media[kind] and _count_media(messages, kind) == 0:
+                # Media given but not placed: in front of the first user turn, as for a string prompt.
+                first = next((m for m in messages if m["role"] == "user"), None)
+                if first is None:
+                    raise ValueError(f"{row_name(row)} has {kind} items but no user turn to attach them to.")
+                first["content"] = [{"type": kind, kind: ref} for ref in media[kind]] + first["content"]
+                media[kind] = []
+        left = {kind: len(refs) for kind, refs in media.items() if refs}
+        if left:
+            raise ValueError(f"{row_name(row)} has media the prompt does not place: {left}. Add one item per medium.")
+    columns = {key: value for key, value in row.items() if key not in _PROMPT_COLUMNS and key != BAD_ROW_COLUMN}
+    return PromptMessages(messages, columns, raw_prompt=prompt)
+
+
+def as_prompt(messages: list[Message]) -> PromptMessages:
+    """A template's output as a prompt: `PromptMessages` as they are; a conversation (an SFT template's) cut before its
+    last assistant turn, whose text becomes the `answer` column.
+
+    Raises:
+        ConversationError: (a `ValueError`) the prompt breaks the conversation rules (it must start with a user turn,
+            alternate, and end with a user turn).
+    """
+    if isinstance(messages, PromptMessages):
+        check_conversation([*messages, {"role": "assistant", "content": [{"type": "text", "text": "-"}]}])
+        return messages
+    check_conversation(messages)
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    content = messages[last]["content"]
+    answer = (
+        content if isinstance(content, str) else "".join(i.get("text", "") for i in content if i["type"] == "text")
+    )
+    prompt = [{**m, "content": list(m["content"])} if isinstance(m["content"], list) else m for m in messages[:last]]
+    return PromptMessages(prompt, {"answer": answer})
+
+
+class PromptDataset(MultimodalDataset):
+    """`MultimodalDataset` whose items are prompts: `{"messages": PromptMessages, "source", "index"}` (`as_prompt` of
+    the row's template). Loading, mixing, weights, bad rows (`skip_bad_rows`, `max_bad_rows`), `validate_rows` and
+    `check_sample` (the prompt's length, `PromptCollator.check_sample`) are the SFT dataset's."""
+
+    def _row_messages(
+        self, dataset_id: int, row: int, data: dict[str, Any], decode: bool
+    ) -> tuple[PromptMessages, dict[str, Any]]:
+        spec = self.specs[dataset_id]
+        source = {"dataset": str(spec), "index": row, "id": row_id(data)}
+        try:
+            if data.get(BAD_ROW_COLUMN) is not None:
+                raise ValueError(data[BAD_ROW_COLUMN])
+            prompt = as_prompt(self.templates[dataset_id](data))
+            if self.check_sample is not None:
+                self.check_sample(prompt)
+            return prompt.with_messages(self._resolve_media(prompt, self.media_roots[dataset_id], decode)), source
+        except _BAD_ROW_ERRORS as error:
+            named = f"id `{source['id']}`, " if source["id"] is not None else ""
+            raise BadRowError(
+                f"Row {row} of dataset {spec} ({named}template `{spec.template}`) cannot be used as a prompt: {error} "
+                "Fix or drop the row, or pass `skip_bad_rows=True` to skip bad rows (each counted once, logged, and "
+                "capped by `max_bad_rows`).",
+                dataset=str(spec),
+                index=row,
+                row_id=source["id"],
+            ) from error
+
+
+class PromptCollator(MultimodalCollator):
+    r"""
+    Batch prompts for generation: each rendered with the generation prompt, processed (media once), left-padded.
+
+    Same arguments as `MultimodalCollator`. `max_length` bounds the prompt (TRL's former `max_prompt_length`) through
+    the one rule, `fit_length`: `"error"` raises (a bad row), `"drop"` leaves it out (counted), `"text"` cuts text off
+    the prompt's *start* (as TRL truncated prompts from the left) and drops it when the cut would go through a medium.
+
+    Batch keys:
+
+    - `input_ids`, `attention_mask` `(prompts, P)`, left-padded so every prompt ends at column `P - 1`;
+      `mm_token_type_ids` when the processor gives them; the media tensors (`pixel_values`, `input_features`,
+      `is_longer`...), each item once, in prompt order.
+    - `media_counts`: `{key: [items of each prompt]}` for each media tensor (to split a batch by prompt).
+    - `index` `(prompts,)`; `prompts` (what reward functions get as `prompts`) and `reward_kwargs` (one dict of
+      columns per prompt), plain lists.
+    """
+
+    _length_name = "The prompt"
+
+    def _check_sample_type(self, sample: Mapping[str, Any], index: int) -> None:
+        super()._check_sample_type(sample, index)
+        if not isinstance(sample["messages"], PromptMessages):
+            raise ValueError(
+                f"Sample {index} is not a prompt (got {type(sample['messages']).__name__}); prompt data comes from "
+                "`PromptDataset` (any template: a conversation is cut before its last answer)."
+            )
+
+    def _render_prompt(self, messages: list[Message]) -> str:
+        plain = [_without_media(message) for message in messages]
+        return render_jinja_template(
+            [plain], chat_template=self.chat_template, add_generation_prompt=True, **self.tokenizer.special_tokens_map
+        )[0][0]
+
+    def _encode_item(self, messages: PromptMessages, index: int) -> dict[str, Any] | None:
+        text = self._render_prompt(messages)
+        images, clips = self._load_media(list(messages))
+        self._check_placeholders(text, images, clips, index)
+        encoded = self._process(text, images, clips)
+        sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
+        sample["media"] = {
+            key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS and key not in _DROPPED_KEYS
+        }
+        # `fit_length` keeps leading tokens; a prompt keeps its end (the generation prompt), so it is asked reversed.
+        keep = self.fit_length(self._media_mask(sample).flip(0).tolist(), name=self._length_name)
+        length = len(sample["input_ids"])
+        if keep == length:
+            return {"prompt": sample, "messages": messages}
+        if keep is None:
+            reason = "`truncation='drop'`" if self.truncation == "drop" else "a media span would be cut"
+            return self._drop(f"a prompt of {length} tokens", reason)
+        cut = {key: value[length - keep :] if key != "media" else value for key, value in sample.items()}
+        return {"prompt": cut, "messages": messages}
+
+    def _layout(self, rows: list[list[dict[str, Any]]], flat: bool) -> dict[str, Any]:
+        if self.ensure_image:
+            raise ValueError(
+                "GRPO on a stock Llava checkpoint under ZeRO-3 is not supported (its vision tower cannot run without "
+                "an image); start from a LlamaVisionAudio checkpoint, which runs every tower on every rank."
+            )
+        items = [item for row in rows for item in row]  # one prompt per row, whatever the layout asked
+        batch = left_pad([item["prompt"] for item in items], self.tokenizer.pad_token_id)
+        batch["prompts"] = [
+            item["messages"].raw_prompt if item["messages"].raw_prompt is not None else list(item["messages"])
+            for item in items
+        ]
+        batch["reward_kwargs"] = [item["messages"].columns for item in items]
+        return batch
+
+    def empty_batch(self) -> dict[str, Any]:
+        """One placeholder prompt (a BOS token) marked `EMPTY_BATCH_KEY`; `MultimodalTrainer` skips the step."""
+        logger.warning("Every prompt of a batch was dropped or skipped; the step is skipped (counted).")
+        token = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.pad_token_id
+        batch = left_pad([{"input_ids": torch.tensor([token]), "media": {}}], self.tokenizer.pad_token_id)
+        batch.update(prompts=[""], reward_kwargs=[{}], index=torch.tensor([-1]))
+        batch[EMPTY_BATCH_KEY] = True
+        return batch
+
+    def _finish(self, batch: dict[str, Any], kept: list[Mapping[str, Any]]) -> dict[str, Any]:
+        if kept and all("index" in sample for sample in kept):
+            batch["index"] = torch.tensor([sample["index"] for sample in kept], dtype=torch.long)
+        return super()._finish(batch, kept)
+
+    def sample_length(self, messages: list[dict]) -> int:
+        """Tokens of the rendered prompt (generation prompt included, media expanded), without loading media."""
+        text = self._render_prompt(messages)
+        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
+            if token is not None and (count := text.count(token)):
+                length += count * (self._tokens_per(modality) - 1)
+        return length
+
+
+def left_pad(prompts: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Encoded prompts (`input_ids`, optional per-token keys, `media`) as one left-padded batch with `attention_mask`
+    and `media_counts`."""
+    length = max(len(prompt["input_ids"]) for prompt in prompts)
+    keys = [key for key in prompts[0] if key not in ("media", "attention_mask")]
+    batch: dict[str, Any] = {}
+    for key in keys:
+        fill = pad_token_id if key == "input_ids" else 0
+        batch[key] = torch.stack([
+            torch.cat([torch.full((length - len(p[key]),), fill, dtype=p[key].dtype), p[key]]) for p in prompts
+        ])  # fmt: skip
+    batch["attention_mask"] = torch.stack([
+        torch.cat([torch.zeros(length - len(p["input_ids"]), dtype=torch.long),
+                   torch.ones(len(p["input_ids"]), dtype=torch.long)])
+        for p in prompts
+    ])  # fmt: skip
+    media_keys = sorted({key for prompt in prompts for key in prompt["media"]})
+    for key in media_keys:
+        batch[key] = torch.cat([prompt["media"][key] for prompt in prompts if key in prompt["media"]])
+    batch["media_counts"] = {
+        key: [len(prompt["media"][key]) if key in prompt["media"] else 0 for prompt in prompts] for key in media_keys
+    }
+    return batch
+
+
+__all__ = ["PromptCollator", "PromptDataset", "PromptMessages", "as_prompt", "left_pad", "trl_prompt"]
