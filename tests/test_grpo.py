@@ -472,3 +472,34 @@ def test_bad_prompt_rows_are_skipped_counted_and_capped_as_in_every_stage(tiny_c
                            "--max_steps", "1", "--validate_rows", "True")) == 0  # fmt: skip
     logged = [json.loads(line) for line in (out / "bad_rows.jsonl").read_text().splitlines()]
     assert [row["id"] for row in logged] == ["broken"]
+
+
+def test_video_prompts_train_with_each_video_encoded_once_per_prompt(tiny_checkpoint, tmp_path):
+    """TRL-Prompt rows with `videos` (frame folders) beside image prompts: the vision tower sees each prompt's frames
+    once per pass, never `num_generations` copies of them."""
+    from any2text.training.grpo import build_grpo_trainer
+
+    frames = 8
+    rows = []
+    for i in range(4):
+        folder = tmp_path / f"clip{i}"
+        folder.mkdir()
+        for t in range(frames):
+            Image.new("RGB", (16, 16), (30 * t if i % 2 else 240 - 30 * t, 0, 0)).save(folder / f"{t:02d}.png")
+        rows.append({"prompt": "<video>Brighter or darker?", "videos": [f"clip{i}"], "solution": "brighter"})
+    Image.new("RGB", (16, 16), (0, 200, 0)).save(tmp_path / "img.png")
+    rows.append({"prompt": "<image>What colour?", "images": ["img.png"], "solution": "green"})
+    data = tmp_path / "video_prompts.json"
+    data.write_text(json.dumps(rows))
+    groups = parse_args(_grpo_args(tiny_checkpoint, data, tmp_path / "out", "--per_device_train_batch_size", "8",
+                                   "--num_generations", "4", "--beta", "0.1"))  # fmt: skip
+    trainer = build_grpo_trainer(*groups)
+    seen = []
+    trainer.model.model.vision_tower.register_forward_hook(lambda m, a, o: seen.append(len(a[0])))
+    trainer.train()
+    # Two prompts a step: at most two videos' frames (or a video's and an image) per tower call; TRL would send 4x.
+    assert seen and max(seen) <= 2 * frames
+    assert max(seen) > 1  # video frames did go through the tower
+    logged = [h for h in trainer.state.log_history if "kl" in h]
+    assert len(logged) == 2 and all(math.isfinite(h["kl"]) and math.isfinite(h["loss"]) for h in logged)
+    assert any("brighter" in call.get("solution", []) for call in RECEIVED)  # the video rows' columns arrived

@@ -3,9 +3,10 @@
 A prompt is the conversation up to the turn the model answers, with the row's other columns attached for the reward
 functions (`PromptMessages`). Two sources:
 
-- the template `TRL-Prompt`, TRL's prompt-only format: `prompt` is a string (media at its `<image>` / `<audio>`
-  placeholders, or first when it has none) or a list of messages (`{"type": "image"}` items take the row's images in
-  order), media in `images` / `image` and `audios` / `audio` (paths under the dataset's media root, or embedded);
+- the template `TRL-Prompt`, TRL's prompt-only format: `prompt` is a string (media at its `<image>` / `<audio>` /
+  `<video>` placeholders, or first when it has none) or a list of messages (`{"type": "image"}` items take the row's
+  images in order), media in the modality table's row columns, `images` / `image`, `audios` / `audio`, `videos` /
+  `video` (paths under the dataset's media root, or embedded);
   every other column reaches the reward functions under its own name::
 
       >>> prompt = get_template("TRL-Prompt")({"prompt": "<image>What colour?", "images": ["cat.png"],
@@ -30,16 +31,21 @@ import torch
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from ..modalities import MODALITIES
 from .bad_rows import BadRowError
-from .collator import _DROPPED_KEYS, _PER_TOKEN_KEYS, EMPTY_BATCH_KEY, MultimodalCollator, _without_media
+from .collator import _DROPPED_KEYS, _PER_TOKEN_KEYS, EMPTY_BATCH_KEY, MultimodalCollator, concat_media
 from .loading import _BAD_ROW_ERRORS, BAD_ROW_COLUMN, MultimodalDataset
-from .preference import _conversation, _count_media, _media_list, _prompt_with_media
-from .templates import Message, check_conversation, register_template, row_id, row_name
+from .messages import media_as_types
+from .preference import _conversation, _count_media, _prompt_with_media
+from .templates import Message, check_conversation, media_of, register_template, row_id, row_name
 
 logger = logging.get_logger(__name__)
 
-# Columns `TRL-Prompt` reads itself; every other column of a row reaches the reward functions.
-_PROMPT_COLUMNS = ("prompt", "images", "image", "audios", "audio")
+
+def _prompt_columns() -> set[str]:
+    """Columns `TRL-Prompt` reads itself (`prompt` and the modality table's row columns); every other column of a row
+    reaches the reward functions."""
+    return {"prompt", *(column for modality in MODALITIES.values() for column in modality.row_columns)}
 
 
 class PromptMessages(list):
@@ -68,29 +74,31 @@ class PromptMessages(list):
 
 @register_template("TRL-Prompt", required_columns=("prompt",), aliases=("prompt-only", "GRPO"))
 def trl_prompt(row: dict[str, Any]) -> PromptMessages:
-    """TRL's prompt-only format: `prompt` (a string or messages), media in `images` / `audios`; the other columns go
-    to the reward functions."""
-    images, audios = _media_list(row, "image", "images"), _media_list(row, "audio", "audios")
+    """TRL's prompt-only format: `prompt` (a string or messages), media in the modality table's row columns (`images`
+    / `image`, `videos` / `video`, `audios` / `audio`); the other columns go to the reward functions."""
+    row_media = media_of(row)
     prompt = row.get("prompt")
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError(f"{row_name(row)} has an empty `prompt`.")
-        messages = _prompt_with_media(row, prompt, images, audios)
+        messages = _prompt_with_media(row, prompt, row_media)
     else:
-        media = {"image": list(images), "audio": list(audios)}
+        media = {name: list(refs) for name, refs in row_media.items()}
         messages = _conversation(row, prompt, "prompt", media)
-        for kind in ("image", "audio"):
-            if media[kind] and _count_media(messages, kind) == 0:
+        for name, modality in MODALITIES.items():
+            if media.get(name) and _count_media(messages, name) == 0:
                 # Media given but not placed: in front of the first user turn, as for a string prompt.
                 first = next((m for m in messages if m["role"] == "user"), None)
                 if first is None:
-                    raise ValueError(f"{row_name(row)} has {kind} items but no user turn to attach them to.")
-                first["content"] = [{"type": kind, kind: ref} for ref in media[kind]] + first["content"]
-                media[kind] = []
-        left = {kind: len(refs) for kind, refs in media.items() if refs}
+                    raise ValueError(f"{row_name(row)} has {name} items but no user turn to attach them to.")
+                part = modality.content_type
+                first["content"] = [{"type": part, name: ref} for ref in media[name]] + first["content"]
+                media[name] = []
+        left = {name: len(refs) for name, refs in media.items() if refs}
         if left:
             raise ValueError(f"{row_name(row)} has media the prompt does not place: {left}. Add one item per medium.")
-    columns = {key: value for key, value in row.items() if key not in _PROMPT_COLUMNS and key != BAD_ROW_COLUMN}
+    skip = _prompt_columns()
+    columns = {key: value for key, value in row.items() if key not in skip and key != BAD_ROW_COLUMN}
     return PromptMessages(messages, columns, raw_prompt=prompt)
 
 
@@ -173,16 +181,16 @@ class PromptCollator(MultimodalCollator):
             )
 
     def _render_prompt(self, messages: list[Message]) -> str:
-        plain = [_without_media(message) for message in messages]
+        plain = media_as_types(list(messages))
         return render_jinja_template(
             [plain], chat_template=self.chat_template, add_generation_prompt=True, **self.tokenizer.special_tokens_map
         )[0][0]
 
     def _encode_item(self, messages: PromptMessages, index: int) -> dict[str, Any] | None:
         text = self._render_prompt(messages)
-        images, clips = self._load_media(list(messages))
-        self._check_placeholders(text, images, clips, index)
-        encoded = self._process(text, images, clips)
+        media = self._load_media(list(messages))
+        self._check_placeholders(text, media, index)
+        encoded = self._process(text, media)
         sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
         sample["media"] = {
             key: value for key, value in encoded.items() if key not in _PER_TOKEN_KEYS and key not in _DROPPED_KEYS
@@ -231,10 +239,7 @@ class PromptCollator(MultimodalCollator):
         """Tokens of the rendered prompt (generation prompt included, media expanded), without loading media."""
         text = self._render_prompt(messages)
         length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
-            if token is not None and (count := text.count(token)):
-                length += count * (self._tokens_per(modality) - 1)
-        return length
+        return length + self._media_length(list(messages))
 
 
 def left_pad(prompts: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
@@ -254,11 +259,18 @@ def left_pad(prompts: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]
         for p in prompts
     ])  # fmt: skip
     media_keys = sorted({key for prompt in prompts for key in prompt["media"]})
+    batch["media_counts"] = {}
     for key in media_keys:
-        batch[key] = torch.cat([prompt["media"][key] for prompt in prompts if key in prompt["media"]])
-    batch["media_counts"] = {
-        key: [len(prompt["media"][key]) if key in prompt["media"] else 0 for prompt in prompts] for key in media_keys
-    }
+        values = [prompt["media"].get(key) for prompt in prompts]
+        batch[key] = concat_media([value for value in values if value is not None])
+        # Leading items of each prompt in the batch's layout: videos of unequal frame counts are flattened to frames.
+        flattened = any(value is not None and value.dim() > batch[key].dim() for value in values)
+        batch["media_counts"][key] = [
+            0
+            if value is None
+            else (value.shape[: value.dim() - batch[key].dim() + 1].numel() if flattened else len(value))
+            for value in values
+        ]
     return batch
 
 

@@ -1,4 +1,4 @@
-"""On-policy alignment (GRPO) of image, audio and mixed any-to-text models on the stock `Trainer`.
+"""On-policy alignment (GRPO) of image, audio, video and mixed any-to-text models on the stock `Trainer`.
 
 From stage 2's output, LoRA on the language model, an exact-match reward function::
 
@@ -57,6 +57,7 @@ from transformers.utils import logging
 from ..data.collator import EMPTY_BATCH_KEY
 from ..data.preference import pair_attention_mask
 from ..data.prompts import PromptCollator
+from ..modalities import MODALITIES
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .dpo import _config_of, _prepare_deepspeed, disable_dropout, pair_forward
 from .model import load_model_and_processor
@@ -813,7 +814,9 @@ def group_model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _count_media(inputs: Mapping[str, Any]) -> int:
-    return sum(len(inputs[key]) for key in ("pixel_values", "input_features") if torch.is_tensor(inputs.get(key)))
+    """Media items the inputs hold (each modality's first output key, items along dim 0)."""
+    keys = {modality.output_keys[0] for modality in MODALITIES.values()}
+    return sum(len(inputs[key]) for key in keys if torch.is_tensor(inputs.get(key)))
 
 
 def split_by_prompt(scored: dict[str, Any], parts: int) -> list[dict[str, Any]]:
