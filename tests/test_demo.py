@@ -61,3 +61,44 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     history = json.loads((out / "stage2/trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0] / 3
+
+
+def test_video_direction_needs_the_frame_order(tmp_path):
+    """Opposite directions are the same frames in reverse order: a bag of frames cannot tell them apart."""
+    import numpy as np
+
+    av = pytest.importorskip("av", reason='the video demo needs PyAV: pip install "any2text[video]"')
+    from any2text.demo.synthetic_video import DIRECTIONS, generate_video_data, make_video
+
+    for direction, reverse in (("left", "right"), ("up", "down")):
+        clip = make_video(direction, rng=np.random.default_rng(7))
+        assert np.array_equal(clip, make_video(reverse, rng=np.random.default_rng(7))[::-1])
+        assert not np.array_equal(clip, clip[::-1])  # ... yet the clip itself moves
+    # The shape's centre moves the named way.
+    # (summing a frame over axis 0 profiles its columns, x; over axis 1 its rows, y)
+    for direction, axis, sign in (("right", 0, 1), ("left", 0, -1), ("down", 1, 1), ("up", 1, -1)):
+        clip = make_video(direction, rng=np.random.default_rng(3)).sum(-1)
+        centre = [np.nonzero(frame.sum(axis))[0].mean() for frame in clip]
+        assert sign * (centre[-1] - centre[0]) > 8, (direction, centre)
+
+    meta = generate_video_data(tmp_path, n_train=8, n_test=4, seed=0, placeholder="<image>")
+    assert meta["counts"] == {
+        "train": dict.fromkeys(sorted(DIRECTIONS), 2),
+        "test": dict.fromkeys(sorted(DIRECTIONS), 1),
+    }
+    rows = json.loads((tmp_path / "train.json").read_text())
+    assert rows[0]["conversations"][0]["value"].startswith("<image>\n")  # LLaVA-Video-178K's tag for the video
+    with av.open(str(tmp_path / rows[0]["video"])) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 8 and frames[0].shape == (32, 32, 3)
+    mvbench = json.loads((tmp_path / "test_mvbench.json").read_text())
+    assert [row["answer"] for row in mvbench] == [
+        row["conversations"][1]["value"] for row in json.loads((tmp_path / "test.json").read_text())
+    ]
+    assert all(sorted(row["candidates"]) == sorted(DIRECTIONS) for row in mvbench)
+    # Same seed, same bytes.
+    again = generate_video_data(tmp_path / "again", n_train=8, n_test=4, seed=0, placeholder="<image>")
+    assert (
+        again == meta
+        and (tmp_path / "again" / rows[0]["video"]).read_bytes() == (tmp_path / rows[0]["video"]).read_bytes()
+    )
