@@ -83,9 +83,9 @@ def test_audio_turn_streams_greedy_answer(served, media):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("notes.txt", "`notes.txt` is a `text/plain` file, not an image or audio clip. Send an image (PNG"),
+        ("notes.txt", "`notes.txt` is a `text/plain` file, not an image, audio clip or video. Send an image (PNG"),
         ("broken.png", "`broken.png` could not be read as image ("),
-        ("clip.mp4", "`clip.mp4` is a video; the chat takes images and audio clips"),
+        ("clip.mp4", "This model does not take video (it takes images and audio); `clip.mp4` was not sent."),
     ],
 )
 def test_bad_media_are_answered_in_the_chat_and_left_out_of_the_context(served, media, name, message):
