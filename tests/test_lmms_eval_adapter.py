@@ -72,14 +72,19 @@ def test_to_conversation_maps_lmms_eval_parts():
         [{"role": "user", "content": [{"type": "video", "url": {"array": clip, "sampling_rate": 8000}}]}]
     )
     assert relabelled[0]["content"][0]["type"] == "audio"
-    with pytest.raises(ValueError, match=r"Message 0 has a `video` part"):
-        to_conversation([{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}]}])
+    # ... and a video file is a video (MVBench's and Video-MME's `doc_to_visual` give paths).
+    assert to_conversation([{"role": "user", "content": [{"type": "video", "url": "clip.mp4"}]}]) == [
+        {"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}
+    ]
+    with pytest.raises(ValueError, match=r"Message 0 has a `sound` part"):
+        to_conversation([{"role": "user", "content": [{"type": "sound", "url": "clip.mp4"}]}])
 
 
 def test_simple_requests_put_visuals_before_the_context():
     image, clip = make_image("blue"), {"array": make_tone(300.0, 0.5, 8000), "sampling_rate": 8000}
-    (turn,) = visuals_conversation("Question?", [image, clip])
-    assert [part["type"] for part in turn["content"]] == ["image", "audio", "text"]
+    (turn,) = visuals_conversation("Question?", [image, clip, "/data/mvbench/video_1.mp4"])
+    assert [part["type"] for part in turn["content"]] == ["image", "audio", "video", "text"]
+    assert turn["content"][2]["video"] == "/data/mvbench/video_1.mp4"
     assert visuals_conversation("Only text", None) == [
         {"role": "user", "content": [{"type": "text", "text": "Only text"}]}
     ]
