@@ -14,7 +14,9 @@ What is written (`generate_video_data`), all relative to the output folder:
 - `train.json` / `test.json`: rows in the LLaVA-Video-178K layout, `{"id", "video": "videos/<id>.mp4",
   "conversations": [{"from": "human", "value": "<video>\\nWhich way does the shape move?"}, {"from": "gpt",
   "value": "left"}], "question_type": "video_direction", "data_source": "synthetic"}` (`placeholder="<image>"` writes
-  the `<image>` tag LLaVA-Video-178K uses for its videos);
+  the `<image>` tag LLaVA-Video-178K uses for its videos); with `multiple_choice > 0` that fraction of the training
+  rows asks the MVBench prompt instead (the question, the four directions as options, "Only give the best option.")
+  and is answered with the letter, like LLaVA-Video-178K's multi-choice split;
 - `test_mvbench.json`: the held-out clips as MVBench multiple-choice rows, `{"video", "question", "candidates",
   "answer"}` (the answer is the text of the right candidate), for `any2text eval --benchmark mvbench`;
 - `meta.json`: the answers, chance, counts per split and the file names.
@@ -184,6 +186,7 @@ def generate_video_data(
     image_size: int = 32,
     placeholder: str = VIDEO_TOKEN,
     fps: int = 8,
+    multiple_choice: float = 0.0,
 ) -> dict:
     """Writes the direction-of-motion video question set (see the module docstring) and returns `meta.json`'s content.
 
@@ -197,7 +200,12 @@ def generate_video_data(
         placeholder (`str`, *optional*, defaults to `"<video>"`): the tag standing for the video in the question;
             `"<image>"` is LLaVA-Video-178K's.
         fps (`int`, *optional*, defaults to 8): frame rate written in the mp4 files.
+        multiple_choice (`float`, *optional*, defaults to 0.0): fraction of the training rows that ask the MVBench
+            prompt (`any2text eval --benchmark mvbench`'s, with shuffled options) and answer with the letter.
     """
+    from ..evaluation.benchmarks import get_benchmark
+
+    mvbench = get_benchmark("mvbench").prompt_template
     if n_train < 1 or n_test < 0:
         raise ValueError(f"Expected `n_train` >= 1 and `n_test` >= 0, got {n_train} and {n_test}.")
     out = Path(output_dir)
@@ -207,28 +215,31 @@ def generate_video_data(
     rng = np.random.default_rng(seed)
     clips = DistinctClips()
     counts: dict[str, dict[str, int]] = {}
-    mvbench = []
+    mc_rows = []
     for split, n_rows in (("train", n_train), ("test", n_test)):
         rows = []
         for i, answer in enumerate(balanced_answers(n_rows, rng)):
             row_id = f"{split}-{i:06d}"
             video = f"videos/{row_id}.mp4"
             (out / video).write_bytes(encode_mp4(draw_clip(answer, rng, clips, num_frames, image_size), fps))
-            question = QUESTIONS[int(rng.integers(len(QUESTIONS)))]
+            question, target = QUESTIONS[int(rng.integers(len(QUESTIONS)))], answer
+            if split == "train" and rng.random() < multiple_choice:
+                mc_row = _mvbench_row(video, answer, rng)
+                question, target = mvbench.prompt(mc_row), mvbench.target(mc_row)
             rows.append({
                 "id": row_id, "video": video, "question_type": QUESTION_TYPE, "data_source": "synthetic",
                 "conversations": [{"from": "human", "value": f"{placeholder}\n{question}"},
-                                  {"from": "gpt", "value": answer}],
+                                  {"from": "gpt", "value": target}],
             })  # fmt: skip
             if split == "test":
-                mvbench.append(_mvbench_row(video, answer, rng))
+                mc_rows.append(_mvbench_row(video, answer, rng))
             counts.setdefault(split, {}).setdefault(answer, 0)
             counts[split][answer] += 1
         (out / f"{split}.json").write_text(json.dumps(rows, indent=1))
-    (out / "test_mvbench.json").write_text(json.dumps(mvbench, indent=1))
+    (out / "test_mvbench.json").write_text(json.dumps(mc_rows, indent=1))
     meta = {
         "seed": seed, "n_train": n_train, "n_test": n_test, "num_frames": num_frames, "image_size": image_size,
-        "fps": fps, "question_type": QUESTION_TYPE, "answers": list(DIRECTIONS), "chance": 1 / len(DIRECTIONS),
+        "fps": fps, "multiple_choice": multiple_choice, "question_type": QUESTION_TYPE, "answers": list(DIRECTIONS), "chance": 1 / len(DIRECTIONS),
         "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
         "files": {"train": "train.json", "test": "test.json", "mvbench": "test_mvbench.json", "videos": "videos/"},
     }  # fmt: skip
@@ -247,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_frames", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--placeholder", default=VIDEO_TOKEN, help="`<video>`, or `<image>` as LLaVA-Video-178K")
+    parser.add_argument("--multiple_choice", type=float, default=0.0, help="fraction of MVBench-prompt train rows")
     args = parser.parse_args(argv)
     meta = generate_video_data(**vars(args))
     print(
