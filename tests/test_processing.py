@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer, ClapFeatureExtractor
 
 from any2text.builders.presets import tiny_tokenizer_path
 from any2text.data.media import load_audio
@@ -16,7 +16,25 @@ from any2text.evaluation import chat
 from any2text.models.llama_vision_audio.processing_llama_vision_audio import LlamaVisionAudioProcessor
 from conftest import make_image, make_tone
 
-TEXT, IMAGE, AUDIO = 0, 1, 3  # transformers' `mm_token_type_ids` convention
+TEXT, IMAGE, VIDEO, AUDIO = 0, 1, 2, 3  # transformers' `mm_token_type_ids` convention
+
+
+@pytest.fixture(scope="module")
+def video_processor(tester):
+    """The tiny processor with a tokenizer that knows `<video>` (the builders add it beside `<image>`)."""
+    tokenizer = tester.get_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<audio>", "<video>"]})
+    base = tester.get_processor()
+    return LlamaVisionAudioProcessor(base.image_processor, base.feature_extractor, tokenizer, image_seq_length=16)
+
+
+def moving_bar(num_frames: int = 12, height: int = 10, width: int = 14) -> np.ndarray:
+    """uint8 `(T, H, W, 3)` frames that all differ."""
+    video = np.zeros((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        video[t, :, t % width, 0] = 255
+        video[t, :, :, 1] = 20 * t
+    return video
 
 
 def test_placeholders_expand_and_types_follow_transformers_convention(processor, tester):
@@ -28,18 +46,15 @@ def test_placeholders_expand_and_types_follow_transformers_convention(processor,
         padding=True,
         return_tensors="pt",
     )
-    assert (
-        set(out)
-        == set(processor.model_input_names)
-        == {
-            "input_ids",
-            "attention_mask",
-            "mm_token_type_ids",
-            "pixel_values",
-            "input_features",
-            "is_longer",
-        }
-    )
+    assert set(out) == {
+        "input_ids",
+        "attention_mask",
+        "mm_token_type_ids",
+        "pixel_values",
+        "input_features",
+        "is_longer",
+    }
+    assert set(processor.model_input_names) == set(out) | {"pixel_values_videos"}
     ids, types = out["input_ids"][0], out["mm_token_type_ids"][0]
     assert (ids == tester.image_token_id).sum() == processor.image_seq_length == 16
     assert (ids == tester.audio_token_id).sum() == processor.audio_seq_length == 64
@@ -251,8 +266,10 @@ def test_media_count_mismatch_is_a_clear_error(processor):
         processor(text="<image> hi", images=[make_image(), make_image()])
     with pytest.raises(ValueError, match="1 <audio> tokens in the text but no audio"):
         processor(text="<audio> hi")
-    with pytest.raises(ValueError, match="not videos"):
-        processor(text="hi", videos=[np.zeros((2, 8, 8, 3), dtype=np.uint8)])
+    with pytest.raises(ValueError, match="1 <video> tokens and 2 videos"):
+        processor(text="<video> hi", videos=[moving_bar(), moving_bar()])
+    with pytest.raises(ValueError, match="tokenizer does not know `<video>`"):
+        processor(text="<video> hi", videos=[moving_bar()])
 
 
 def test_empty_text_is_a_clear_error_not_a_float_tensor(processor):
@@ -397,3 +414,109 @@ def test_16_bit_grayscale_images_are_scaled_not_saturated(tester, tmp_path):
     got = processor(text="<image>", images=[sixteen], return_tensors="pt")["pixel_values"]
     want = processor(text="<image>", images=[eight], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(got, want)
+
+
+def test_a_video_expands_to_frames_times_pooled_patches_through_the_image_processor(video_processor):
+    """One `<video>` = T * `video_frame_seq_length` video tokens (type 2); frames are the CLIP image processor's."""
+    processor = video_processor
+    assert processor.video_frame_seq_length == 4  # 16 tokens per 8x8 image (4x4 patches) -> 2x2 after pooling
+    videos = [moving_bar(12), moving_bar(8, 16, 6)]
+    out = processor(
+        text=["a <video> b <image>", "<video> c"],
+        images=[moving_bar(1)[0]],
+        videos=videos,
+        padding=True,
+        return_tensors="pt",
+    )
+    assert set(out) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "pixel_values_videos"}
+    video_id = processor.video_token_id
+    assert [int((row == video_id).sum()) for row in out["input_ids"]] == [8 * 4, 8 * 4]
+    assert torch.equal(out["mm_token_type_ids"] == VIDEO, out["input_ids"] == video_id)
+    assert int((out["mm_token_type_ids"] == IMAGE).sum()) == 16
+    # The first video has 12 frames: 8 sampled uniformly (`arange(8) * 12 // 8`); the second exactly 8, kept.
+    assert out["pixel_values_videos"].shape == (16, 3, 8, 8)
+    frames = list(videos[0][np.arange(8) * 12 // 8]) + list(videos[1])
+    as_images = processor.image_processor(frames, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(out["pixel_values_videos"], as_images)
+    counts = processor._get_num_multimodal_tokens(video_sizes=[(8, 10, 14), (3, 16, 6)])
+    assert counts.num_video_tokens == [32, 12]
+
+
+def test_frame_sampling_per_call_and_saved_with_the_processor(video_processor, tmp_path):
+    processor, video = video_processor, moving_bar(12)
+    for kwargs, frames in [({"num_frames": 3}, 3), ({"do_sample_frames": False}, 12), ({}, 8)]:
+        out = processor(text="<video>", videos=[video], return_tensors="pt", **kwargs)
+        assert out["pixel_values_videos"].shape[0] == frames, kwargs
+        assert int((out["mm_token_type_ids"] == VIDEO).sum()) == frames * 4, kwargs
+    # `fps` needs a frame rate, which frames in memory do not have.
+    with pytest.raises(ValueError, match="no frame rate"):
+        processor(text="<video>", videos=[video], fps=2)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        LlamaVisionAudioProcessor(processor.image_processor, processor.feature_extractor, processor.tokenizer, fps=1)
+    by_fps = LlamaVisionAudioProcessor(
+        processor.image_processor, processor.feature_extractor, processor.tokenizer, num_frames=None, fps=1.5
+    )
+    by_fps.save_pretrained(tmp_path / "fps")
+    loaded = AutoProcessor.from_pretrained(tmp_path / "fps")
+    assert (loaded.num_frames, loaded.fps, loaded.video_frame_seq_length) == (None, 1.5, 144)
+    processor.save_pretrained(tmp_path / "frames")
+    loaded = AutoProcessor.from_pretrained(tmp_path / "frames")
+    assert (loaded.num_frames, loaded.fps, loaded.video_frame_seq_length, loaded.video_token) == (
+        8,
+        None,
+        4,
+        "<video>",
+    )
+    four = LlamaVisionAudioProcessor(
+        processor.image_processor, processor.feature_extractor, processor.tokenizer, image_seq_length=16, num_frames=4
+    )
+    four.save_pretrained(tmp_path / "four")
+    out = AutoProcessor.from_pretrained(tmp_path / "four")(text="<video>", videos=[video], return_tensors="pt")
+    assert out["pixel_values_videos"].shape[0] == 4
+
+
+@pytest.mark.parametrize(("image_seq_length", "expected"), [(576, 144), (577, 145), (16, 4), (49, 9)])
+def test_video_frame_seq_length_defaults_to_the_configs_rule(tester, image_seq_length, expected):
+    """CLIP-L/336: 24x24 patches -> 12x12 after 2x2 pooling; with the CLS embedding kept ("full") one more."""
+    processor = LlamaVisionAudioProcessor(
+        tester.get_processor().image_processor,
+        ClapFeatureExtractor(),
+        tester.tokenizer,
+        image_seq_length=image_seq_length,
+    )
+    assert processor.video_frame_seq_length == expected
+
+
+def test_video_inputs_every_form_and_nesting(video_processor, tmp_path):
+    """A path (file or frame folder), PIL frames, an array / tensor, batched as apply_chat_template nests them."""
+    from PIL import Image
+
+    processor, video = video_processor, moving_bar(8)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(video):
+        Image.fromarray(frame).save(folder / f"{i:02d}.png")
+    reference = processor(text="<video>", videos=[video], return_tensors="pt")["pixel_values_videos"]
+    forms = [folder, str(folder), [Image.fromarray(f) for f in video], torch.from_numpy(video), video[None], [[video]]]
+    for form in forms:
+        out = processor(text="<video>", videos=form, return_tensors="pt")
+        torch.testing.assert_close(out["pixel_values_videos"], reference)
+    # lmms-eval's generic model passes `videos=[]` with text-only prompts.
+    assert "pixel_values_videos" not in processor(text="hi", videos=[], return_tensors="pt")
+
+
+def test_chat_template_video_parts(video_processor):
+    messages = [
+        {"role": "user", "content": [{"type": "video", "video": moving_bar(10)}, {"type": "text", "text": "Where?"}]},
+    ]
+    text = video_processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert "<|start_header_id|>user<|end_header_id|>\n\n<video>\nWhere?<|eot_id|>" in text
+    out = video_processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs={"num_frames": 5}
+    )
+    assert out["pixel_values_videos"].shape == (5, 3, 8, 8)
+    assert int((out["input_ids"] == video_processor.video_token_id).sum()) == 5 * 4
+    batched = video_processor.apply_chat_template(
+        [messages, messages], tokenize=True, return_dict=True, return_tensors="pt", padding=True
+    )
+    assert batched["pixel_values_videos"].shape == (16, 3, 8, 8)

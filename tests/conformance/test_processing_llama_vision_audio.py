@@ -1,7 +1,7 @@
 """transformers' own `ProcessorTesterMixin` (from the pinned sdist) run against `LlamaVisionAudioProcessor`.
 
 Written on the pattern of transformers' `tests/models/llava/test_processing_llava.py` and
-`tests/models/gemma3n/test_processing_gemma3n.py`, with tiny local parts instead of Hub ids. Two adaptations, both
+`tests/models/gemma3n/test_processing_gemma3n.py`, with tiny local parts instead of Hub ids. Three adaptations, all
 about inputs, none about what is checked:
 
 - transformers' test clips carry no sampling rate, and this processor never guesses one (a wrong guess silently
@@ -9,6 +9,9 @@ about inputs, none about what is checked:
   the rate a user passes, `sampling_rate=`, and the processors of `get_processor()` (the ones the mixin then calls
   with bare clips, as vLLM does) carry the serving engines' promise `audio_at_feature_extractor_rate=True` as a
   processor default.
+- Videos go frame by frame through the image processor (transformers' video processors need torchvision), so the
+  mixin's video tests, which look for a `video_processor` sub-processor, are pointed at the image processor
+  (`get_subprocessor_name`); the one that calls that sub-processor on a whole video is skipped with its reason.
 - The mixin imports `url_to_local_path` from transformers' repository `utils/`, which the sdist does not ship; when
   it is missing, a stand-in maps the test image's and test clips' URLs to local files made here (what transformers'
   CI pre-fetch does with the real files) and leaves other URLs (videos: their tests need torchcodec) unchanged.
@@ -74,7 +77,8 @@ class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     @classmethod
     def _setup_tokenizer(cls):
         tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-        tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>", "<audio>"]})
+        special = ["<image>", "<audio>", "<video>"]
+        tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": special})
         return tokenizer
 
     @classmethod
@@ -93,6 +97,27 @@ class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
         processor = super().get_processor(use_tiny_ckpt)
         processor.audio_kwargs = {RATE_PROMISE: True}
         return processor
+
+    def get_subprocessor_name(self, modality: str, attributes: list):
+        # Videos go frame by frame through the image processor (`processor.video_processor` is it): the mixin's
+        # multi-modality tests then pass videos too, instead of a `<video>` in the text with no video.
+        if modality == "videos":
+            return "image_processor"
+        return super().get_subprocessor_name(modality, attributes)
+
+    def test_subprocessor_defaults_2_videos(self):
+        self.skipTest(
+            "Compares the processor with a video sub-processor called on the video; here the image processor takes the "
+            "frames (tests/test_processing.py checks that `pixel_values_videos` equals it on the sampled frames)."
+        )
+
+    def test_init_arguments_not_in_processor_kwargs(self):
+        """The mixin's check, less `num_frames` / `fps`: the processor's saved frame sampling, which a call may
+        override, as the video processors that the mixin's docstring exempts do (this processor is ours)."""
+        overlap = (
+            self._get_explicit_arguments(self.processor_class.__init__) & self._get_valid_processor_kwargs_names()
+        )
+        self.assertEqual(overlap - {"image_seq_length"}, {"num_frames", "fps"})
 
     def test_get_num_vision_tokens(self):
         """As Llava's test: the helper vLLM uses, here for both modalities."""
