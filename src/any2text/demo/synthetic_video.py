@@ -1,22 +1,27 @@
-"""A synthetic video question whose answer depends on the ORDER of the frames: which way does the shape move?
+"""A synthetic video question whose answer depends on the ORDER of the frames: which colour does the shape turn?
 
-Every clip shows one solid shape gliding in a straight line from near one edge of the frame to near the opposite
-edge: `left`, `right`, `up` or `down`. A clip moving left is exactly the frames of a clip moving right played
-backwards (`make_video` draws the same path and reverses it), so the *set* of frames says nothing about left against
-right (or up against down): a model that pools frames as a bag scores at most 50% on this question, chance is 25%,
-and only a model that reads the frames in order can pass. Everything else (colour, shape, size, the cross-axis
-position, the start and end points) is drawn at random, so nothing but the motion tells the answer.
+Every clip shows one solid shape that keeps its place and size and changes colour exactly halfway: the first half of
+the frames in one colour, the second half in another. A clip turning red -> blue is exactly the frames of a clip
+turning blue -> red played backwards (`make_video("red", "blue")[::-1] == make_video("blue", "red")` for the same
+draws), and both colours fill the same number of frames, so the *set* of frames says nothing about which colour came
+last: a model that pools frames as a bag scores at most 50% on this question, chance is 25%, and only a model that
+reads the frames in order can pass. Everything else (shape, size, position, brightness, the first colour) is drawn at
+random, so nothing but the order tells the answer.
+
+(A shape moving left or right has the same property, but the tiny demo model did not learn it: 640 clips x 8 epochs
+stayed at chance, because the direction hides in where the shape is inside the first frame's pooled patch grid. The
+last colour is read off the latest frame's tokens, which a 3-layer model learns in the demo's budget.)
 
 What is written (`generate_video_data`), all relative to the output folder:
 
 - `videos/<id>.mp4`: H.264 clips of `num_frames` frames (8 by default, the processor's default `num_frames`, so
   nothing is resampled) at the demo's image size, written with PyAV;
 - `train.json` / `test.json`: rows in the LLaVA-Video-178K layout, `{"id", "video": "videos/<id>.mp4",
-  "conversations": [{"from": "human", "value": "<video>\\nWhich way does the shape move?"}, {"from": "gpt",
-  "value": "left"}], "question_type": "video_direction", "data_source": "synthetic"}` (`placeholder="<image>"` writes
-  the `<image>` tag LLaVA-Video-178K uses for its videos); with `multiple_choice > 0` that fraction of the training
-  rows asks the MVBench prompt instead (the question, the four directions as options, "Only give the best option.")
-  and is answered with the letter, like LLaVA-Video-178K's multi-choice split;
+  "conversations": [{"from": "human", "value": "<video>\\nWhat colour does the shape turn?"}, {"from": "gpt",
+  "value": "blue"}], "question_type": "video_color_change", "data_source": "synthetic"}` (`placeholder="<image>"`
+  writes the `<image>` tag LLaVA-Video-178K uses for its videos); with `multiple_choice > 0` that fraction of the
+  training rows asks the MVBench prompt instead (the question, the four colours as options, "Only give the best
+  option.") and is answered with the letter, like LLaVA-Video-178K's multi-choice split;
 - `test_mvbench.json`: the held-out clips as MVBench multiple-choice rows, `{"video", "question", "candidates",
   "answer"}` (the answer is the text of the right candidate), for `any2text eval --benchmark mvbench`;
 - `meta.json`: the answers, chance, counts per split and the file names.
@@ -25,7 +30,7 @@ Example:
 
 ```python
 >>> from any2text.demo.synthetic_video import generate_video_data, make_video
->>> frames = make_video("right", num_frames=8, image_size=32)
+>>> frames = make_video("red", "blue", num_frames=8, image_size=32)
 >>> frames.shape
 (8, 32, 32, 3)
 >>> meta = generate_video_data("video_data", n_train=400, n_test=100, seed=0)
@@ -52,68 +57,66 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<video>"
-DIRECTIONS = ("left", "right", "up", "down")
-# The direction each one is the time reversal of: the same frames, played backwards.
-REVERSED = {"left": "right", "right": "left", "up": "down", "down": "up"}
-QUESTION_TYPE = "video_direction"
+# Saturated colours (channels on / off), the image questions' own, so a random frozen encoder tells them apart.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (1, 0, 0),
+    "green": (0, 1, 0),
+    "blue": (0, 0, 1),
+    "yellow": (1, 1, 0),
+}
+COLOR_NAMES = tuple(COLORS)
+QUESTION_TYPE = "video_color_change"
 QUESTIONS = (
-    "Which way does the shape move?",
-    "In which direction is the shape moving?",
-    "Does the object move left, right, up or down?",
-    "Which direction does the shape travel?",
+    "What colour does the shape turn?",
+    "Which colour does the object change to?",
+    "What colour is the shape at the end?",
+    "The shape changes colour. Into which colour?",
 )
-MVBENCH_QUESTION = "Which direction is the shape moving in?"
-# Saturated colours (channel on/off), as the image questions use, so a random frozen encoder still sees the shape.
-_COLORS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0))
-# Shape side as a fraction of the frame, and how close to the edges a path starts and ends (fraction of the frame).
-_SIDE_RANGE = (0.3, 0.4)
-_EDGE_MARGIN = 0.1
+MVBENCH_QUESTION = "What color does the shape change to?"
+# Shape side as a fraction of the frame.
+_SIDE_RANGE = (0.4, 0.6)
 
 
 def make_video(
-    direction: str, num_frames: int = 8, image_size: int = 32, rng: np.random.Generator | None = None
+    first: str, then: str, num_frames: int = 8, image_size: int = 32, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """Frames of one solid shape moving in `direction`, from near one edge to near the opposite one.
+    """Frames of one solid shape, in colour `first` for the first half of the frames and `then` for the second half.
 
-    The path is drawn for `right` (or `down`) and reversed for `left` (or `up`): with the same `rng` state,
-    `make_video("left", ...)` is `make_video("right", ...)[::-1]`.
+    Shape (circle or square), size, position and brightness are drawn once per clip and do not depend on the colours,
+    so with the same `rng` state `make_video(a, b)[::-1]` equals `make_video(b, a)` (for an even `num_frames`).
 
     Args:
-        direction (`str`): one of `DIRECTIONS`.
-        num_frames (`int`, *optional*, defaults to 8): frames in the clip (at least 2).
+        first (`str`): the colour of the first half, one of `COLORS`.
+        then (`str`): the colour of the second half, one of `COLORS`, not `first`.
+        num_frames (`int`, *optional*, defaults to 8): frames in the clip (even, at least 2).
         image_size (`int`, *optional*, defaults to 32): frame width and height in pixels (at least 16, even, as
             H.264 needs).
-        rng (`np.random.Generator`, *optional*): source of the colour, shape, size and path; a fixed default when
-            omitted.
+        rng (`np.random.Generator`, *optional*): source of the shape, size, position and brightness; a fixed default
+            when omitted.
 
     Returns:
         `np.ndarray`: uint8 frames `(num_frames, image_size, image_size, 3)`.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"Expected `direction` in {list(DIRECTIONS)}, got {direction!r}.")
-    if num_frames < 2:
-        raise ValueError(f"A motion needs at least 2 frames, got `num_frames={num_frames}`.")
+    if first not in COLORS or then not in COLORS or first == then:
+        raise ValueError(f"Expected two different colours from {list(COLORS)}, got {first!r} and {then!r}.")
+    if num_frames < 2 or num_frames % 2:
+        raise ValueError(f"Both colours fill half the clip: `num_frames` must be even and >= 2, got {num_frames}.")
     if image_size < 16 or image_size % 2:
         raise ValueError(f"`image_size` must be even and at least 16 pixels, got {image_size}.")
     rng = rng if rng is not None else np.random.default_rng(0)
     side = int(rng.integers(round(_SIDE_RANGE[0] * image_size), round(_SIDE_RANGE[1] * image_size) + 1))
-    margin = round(_EDGE_MARGIN * image_size)
-    start = int(rng.integers(0, margin + 1))
-    end = int(rng.integers(image_size - side - margin, image_size - side + 1))
-    across = int(rng.integers(0, image_size - side + 1))
-    fill = tuple(int(c * rng.integers(190, 256)) for c in _COLORS[int(rng.integers(len(_COLORS)))])
+    x0, y0 = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
+    brightness = int(rng.integers(190, 256))
     circle = bool(rng.integers(2))
-
-    frames = []
-    for along in np.round(np.linspace(start, end, num_frames)).astype(int):
-        x0, y0 = (along, across) if direction in ("left", "right") else (across, along)
+    halves = []
+    for colour in (first, then):
         image = Image.new("RGB", (image_size, image_size), (0, 0, 0))
         draw = ImageDraw.Draw(image)
         box = (x0, y0, x0 + side - 1, y0 + side - 1)
+        fill = tuple(c * brightness for c in COLORS[colour])
         draw.ellipse(box, fill=fill) if circle else draw.rectangle(box, fill=fill)
-        frames.append(np.asarray(image))
-    video = np.stack(frames)
-    return video[::-1].copy() if direction in ("left", "up") else video
+        halves.append(np.repeat(np.asarray(image)[None], num_frames // 2, axis=0))
+    return np.concatenate(halves)
 
 
 def _import_av():
@@ -140,8 +143,8 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
 
 
 def balanced_answers(n_rows: int, rng: np.random.Generator) -> list[str]:
-    """`n_rows` directions, as even as `n_rows` allows, in random order (chance stays `1 / len(DIRECTIONS)`)."""
-    answers = [DIRECTIONS[i % len(DIRECTIONS)] for i in range(n_rows)]
+    """`n_rows` final colours, as even as `n_rows` allows, in random order (chance stays `1 / len(COLORS)`)."""
+    answers = [COLOR_NAMES[i % len(COLOR_NAMES)] for i in range(n_rows)]
     return [answers[i] for i in rng.permutation(n_rows)]
 
 
@@ -160,11 +163,12 @@ class DistinctClips:
 
 
 def draw_clip(
-    direction: str, rng: np.random.Generator, clips: DistinctClips, num_frames: int, image_size: int
+    then: str, rng: np.random.Generator, clips: DistinctClips, num_frames: int, image_size: int
 ) -> np.ndarray:
-    """A clip moving in `direction` that `clips` has not seen, redrawn until it is new."""
+    """A clip turning `then` (from another colour drawn at random) that `clips` has not seen, redrawn until it is."""
+    others = [c for c in COLOR_NAMES if c != then]
     for _ in range(1000):
-        frames = make_video(direction, num_frames, image_size, rng)
+        frames = make_video(others[int(rng.integers(len(others)))], then, num_frames, image_size, rng)
         if clips.admit(frames):
             return frames
     raise ValueError(
@@ -173,7 +177,7 @@ def draw_clip(
 
 
 def _mvbench_row(video: str, answer: str, rng: np.random.Generator) -> dict:
-    candidates = [DIRECTIONS[i] for i in rng.permutation(len(DIRECTIONS))]
+    candidates = [COLOR_NAMES[i] for i in rng.permutation(len(COLOR_NAMES))]
     return {"video": video, "question": MVBENCH_QUESTION, "candidates": candidates, "answer": answer}
 
 
@@ -188,7 +192,7 @@ def generate_video_data(
     fps: int = 8,
     multiple_choice: float = 0.0,
 ) -> dict:
-    """Writes the direction-of-motion video question set (see the module docstring) and returns `meta.json`'s content.
+    """Writes the colour-change video question set (see the module docstring) and returns `meta.json`'s content.
 
     Args:
         output_dir (`str` or `Path`): created if needed; `videos/` and the json files in it are replaced.
@@ -239,7 +243,7 @@ def generate_video_data(
     (out / "test_mvbench.json").write_text(json.dumps(mc_rows, indent=1))
     meta = {
         "seed": seed, "n_train": n_train, "n_test": n_test, "num_frames": num_frames, "image_size": image_size,
-        "fps": fps, "multiple_choice": multiple_choice, "question_type": QUESTION_TYPE, "answers": list(DIRECTIONS), "chance": 1 / len(DIRECTIONS),
+        "fps": fps, "multiple_choice": multiple_choice, "question_type": QUESTION_TYPE, "answers": list(COLOR_NAMES), "chance": 1 / len(COLOR_NAMES),
         "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
         "files": {"train": "train.json", "test": "test.json", "mvbench": "test_mvbench.json", "videos": "videos/"},
     }  # fmt: skip
@@ -249,7 +253,7 @@ def generate_video_data(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m any2text.demo.synthetic_video`: writes the direction-of-motion video question set."""
+    """`python -m any2text.demo.synthetic_video`: writes the colour-change video question set."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="video_data")
     parser.add_argument("--n_train", type=int, default=400)
@@ -270,4 +274,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DIRECTIONS", "QUESTIONS", "QUESTION_TYPE", "encode_mp4", "generate_video_data", "make_video"]
+__all__ = ["COLORS", "QUESTIONS", "QUESTION_TYPE", "encode_mp4", "generate_video_data", "make_video"]
