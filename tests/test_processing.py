@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from transformers import AutoProcessor, AutoTokenizer, ClapFeatureExtractor
+from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, ClapFeatureExtractor
 
 from any2text.builders.presets import tiny_tokenizer_path
 from any2text.data.media import load_audio
 from any2text.evaluation import chat
+from any2text.models.llama_vision_audio.feature_extraction_llama_vision_audio import LlamaVisionAudioFeatureExtractor
 from any2text.models.llama_vision_audio.processing_llama_vision_audio import LlamaVisionAudioProcessor
 from conftest import make_image, make_tone
 
@@ -138,47 +139,60 @@ def test_offsets_and_token_counts_for_serving_engines(processor):
     assert first[1]["new_span"] == (16 * 7 + 5, 16 * 7 + 5 + 64 * 7)
 
 
-def test_audio_requires_sampling_rate_and_accepts_raw_speech_alias(processor):
-    with pytest.raises(ValueError, match="`sampling_rate` is required"):
-        processor(text="<audio>", audio=[make_tone()])
-    by_audio = processor(text="<audio>", audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
-    by_alias = processor(text="<audio>", raw_speech=[make_tone()], sampling_rate=48000, return_tensors="pt")
-    torch.testing.assert_close(by_alias["input_features"], by_audio["input_features"])
+def test_audio_without_a_rate_is_taken_at_the_extractors_rate_with_a_warning(processor, caplog):
+    """As transformers' audio processors: no `sampling_rate` means the feature extractor's, and a warning names it.
 
-
-def test_serving_engines_opt_in_to_the_extractors_rate_and_nobody_else_gets_it(processor, tmp_path):
-    """vLLM resamples to the extractor's rate and calls without a rate; it says so with a documented flag."""
+    This is what vLLM's Transformers backend sends (it resamples to that rate first), so serving needs no flag."""
     clip = make_tone(440.0, 1.0)
     explicit = processor(text="<audio>", audio=[clip], sampling_rate=48000, return_tensors="pt")
-    # What vLLM's Transformers backend sends, with `--mm-processor-kwargs '{"audio_at_feature_extractor_rate": true}'`.
-    served = processor(
-        text="<audio>",
-        audio=[clip],
-        audio_at_feature_extractor_rate=True,
-        truncation=False,
-        add_special_tokens=False,
-        return_mm_token_type_ids=True,
-        return_tensors="pt",
-    )
+    with caplog.at_level("WARNING"):
+        served = processor(
+            text="<audio>",
+            audio=[clip],
+            truncation=False,
+            add_special_tokens=False,
+            return_mm_token_type_ids=True,
+            return_tensors="pt",
+        )
+    assert "No `sampling_rate` given with the audio: the clips are taken to be at 48000 Hz" in caplog.text
     torch.testing.assert_close(served["input_features"], explicit["input_features"])
-    # An explicit rate still wins over the flag.
-    at_16k = processor(text="<audio>", audio=[make_tone(440.0, 1.0, 16000)], sampling_rate=16000, return_tensors="pt")
-    flagged = processor(
-        text="<audio>",
-        audio=[make_tone(440.0, 1.0, 16000)],
-        sampling_rate=16000,
-        audio_at_feature_extractor_rate=True,
-        return_tensors="pt",
+    # With the rate given, no warning, and a clip at another rate is resampled, not read as 48 kHz.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        at_16k = processor(text="<audio>", audio=[make_tone(440.0, 1.0, 16000)], sampling_rate=16000)
+    assert "sampling_rate" not in caplog.text
+    assert not np.allclose(
+        at_16k["input_features"], processor(text="<audio>", audio=[make_tone(440.0, 1.0, 16000)])["input_features"]
     )
-    torch.testing.assert_close(flagged["input_features"], at_16k["input_features"])
-    # Older vLLM also passes its processor kwargs to `from_pretrained`: that neither fails nor sticks to the processor.
-    processor.save_pretrained(tmp_path)
-    loaded = AutoProcessor.from_pretrained(tmp_path, audio_at_feature_extractor_rate=True)
-    with pytest.raises(ValueError, match="`sampling_rate` is required"):
-        loaded(text="<audio>", audio=[clip])
-    loaded.save_pretrained(tmp_path / "again")
-    with pytest.raises(ValueError, match="`sampling_rate` is required"):
-        AutoProcessor.from_pretrained(tmp_path / "again")(text="<audio>", audio=[clip])
+
+
+def test_audios_and_raw_speech_are_aliases_of_audio(processor):
+    """lmms-eval's generic model passes `audios=` (and `videos=[]`); older audio processors took `raw_speech=`."""
+    by_audio = processor(text="<audio>", audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
+    for alias in ("audios", "raw_speech"):
+        out = processor(text="<audio>", **{alias: [make_tone()]}, sampling_rate=48000, videos=[], return_tensors="pt")
+        torch.testing.assert_close(out["input_features"], by_audio["input_features"])
+        with pytest.raises(ValueError, match=f"`audio=` or `{alias}=`, not both"):
+            processor(text="<audio>", audio=[make_tone()], **{alias: [make_tone()]}, sampling_rate=48000)
+
+
+def test_the_audio_policy_lives_in_the_feature_extractor(processor, tmp_path):
+    """Mono, int PCM, resampling and `is_longer` are the feature extractor's, so it works alone and saves as itself;
+    a plain CLAP extractor (a processor saved before it existed) is turned into one with the same settings."""
+    extractor = processor.feature_extractor
+    assert isinstance(extractor, LlamaVisionAudioFeatureExtractor) and isinstance(extractor, ClapFeatureExtractor)
+    stereo_16k = np.stack([make_tone(440.0, 1.0, 16000)] * 2, axis=1)
+    alone = extractor([stereo_16k], sampling_rate=16000, return_tensors="pt")
+    through = processor(text="<audio>", audio=[stereo_16k], sampling_rate=16000, return_tensors="pt")
+    torch.testing.assert_close(alone["input_features"], through["input_features"])
+    assert alone["is_longer"].tolist() == [[False]]
+    extractor.save_pretrained(tmp_path)
+    loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert type(loaded) is LlamaVisionAudioFeatureExtractor and loaded.to_dict() == extractor.to_dict()
+    plain = ClapFeatureExtractor(sampling_rate=32000, feature_size=64, max_length_s=4)
+    upgraded = LlamaVisionAudioProcessor(processor.image_processor, plain, processor.tokenizer).feature_extractor
+    assert type(upgraded) is LlamaVisionAudioFeatureExtractor
+    assert (upgraded.sampling_rate, upgraded.nb_max_samples) == (32000, 4 * 32000)
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])
@@ -247,7 +261,7 @@ def test_processor_truncation_is_transformers_and_never_cuts_a_media_span(proces
 
 def test_media_safe_truncation_has_one_home_and_the_clis_vocabulary():
     """`fit_to_max_length` is what the collator (and `--truncation error|drop|text`) uses."""
-    from any2text.models.llama_vision_audio.processing_llama_vision_audio import fit_to_max_length
+    from any2text.data.truncation import fit_to_max_length
 
     media_then_text = [True] * 4 + [False] * 6
     text_then_media = [False] * 6 + [True] * 4
@@ -270,6 +284,8 @@ def test_media_count_mismatch_is_a_clear_error(processor):
         processor(text="<video> hi", videos=[moving_bar(), moving_bar()])
     with pytest.raises(ValueError, match="tokenizer does not know `<video>`"):
         processor(text="<video> hi", videos=[moving_bar()])
+    # Serving engines look for `video_processor`: a checkpoint without `<video>` offers no video.
+    assert not hasattr(processor, "video_processor")
 
 
 def test_empty_text_is_a_clear_error_not_a_float_tensor(processor):
@@ -355,11 +371,14 @@ def test_chat_template_tokenizes_with_media(processor, tester):
     assert answer == "blue<|eot_id|>"
 
 
-def test_chat_template_audio_arrays_need_their_rate_and_are_resampled(processor):
+def test_chat_template_audio_arrays_are_resampled_from_their_rate(processor, caplog):
     clip_16k = make_tone(440.0, 1.0, 16000)
     messages = [{"role": "user", "content": [{"type": "audio", "audio": clip_16k}, {"type": "text", "text": "Hi"}]}]
-    with pytest.raises(ValueError, match="sampling rate"):
-        processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    with caplog.at_level("WARNING"):
+        no_rate = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+    assert "holds an array but no sampling rate: it is taken to be at 48000 Hz" in caplog.text
+    at_48k = processor(text="<audio>", audio=[clip_16k], sampling_rate=48000, return_tensors="pt")
+    torch.testing.assert_close(no_rate["input_features"], at_48k["input_features"])
     with_rate = [
         {
             "role": "user",
@@ -390,8 +409,8 @@ def test_long_clip_with_a_non_64_bin_extractor_keeps_its_first_window(tester):
     Training refuses such clips instead (tests/test_robust_data.py)."""
     from any2text.builders.presets import cheap_feature_extractor
 
-    processor = tester.get_processor()
-    processor.feature_extractor = cheap_feature_extractor(16000)
+    base = tester.get_processor()
+    processor = LlamaVisionAudioProcessor(base.image_processor, cheap_feature_extractor(16000), base.tokenizer)
     ok = processor(text="<audio>", audio=[make_tone(440.0, 1.5, 16000)], sampling_rate=16000, return_tensors="pt")
     assert ok["input_features"].shape[-1] == 16
     long = make_tone(440.0, 3.0, 16000)
@@ -420,6 +439,7 @@ def test_a_video_expands_to_frames_times_pooled_patches_through_the_image_proces
     """One `<video>` = T * `video_frame_seq_length` video tokens (type 2); frames are the CLIP image processor's."""
     processor = video_processor
     assert processor.video_frame_seq_length == 4  # 16 tokens per 8x8 image (4x4 patches) -> 2x2 after pooling
+    assert processor.video_processor is processor.image_processor
     videos = [moving_bar(12), moving_bar(8, 16, 6)]
     out = processor(
         text=["a <video> b <image>", "<video> c"],
@@ -520,3 +540,23 @@ def test_chat_template_video_parts(video_processor):
         [messages, messages], tokenize=True, return_dict=True, return_tensors="pt", padding=True
     )
     assert batched["pixel_values_videos"].shape == (16, 3, 8, 8)
+
+
+def test_data_and_inference_paths_pass_the_clips_real_rate(processor, tmp_path, caplog):
+    """The no-rate default is for serving engines: our own callers always know the rate (a 16 kHz file here)."""
+    from any2text.data.collator import MultimodalCollator
+    from any2text.inference import prepare_inputs
+
+    wav = tmp_path / "tone16k.wav"
+    soundfile.write(wav, make_tone(440.0, 1.0, 16000), 16000, subtype="FLOAT")
+    user = {"role": "user", "content": [{"type": "audio", "audio": str(wav)}, {"type": "text", "text": "Hi"}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "A tone."}]}
+    with caplog.at_level("WARNING"):
+        batch = MultimodalCollator(processor, media_root=str(tmp_path))([{"messages": [user, answer]}])
+        inputs = prepare_inputs(processor, [[user]])
+    assert "input_features" in batch and "input_features" in inputs
+    assert "sampling_rate" not in caplog.text
+    # Both read the file at its own rate: the features are those of the clip resampled from 16 kHz.
+    direct = processor(text="<audio>", audio=[make_tone(440.0, 1.0, 16000)], sampling_rate=16000, return_tensors="pt")
+    audible = direct["input_features"] > direct["input_features"].max() - 60
+    assert (inputs["input_features"] - direct["input_features"])[audible].abs().max() < 0.05

@@ -7,7 +7,7 @@ import torch
 
 from any2text.data.collator import MultimodalCollator, SampleTooLongError
 from any2text.data.loading import MultimodalDataset
-from any2text.models.llama_vision_audio.processing_llama_vision_audio import fit_to_max_length
+from any2text.data.truncation import fit_to_max_length
 from any2text.training.arguments import DataArguments, LoraArguments
 from any2text.training.nonfinite import gradients_are_finite
 from any2text.training.parsing import parse_argument_groups

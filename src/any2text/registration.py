@@ -2,6 +2,7 @@
 
 from transformers import (
     AutoConfig,
+    AutoFeatureExtractor,
     AutoModel,
     AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
@@ -17,6 +18,7 @@ from .models.llama_vision_audio import (
     LlamaVisionAudioModel,
     LlamaVisionAudioProcessor,
 )
+from .models.llama_vision_audio.feature_extraction_llama_vision_audio import LlamaVisionAudioFeatureExtractor
 
 logger = logging.get_logger(__name__)
 
@@ -48,4 +50,5 @@ def register_auto_classes() -> None:
     AutoConfig.register(model_type, LlamaVisionAudioConfig, exist_ok=True)
     for auto_class, model_class in _auto_model_classes():
         auto_class.register(LlamaVisionAudioConfig, model_class, exist_ok=True)
+    AutoFeatureExtractor.register(LlamaVisionAudioConfig, LlamaVisionAudioFeatureExtractor, exist_ok=True)
     AutoProcessor.register(LlamaVisionAudioConfig, LlamaVisionAudioProcessor, exist_ok=True)

@@ -1,14 +1,10 @@
 """transformers' own `ProcessorTesterMixin` (from the pinned sdist) run against `LlamaVisionAudioProcessor`.
 
 Written on the pattern of transformers' `tests/models/llava/test_processing_llava.py` and
-`tests/models/gemma3n/test_processing_gemma3n.py`, with tiny local parts instead of Hub ids. Three adaptations, all
-about inputs, none about what is checked:
+`tests/models/gemma3n/test_processing_gemma3n.py`, with tiny local parts instead of Hub ids. transformers' test clips
+carry no sampling rate; like transformers' audio processors, ours takes them at its feature extractor's rate (with a
+warning). Two adaptations, both about inputs, none about what is checked:
 
-- transformers' test clips carry no sampling rate, and this processor never guesses one (a wrong guess silently
-  ruins every clip). The mixin's per-call audio options (`MODALITY_TEST_SPECS["audio"]["call_time_kwargs"]`) get
-  the rate a user passes, `sampling_rate=`, and the processors of `get_processor()` (the ones the mixin then calls
-  with bare clips, as vLLM does) carry the serving engines' promise `audio_at_feature_extractor_rate=True` as a
-  processor default.
 - Videos go frame by frame through the image processor (transformers' video processors need torchvision), so the
   mixin's video tests, which look for a `video_processor` sub-processor, are pointed at the image processor
   (`get_subprocessor_name`); the one that calls that sub-processor on a whole video is skipped with its reason.
@@ -22,16 +18,15 @@ import tempfile
 import types
 import unittest
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
 import soundfile
 from PIL import Image
-from transformers import AutoTokenizer, ClapFeatureExtractor, CLIPImageProcessor
+from transformers import AutoTokenizer, CLIPImageProcessor
 
 from any2text import LlamaVisionAudioProcessor
 from any2text.builders.presets import tiny_tokenizer_path
-from any2text.models.llama_vision_audio.processing_llama_vision_audio import RATE_PROMISE
+from any2text.models.llama_vision_audio.feature_extraction_llama_vision_audio import LlamaVisionAudioFeatureExtractor
 
 _LOCAL_MEDIA = Path(tempfile.mkdtemp(prefix="any2text-processor-conformance-"))
 
@@ -51,28 +46,13 @@ def _install_url_stand_in() -> None:
 
 
 _install_url_stand_in()
-from transformers_tests.test_processing_common import MODALITY_TEST_SPECS, ProcessorTesterMixin  # noqa: E402
-
-SAMPLING_RATE = 48000  # ClapFeatureExtractor's
+from transformers_tests.test_processing_common import ProcessorTesterMixin  # noqa: E402
 
 
 class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     processor_class = LlamaVisionAudioProcessor
     # The mixin's knob for longer media spans: a clip is 64 tokens here, more than its default of 76 minus the text.
     audio_unstructured_max_length = 100
-
-    @classmethod
-    def setUpClass(cls):
-        audio_spec = MODALITY_TEST_SPECS["audio"]
-        calls = {**audio_spec["call_time_kwargs"], "sampling_rate": SAMPLING_RATE}
-        cls._audio_spec_patch = patch.dict(audio_spec, {"call_time_kwargs": calls})
-        cls._audio_spec_patch.start()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        cls._audio_spec_patch.stop()
 
     @classmethod
     def _setup_tokenizer(cls):
@@ -87,16 +67,11 @@ class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
 
     @classmethod
     def _setup_feature_extractor(cls):
-        return ClapFeatureExtractor()
+        return LlamaVisionAudioFeatureExtractor()
 
     @staticmethod
     def prepare_processor_dict():
         return {"image_seq_length": 16, "audio_seq_length": 64}
-
-    def get_processor(self, use_tiny_ckpt=True):
-        processor = super().get_processor(use_tiny_ckpt)
-        processor.audio_kwargs = {RATE_PROMISE: True}
-        return processor
 
     def get_subprocessor_name(self, modality: str, attributes: list):
         # Videos go frame by frame through the image processor (`processor.video_processor` is it): the mixin's
@@ -110,6 +85,19 @@ class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
             "Compares the processor with a video sub-processor called on the video; here the image processor takes the "
             "frames (tests/test_processing.py checks that `pixel_values_videos` equals it on the sampled frames)."
         )
+
+    def test_get_num_multimodal_tokens_matches_processor_call_video(self):
+        """The mixin's check. Newer mixins (transformers 5.25) also reload the processor with a `video_processor=`
+        sub-processor of another `size`, which this processor has not: there the call's `size`, flat and nested, is
+        checked on this processor (a frame's token count is fixed by the crop, so it must not change)."""
+        check = getattr(self, "_check_num_video_tokens_match_processor_call", None)
+        if check is None:
+            return super().test_get_num_multimodal_tokens_matches_processor_call_video()
+        processor, size = self.get_processor(), {"shortest_edge": 16}
+        videos = [np.asarray(video) for video in self.prepare_videos_inputs(batch_size=2)]
+        check(processor, videos)
+        check(processor, videos, size=size)
+        check(processor, videos, videos_kwargs={"size": size})
 
     def test_init_arguments_not_in_processor_kwargs(self):
         """The mixin's check, less `num_frames` / `fps`: the processor's saved frame sampling, which a call may
@@ -136,9 +124,3 @@ class LlamaVisionAudioProcessorTest(ProcessorTesterMixin, unittest.TestCase):
         processor(text=text, images=images, audio=audio, truncation=None, padding=True, return_tensors="pt")
         with self.assertRaises(ValueError):
             processor(text=text, images=images, audio=audio, truncation=True, padding=True, max_length=5)
-
-    def test_clips_without_a_rate_are_refused_by_a_plain_processor(self):
-        """The adaptation above must not hide the contract: a processor loaded as users load it needs the rate."""
-        processor = self.processor_class.from_pretrained(self.tmpdirname)
-        with self.assertRaisesRegex(ValueError, "`sampling_rate` is required"):
-            processor(text=self.prepare_text_inputs(modalities="audio"), audio=self.prepare_audio_inputs())

@@ -7,7 +7,8 @@ most of a minute); each prompt is generated on its own and reports its own resul
     python tests/vllm_e2e/vllm_case.py RUN.json
 
 RUN.json: {"model": DIR, "model_impl": "transformers" | "auto", "max_model_len": INT, "max_tokens": INT,
-"prompts": [{"name": STR, "prompt": TEXT, "image": PNG | null, "audio": NPY | null, "sampling_rate": INT | null}],
+"prompts": [{"name": STR, "prompt": TEXT, "image": PNG | null, "audio": NPY | null, "sampling_rate": INT | null,
+"video": NPY | null}],
 "torchvision_path": DIR | null}
 Each result is one line: `VLLM_RESULT {"name": ..., "prompt_token_ids": [...], "token_ids": [...]}` or, when that
 prompt failed, `{"name": ..., "error": "..."}`.
@@ -35,6 +36,8 @@ def _media(case: dict) -> dict:
         media["image"] = Image.open(case["image"]).convert("RGB")
     if case.get("audio"):
         media["audio"] = (np.load(case["audio"]), case["sampling_rate"])
+    if case.get("video"):
+        media["video"] = np.load(case["video"])  # uint8 frames (T, H, W, 3)
     return media
 
 
@@ -54,7 +57,7 @@ def main(run_path: str) -> None:
         _use_torchvision(run["torchvision_path"])
     from vllm import LLM, SamplingParams
 
-    modalities = {m for case in run["prompts"] for m in ("image", "audio") if case.get(m)}
+    modalities = {m for case in run["prompts"] for m in ("image", "audio", "video") if case.get(m)}
     llm = LLM(
         model=run["model"],
         model_impl=run["model_impl"],
@@ -63,10 +66,9 @@ def main(run_path: str) -> None:
         max_model_len=run["max_model_len"],
         max_num_seqs=1,
         enforce_eager=True,
+        # No processor kwargs: vLLM resamples clips to the feature extractor's rate and calls the processor without
+        # a rate, which the processor then assumes (as transformers' audio processors do).
         limit_mm_per_prompt={modality: 1 for modality in sorted(modalities)},
-        # vLLM resamples clips to the feature extractor's rate and calls the processor without a rate: this says so.
-        # (Stock Llava's processor takes no audio; the option is only for the Transformers backend.)
-        **({"mm_processor_kwargs": {"audio_at_feature_extractor_rate": True}} if "audio" in modalities else {}),
         seed=0,
     )
     # Greedy, and the full length whatever the model emits: the tokens are compared with transformers' greedy ones.

@@ -17,6 +17,7 @@ from ..models.llama_vision_audio import (
     LlamaVisionAudioForSequenceClassification,
     LlamaVisionAudioProcessor,
 )
+from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import LlamaVisionAudioFeatureExtractor
 
 logger = logging.get_logger(__name__)
 
@@ -50,6 +51,7 @@ _AUTO_CLASSES = (
     (LlamaVisionAudioForConditionalGeneration, "AutoModelForImageTextToText"),
     (LlamaVisionAudioForSequenceClassification, "AutoModelForSequenceClassification"),
     (LlamaVisionAudioProcessor, "AutoProcessor"),
+    (LlamaVisionAudioFeatureExtractor, "AutoFeatureExtractor"),
 )
 
 

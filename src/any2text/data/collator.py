@@ -44,13 +44,10 @@ from PIL import Image
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..models.llama_vision_audio.processing_llama_vision_audio import (
-    TRUNCATION_MODES,
-    fit_to_max_length,
-    fuses_long_clips,
-)
+from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import fuses_long_clips
 from .bad_rows import BadRowError, BadRowLog, cause_of
 from .media import load_audio, load_image, media_refs
+from .truncation import TRUNCATION_MODES, fit_to_max_length
 
 logger = logging.get_logger(__name__)
 
@@ -342,7 +339,7 @@ class MultimodalCollator:
         Returns how many leading tokens to keep: all of them when it fits, fewer under `truncation="text"` (media
         spans never cut), `None` to drop it (`"drop"`, or `"text"` when the cut would go through a media span).
         `media_mask` is per token (True on media tokens); only its length matters unless a cut is needed.
-        The rule and its message are the processor's `fit_to_max_length`.
+        The rule and its message are `any2text.data.truncation.fit_to_max_length`.
 
         Raises:
             SampleTooLongError: (a `ValueError`, a bad row: named, skippable) over `max_length` under `"error"`.

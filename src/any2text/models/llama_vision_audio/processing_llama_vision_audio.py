@@ -1,21 +1,30 @@
 """LlamaVisionAudio processor: tokenizer + image processor + audio feature extractor, on `ProcessorMixin`'s hooks.
 
-Only torch/numpy/transformers imports at module level (soxr/scipy are optional and imported lazily), so
-`register_for_auto_class` can ship this file as remote code.
+Only numpy/PIL/transformers and relative imports at module level (PyAV, soxr, scipy are optional and imported
+lazily), so `register_for_auto_class` can ship this file as remote code.
 """
 
 import os
 from collections.abc import Sequence
-from math import gcd, isqrt
+from math import isqrt
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from transformers import BatchFeature, ProcessorMixin
+from transformers import BatchFeature, ClapFeatureExtractor, ProcessorMixin
 from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import AudioKwargs, MultiModalData, ProcessingKwargs, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
 from transformers.utils import logging
+from transformers.video_utils import VideoInput
+
+from .feature_extraction_llama_vision_audio import (
+    LlamaVisionAudioFeatureExtractor,
+    list_audio,
+    positive_int_rate,
+    resample,
+    to_mono_float,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -48,37 +57,6 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
-
-
-# What to do with a sample longer than `max_length` (the training CLI's `--truncation`). Media spans are never cut.
-TRUNCATION_MODES = ("error", "drop", "text")
-
-
-def fit_to_max_length(
-    media_mask: Sequence[bool], max_length: int, truncation: str, name: str = "The sample"
-) -> int | None:
-    """How many leading tokens of a sample to keep so that it fits `max_length` without cutting a media span.
-
-    The one home of media-safe truncation, for whoever owns a batch (the training collator). Its vocabulary:
-    `"error"` raises (naming `name` and the fix), `"drop"` returns `None` (the caller leaves the sample out and counts
-    it), `"text"` cuts text off the end when every media span lies before the cut, and otherwise returns `None`.
-    The processor's own `truncation=` stays transformers' tokenizer argument: it cuts the expanded text, and a cut
-    through a media span is transformers' token-count error.
-    """
-    if truncation not in TRUNCATION_MODES:
-        raise ValueError(f"`truncation` must be one of {TRUNCATION_MODES}, got `{truncation}`.")
-    length = len(media_mask)
-    if length <= max_length:
-        return length
-    if truncation == "error":
-        raise ValueError(
-            f"{name} has {length} tokens (media included), more than `max_length={max_length}`. Raise `max_length`, "
-            "or set `truncation` to `'drop'` (skip such samples, counted and logged) or `'text'` (cut text at the "
-            "end; media spans stay whole)."
-        )
-    if truncation == "text" and not any(media_mask[max_length:]):
-        return max_length
-    return None
 
 
 def image_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
@@ -124,87 +102,6 @@ def _eight_bit(images):
     if isinstance(images, (list, tuple)):
         return [_eight_bit(image) for image in images]
     return images
-
-
-def fuses_long_clips(extractor) -> bool:
-    """Whether a feature extractor hears a clip longer than its window whole (CLAP's fusion, 64 mel bins only)."""
-    return getattr(extractor, "truncation", None) != "fusion" or extractor.feature_size == 64
-
-
-def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample a mono float waveform with soxr (high quality), falling back to scipy's polyphase filter."""
-    if orig_sr == target_sr:
-        return waveform
-    try:
-        import soxr
-
-        return soxr.resample(waveform, orig_sr, target_sr).astype(np.float32)
-    except ImportError:
-        pass
-    try:
-        from scipy.signal import resample_poly
-    except ImportError as err:
-        raise ImportError(
-            f"Resampling audio from {orig_sr} Hz to {target_sr} Hz needs `soxr` or `scipy`: `pip install soxr`."
-        ) from err
-    g = gcd(orig_sr, target_sr)
-    return resample_poly(waveform, target_sr // g, orig_sr // g).astype(np.float32)
-
-
-def to_mono_float(audio, name: int | str = 0) -> np.ndarray:
-    """numpy / torch / list, int PCM or float, mono or multi-channel -> finite float32 mono numpy.
-
-    `name` identifies the clip in errors: its index in a call, or a file name.
-    """
-    label = f"clip {name}" if isinstance(name, int) else name
-    if hasattr(audio, "detach"):  # torch tensor
-        audio = audio.detach().cpu().numpy()
-    from_list = not isinstance(audio, np.ndarray)
-    array = np.asarray(audio)
-    if array.size == 0:
-        raise ValueError(f"Audio {label} is empty (0 samples). Remove the row or replace the file.")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"Audio {label} has dtype `{array.dtype}`; expected integer PCM or floating point samples.")
-    if from_list and np.issubdtype(array.dtype, np.integer):
-        # A Python list of ints lost its sample width (numpy makes it int64); 16-bit PCM is what such lists hold.
-        if array.min() < -(2**15) or array.max() >= 2**15:
-            raise ValueError(
-                f"Audio {label} is a list of integers outside the 16-bit range: pass a numpy array with its "
-                "PCM dtype (e.g. `np.int32`) so it can be scaled."
-            )
-        array = array.astype(np.int16)
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        # Unsigned PCM (8-bit WAV) is centred on the middle of its range.
-        offset = (int(info.max) + 1) / 2 if info.min == 0 else 0.0
-        array = (array.astype(np.float64) - offset) / max(abs(info.min), info.max - offset)
-    elif not np.isfinite(array).all():
-        # NaN/inf samples give NaN features, NaN logits and NaN gradients that reach the saved weights silently.
-        bad = int((~np.isfinite(array)).sum())
-        raise ValueError(
-            f"Audio {label} holds {bad} NaN or infinite sample(s) of {array.size}. Re-export or replace the file, or "
-            "remove the row."
-        )
-    array = array.astype(np.float32)
-    if array.ndim == 2:
-        # soundfile gives (samples, channels), torchaudio (channels, samples): channels are the short axis.
-        channel_axis = 0 if array.shape[0] <= array.shape[1] else 1
-        array = array.mean(axis=channel_axis)
-    elif array.ndim != 1:
-        raise ValueError(f"Audio {label} must be 1-D (mono) or 2-D (multi-channel), got shape {array.shape}.")
-    return np.ascontiguousarray(array)
-
-
-def _positive_int_rate(rate) -> int:
-    """A sampling rate as an `int`; a fractional one is refused rather than truncated."""
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`sampling_rate` must be an integer number of Hz, got `{rate!r}`.")
-    if float(rate) != int(rate) or rate <= 0:
-        raise ValueError(
-            f"`sampling_rate` must be a positive whole number of Hz, got {rate}. Pass the clip's true rate (e.g. "
-            "`22050`); resampling from a rounded rate would shift every pitch."
-        )
-    return int(rate)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -424,22 +321,8 @@ def load_video(video, num_frames: int | None = None, fps: float | None = None) -
     return sampled, _metadata(len(frames), None, sampled, None, indices)
 
 
-RATE_PROMISE = "audio_at_feature_extractor_rate"
-
-
-class LlamaVisionAudioAudioKwargs(AudioKwargs, total=False):
-    r"""
-    audio_at_feature_extractor_rate (`bool`, *optional*, defaults to `False`):
-        The caller promises that clips given without `sampling_rate` are already at the feature extractor's rate.
-        For serving engines that resample every clip to that rate before calling the processor (vLLM:
-        `--mm-processor-kwargs '{"audio_at_feature_extractor_rate": true}'`). Without it, a missing rate is an error.
-    """
-
-    audio_at_feature_extractor_rate: bool | None
-
-
 class LlamaVisionAudioProcessorKwargs(ProcessingKwargs, total=False):
-    audio_kwargs: LlamaVisionAudioAudioKwargs
+    """transformers' per-modality kwargs; the audio ones reach `LlamaVisionAudioFeatureExtractor`."""
 
 
 class LlamaVisionAudioProcessor(ProcessorMixin):
@@ -451,15 +334,16 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
     `replace_audio_token` / `replace_video_token`), so that after the processor the sequence length is final. A video
     is a path (a video file, or a folder of frame images), a list of PIL images or a uint8 array `(T, H, W, 3)`,
     sampled with `num_frames` or `fps` (saved with the processor, or per call) by `load_video`; its frames go through
-    the image processor into `pixel_values_videos` `(frames of all videos, 3, H, W)`. Audio is down-mixed to mono, int PCM is scaled, and clips are resampled from `sampling_rate` (required: a
-    wrong guess silently ruins every clip) to the feature extractor's rate (48 kHz for CLAP). `is_longer` marks
-    exactly the clips longer than the extractor's window. Per-call options follow transformers: flat
-    (`rescale_factor=...`, `padding=...`) or per modality (`images_kwargs=`, `audio_kwargs=`, `text_kwargs=`);
-    `raw_speech=` is an alias of `audio=`.
+    the image processor into `pixel_values_videos` `(frames of all videos, 3, H, W)`. Audio goes through
+    [`LlamaVisionAudioFeatureExtractor`] (mono, int PCM scaled, resampled from `sampling_rate` to its rate; without
+    `sampling_rate` its rate is assumed, with a warning). Per-call options follow transformers: flat
+    (`rescale_factor=...`, `padding=...`) or per modality (`images_kwargs=`, `audio_kwargs=`, `videos_kwargs=`,
+    `text_kwargs=`); `audios=` and `raw_speech=` are aliases of `audio=`.
 
     Args:
         image_processor ([`CLIPImageProcessor`], *optional*): the image processor.
-        feature_extractor ([`ClapFeatureExtractor`], *optional*): the audio feature extractor.
+        feature_extractor ([`LlamaVisionAudioFeatureExtractor`], *optional*): the audio feature extractor; a plain
+            [`ClapFeatureExtractor`] (processors saved before it existed) is turned into one with the same settings.
         tokenizer ([`PreTrainedTokenizerBase`], *optional*): the tokenizer; must know `image_token` and `audio_token`.
         chat_template (`str`, *optional*): Jinja chat template; defaults to the Llama-3 header format.
         image_token (`str`, *optional*, defaults to `"<image>"`): the image placeholder.
@@ -504,6 +388,8 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
                 "`num_frames=None` with `fps`."
             )
         self.num_frames, self.fps = num_frames, fps
+        if type(feature_extractor) is ClapFeatureExtractor:
+            feature_extractor = LlamaVisionAudioFeatureExtractor.from_dict(feature_extractor.to_dict())
         chat_template = DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template
         super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template)
 
@@ -528,15 +414,14 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         images: ImageInput | None = None,
         text: str | list[str] | None = None,
         audio: AudioInput | None = None,
-        videos=None,
+        videos: VideoInput | None = None,
         **kwargs: Unpack[LlamaVisionAudioProcessorKwargs],
     ) -> BatchFeature:
-        if "raw_speech" in kwargs:
-            if audio is not None:
-                raise ValueError("Pass audio as `audio=` or `raw_speech=`, not both.")
-            audio = kwargs.pop("raw_speech")
-        if kwargs.get("sampling_rate") is not None:
-            kwargs["sampling_rate"] = _positive_int_rate(kwargs["sampling_rate"])
+        for alias in ("audios", "raw_speech"):  # lmms-eval passes `audios=`, older audio processors `raw_speech=`
+            if alias in kwargs:
+                if audio is not None:
+                    raise ValueError(f"Pass audio as `audio=` or `{alias}=`, not both.")
+                audio = kwargs.pop(alias)
         outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
         mask = outputs.get("attention_mask", outputs["input_ids"])
         for index, row in enumerate(mask):
@@ -550,7 +435,7 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         images, text, _, _ = super().prepare_inputs_layout(images=images, text=text, **kwargs)
-        return _eight_bit(images), text, self._list_videos(videos), self._list_audio(audio)
+        return _eight_bit(images), text, self._list_videos(videos), None if audio is None else list_audio(audio)
 
     @staticmethod
     def _list_videos(videos) -> list | None:
@@ -581,20 +466,9 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         walk(videos)
         return items or None
 
-    @staticmethod
-    def _list_audio(audio) -> list | None:
-        """One clip per item; a single 2-D array or a list of numbers is ONE (multi-channel / plain) clip."""
-        if audio is None or isinstance(audio, np.ndarray) or hasattr(audio, "detach"):
-            return None if audio is None else [audio]
-        if isinstance(audio, (list, tuple)):
-            if len(audio) and all(isinstance(x, (int, float, np.number)) for x in audio[:16]):
-                return [np.asarray(audio)]
-            return list(audio)
-        raise TypeError(f"`audio` must be a numpy array, torch tensor or list of them, got `{type(audio).__name__}`.")
-
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         if text is None:
-            raise ValueError("`text` is required: it says where each `<image>` and `<audio>` goes.")
+            raise ValueError("`text` is required: it says where each `<image>`, `<audio>` and `<video>` goes.")
         if isinstance(text, (list, tuple)) and not text:
             raise ValueError("`text` is an empty list: pass one prompt (a string) per sample.")
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
@@ -606,53 +480,15 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
                     "do this)."
                 )
 
-    def _merge_kwargs(self, ModelProcessorKwargs=None, tokenizer_init_kwargs=None, **kwargs) -> dict[str, dict]:
-        # The rate promise is per call. Given to `from_pretrained` (older vLLM does), it lands in the tokenizer's
-        # settings, which are saved with it: a later user of that folder must not inherit it.
-        tokenizer_init_kwargs = {k: v for k, v in (tokenizer_init_kwargs or {}).items() if k != RATE_PROMISE}
-        merged = super()._merge_kwargs(ModelProcessorKwargs, tokenizer_init_kwargs, **kwargs)
-        # A flat `padding` / `max_length` / `truncation` is about text tokens. The feature extractor reads them in
-        # samples and as its window, which the fixed audio token count relies on: only `audio_kwargs=` reaches it.
-        explicit = kwargs.get("audio_kwargs", {})
-        for key in ("padding", "max_length", "truncation", "pad_to_multiple_of"):
-            if key not in explicit:
-                merged["audio_kwargs"].pop(key, None)
-        return merged
-
-    def _process_audio(self, audio: list, **kwargs) -> tuple[dict, list[str]]:
-        extractor = self.feature_extractor
-        target = extractor.sampling_rate
-        rate = kwargs.pop("sampling_rate", None)
-        if kwargs.pop(RATE_PROMISE, None) and rate is None:
-            rate = target
-        if rate is None:
-            raise ValueError(
-                "`sampling_rate` is required with audio: pass the rate the clips were recorded at (e.g. "
-                f"`sampling_rate=16000`); they are resampled to {target} Hz here. A serving engine that already "
-                "resampled them passes `audio_at_feature_extractor_rate=True` instead."
-            )
-        clips = [resample(to_mono_float(clip, i), rate, target) for i, clip in enumerate(audio)]
-        window = extractor.nb_max_samples
-        if not fuses_long_clips(extractor):
-            # transformers' CLAP extractor fuses long clips at a hard-coded 64 mel bins and fails obscurely otherwise;
-            # like Whisper at 30 s, such an extractor hears the first window. (Training refuses such clips instead:
-            # any2text.data.collator names the row.)
-            cut = [i for i, clip in enumerate(clips) if len(clip) > window]
-            if cut:
-                logger.warning(
-                    f"Audio clip(s) {cut} are longer than this feature extractor's {window / target:g} s window and "
-                    f"its {extractor.feature_size} mel bins cannot fuse long clips: each keeps its first window."
-                )
-                clips = [clip[:window] for clip in clips]
-        features = extractor(clips, sampling_rate=target, **kwargs)
-        if "is_longer" in features:
-            # CLAP's extractor marks a RANDOM clip "longer" when none is; mark exactly the clips over the window.
-            features["is_longer"] = np.array([[len(clip) > window] for clip in clips])
-        return features, [self.replace_audio_token(features, i) for i in range(len(clips))]
-
     @property
     def video_processor(self):
-        """Video frames go through the image processor (transformers' video processors need torchvision)."""
+        """Video frames go through the image processor (transformers' video processors need torchvision).
+
+        Absent when the tokenizer has no `<video>` (a checkpoint without video): serving engines, which look for this
+        attribute, then offer no video input, and `videos=` is an error naming the missing token.
+        """
+        if self.video_token_id is None:
+            raise AttributeError(f"`{type(self).__name__}` takes no video: its tokenizer has no `{self.video_token}`.")
         return self.image_processor
 
     def _process_videos(self, videos: list, **kwargs) -> tuple[dict, list[str]]:
@@ -709,11 +545,12 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         return list(dict.fromkeys(names))
 
     def apply_chat_template(self, conversation, *args, sampling_rate: int | None = None, **kwargs):
-        """transformers' `apply_chat_template`, plus: audio given as arrays in the messages needs its rate.
+        """transformers' `apply_chat_template`, plus: audio given as arrays in the messages may say their rate.
 
         Content items may carry audio as a path or URL (loaded and resampled by transformers) or as an array, with
         the rate in the item (`{"type": "audio", "audio": array, "sampling_rate": 16000}`) or as `sampling_rate=`.
-        Arrays are resampled here to the feature extractor's rate, which is what transformers then assumes.
+        Arrays are resampled here to the feature extractor's rate, which is what transformers then assumes (also for
+        an array without a rate, with a warning).
         """
         if kwargs.get("tokenize"):
             conversation = self._resample_audio_items(conversation, sampling_rate)
@@ -740,12 +577,14 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
             return item
         rate = item.get("sampling_rate", sampling_rate)
         if rate is None:
-            raise ValueError(
-                "An audio item holds an array but no sampling rate: add `'sampling_rate': RATE` to the item or pass "
-                "`sampling_rate=RATE` to `apply_chat_template` (it is never guessed)."
+            logger.warning(
+                f"An audio item holds an array but no sampling rate: it is taken to be at {target} Hz, the feature "
+                "extractor's rate. Add `'sampling_rate': RATE` to the item or pass `sampling_rate=RATE` to "
+                "`apply_chat_template` to have it resampled."
             )
+            return item
         clean = {key: value for key, value in item.items() if key != "sampling_rate"}
-        return {**clean, "audio": resample(to_mono_float(audio), _positive_int_rate(rate), target)}
+        return {**clean, "audio": resample(to_mono_float(audio), positive_int_rate(rate), target)}
 
 
 __all__ = [
