@@ -80,6 +80,7 @@ def test_build_llama_vision_writes_stock_llava(parts, lm, tmp_path):  # noqa: F8
     processor_config = json.loads((tmp_path / "processor_config.json").read_text())
     assert processor_config["patch_size"] == 2 and processor_config["vision_feature_select_strategy"] == "default"
     assert processor.chat_template is not None
+    assert "<video>" not in processor.tokenizer.get_vocab()  # stock Llava reads no video
 
 
 def test_stock_llava_loads_and_generates_without_any2text(parts, tmp_path):  # noqa: F811
@@ -177,9 +178,9 @@ def test_loading_with_any2text_needs_no_remote_code(lva_llama):
 def test_new_embedding_rows_are_the_mean_of_old_rows(parts, lva_llama):  # noqa: F811
     _, model, processor = lva_llama
     tokenizer = processor.tokenizer
-    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<audio>", "<pad>")]
+    new_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<audio>", "<video>", "<pad>")]
     num_old = min(new_ids)
-    assert new_ids == [num_old, num_old + 1, num_old + 2]
+    assert new_ids == [num_old, num_old + 1, num_old + 2, num_old + 3]  # `<video>` after `<audio>`: ids as before
     for embeddings in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
         assert embeddings.shape[0] == len(tokenizer)
         mean = embeddings[:num_old].float().mean(0).to(embeddings.dtype)
@@ -192,7 +193,8 @@ def test_tied_vocab_with_spare_rows_is_not_shrunk(parts):  # noqa: F811
     model, processor = build_llama_vision_audio(parts.qwen2, parts.clip, None)
     tokenizer = processor.tokenizer
     embeddings = model.get_input_embeddings().weight
-    assert embeddings.shape[0] == len(tokenizer) - 2 + 16  # Qwen2's spare rows kept, new tokens placed in them
+    # Qwen2's spare rows kept, the new tokens (`<image>`, `<video>`, `<pad>`) placed in them.
+    assert embeddings.shape[0] == len(tokenizer) - 3 + 16
     assert model.get_output_embeddings().weight is embeddings  # still tied
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     torch.testing.assert_close(embeddings[image_id], embeddings[:image_id].float().mean(0), rtol=0, atol=0)
@@ -220,7 +222,7 @@ def test_pad_token_is_added_and_set(lva_llama):
 
 def test_generation_never_emits_media_placeholders(lva_llama):
     path, model, _ = lva_llama
-    placeholders = {model.config.image_token_id, model.config.audio_token_id}
+    placeholders = {model.config.image_token_id, model.config.audio_token_id, model.config.video_token_id}
     assert placeholders <= set(model.generation_config.suppress_tokens)
     reloaded = AutoModelForImageTextToText.from_pretrained(path)
     assert placeholders <= set(reloaded.generation_config.suppress_tokens)
@@ -254,6 +256,7 @@ def test_vision_only_siglip_and_audio_only(parts, tmp_path):  # noqa: F811
 
     model, processor = build_llama_vision_audio(parts.llama, None, parts.clap, save_path=tmp_path / "a")
     assert model.model.vision_tower is None and "<image>" not in processor.tokenizer.get_vocab()
+    assert "<video>" not in processor.tokenizer.get_vocab() and model.config.video_token_id is None
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "a")
     loaded.generate(**lva_inputs(processor, with_image=False), max_new_tokens=2, min_new_tokens=2, do_sample=False)
 
@@ -309,3 +312,20 @@ def test_cli_and_example_scripts(parts, tmp_path):  # noqa: F811
         argv = ["--language_model_path", str(parts.llama), "--vision_tower_path", str(parts.clip)]
         module.main(argv + extra + ["--save_path", str(tmp_path / script)])
         assert (tmp_path / script / "README.md").exists()
+
+
+def test_built_model_reads_video_through_its_image_projector(lva_llama):
+    """`<video>` is added with the vision tower and recorded in the config; frames go through the vision tower and the
+    same projector, pooled 2x2 (no new weights), and the saved config keeps the id."""
+    path, model, processor = lva_llama
+    video_id = processor.tokenizer.convert_tokens_to_ids("<video>")
+    assert model.config.video_token_id == video_id == model.config.audio_token_id + 1
+    reloaded = AutoModelForImageTextToText.from_pretrained(path)
+    assert reloaded.config.video_token_id == video_id
+    assert reloaded.config.video_frame_seq_length == 4  # 8x8 CLIP, 2x2 patches -> 4x4 grid pooled to 2x2
+    frames = torch.randn(2, 3, 8, 8, dtype=reloaded.dtype)
+    input_ids = torch.tensor([[1] + [video_id] * 8 + [2, 3]])
+    with torch.no_grad():
+        logits = reloaded(input_ids=input_ids, pixel_values_videos=frames).logits
+        other = reloaded(input_ids=input_ids, pixel_values_videos=torch.zeros_like(frames)).logits
+    assert logits.shape[:2] == (1, 11) and not torch.equal(logits, other)

@@ -1,5 +1,6 @@
 """Stage 3 (DPO): the loss, the pair layout (media encoded once, logits only at answers), LoRA reference, resume."""
 
+import dataclasses
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from any2text.data.collator import MultimodalCollator
 from any2text.data.preference import PreferenceCollator, PreferenceMessages, pair_attention_mask
 from any2text.data.templates import get_template
 from any2text.demo.synthetic_preference import generate_preference_data
+from any2text.modalities import MODALITIES
 from any2text.training.dpo import DPOArguments, answer_logps, dpo_loss, main, pair_logps, parse_args
 from conftest import REPO, run_example_script
 
@@ -337,6 +339,7 @@ def _dpo_args(checkpoint: Path, data: Path, output: Path, *extra: str) -> list[s
 @pytest.mark.slow
 def test_lora_dpo_keeps_towers_frozen_and_reference_is_the_adapter_free_model(checkpoint, pairs_file, tmp_path):
     from any2text.training.dpo import build_dpo_trainer
+    from any2text.training.zero3 import install_lockstep
 
     groups = parse_args(_dpo_args(checkpoint, pairs_file, tmp_path / "out", "--use_peft", "True", "--max_steps", "3",
                                   "--save_strategy", "no"))  # fmt: skip
@@ -358,7 +361,9 @@ def test_lora_dpo_keeps_towers_frozen_and_reference_is_the_adapter_free_model(ch
     batch = next(iter(trainer.get_train_dataloader()))
     batch = trainer._prepare_inputs(batch)
     ref_chosen, ref_rejected = trainer.reference_logps(trainer.model, batch)
-    base = AutoModelForImageTextToText.from_pretrained(checkpoint).train()
+    base = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    install_lockstep(base)  # as every training model is loaded (training/zero3.py)
+    base.train()
     with torch.no_grad():
         expected = pair_logps(base, batch)
     torch.testing.assert_close(ref_chosen, expected["chosen_logps"], rtol=1e-4, atol=1e-4)
@@ -435,6 +440,40 @@ def test_preference_benchmark_writes_predictions_and_scores(checkpoint, pairs_fi
 # Padding-free and packed pairs (issue #12 in the DPO stage)
 
 
+def _video_pairs() -> list[PreferenceMessages]:
+    """A pair with a video (8 frames, the processor's `num_frames`), one with an image, one with both."""
+    template = get_template("TRL-Preference")
+    clip = np.stack([np.full((16, 16, 3), 20 * i, np.uint8) for i in range(8)])
+    return [
+        template({"prompt": "Brighter or darker?", "videos": [clip], "chosen": "brighter", "rejected": "darker it gets"}),
+        template({"prompt": "What colour?", "images": [Image.new("RGB", (16, 16), (255, 0, 0))], "chosen": "red it is",
+                  "rejected": "blue"}),
+        template({"prompt": "<image> then <video>: same?", "images": [Image.new("RGB", (16, 16), (0, 0, 255))],
+                  "videos": [clip[::-1].copy()], "chosen": "no", "rejected": "yes they are"}),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    from test_packing import with_video_token
+
+    return with_video_token(tiny_checkpoint, tmp_path_factory.mktemp("video-checkpoint"))
+
+
+def test_video_pair_logps_equal_separate_forwards_with_frames_encoded_once(video_checkpoint):
+    model = AutoModelForImageTextToText.from_pretrained(video_checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(video_checkpoint)
+    pairs = _video_pairs()
+    batch = PreferenceCollator(processor)([{"messages": pair} for pair in pairs])
+    images = []
+    model.model.vision_tower.register_forward_pre_hook(lambda module, args: images.append(args[0].shape[0]))
+    with torch.no_grad():
+        got = pair_logps(model, batch)
+    # Two videos of 8 frames and two images, each through the vision tower once for its pair (not once per answer).
+    assert batch["pixel_values_videos"].shape[0] == 16 and sum(images) == 16 + 2
+    _assert_equal_to_separate_forwards(got, model, processor, pairs)
+
+
 def _pairs_of(kind: str) -> list[PreferenceMessages]:
     image, audio, text = _mixed_pairs()
     template = get_template("TRL-Preference")
@@ -456,11 +495,13 @@ def _loss_and_grads(model, batch):
     return loss.detach(), logps, grads
 
 
-@pytest.mark.parametrize("kind", ["image", "audio", "mixed"])
-def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind):
+@pytest.mark.parametrize("kind", ["image", "audio", "mixed", "video"])
+def test_padding_free_and_packed_pairs_equal_one_row_per_pair(checkpoint, kind, request):
+    checkpoint = request.getfixturevalue("video_checkpoint") if kind == "video" else checkpoint
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
-    samples = [{"messages": pair, "index": i} for i, pair in enumerate(_pairs_of(kind))]
+    pairs = _video_pairs() if kind == "video" else _pairs_of(kind)
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
     padded = PreferenceCollator(processor)(samples)
     flat = PreferenceCollator(processor, padding_free=True)(samples)
     # Two packed rows (bins) of whole pairs, as `PackedDataset` items give them.
@@ -565,17 +606,15 @@ def test_demo_preference_answers_differ_at_their_first_token(tmp_path):
 
 
 def test_a_pairs_media_are_read_once_for_both_answers(checkpoint, monkeypatch):
-    import any2text.data.collator as collator_module
-
     calls = {"image": 0, "audio": 0}
     for kind in calls:
-        original = getattr(collator_module, f"load_{kind}")
+        modality = MODALITIES[kind]
 
-        def counting(*args, _original=original, _kind=kind, **kwargs):
+        def counting(*args, _original=modality.decoder, _kind=kind, **kwargs):
             calls[_kind] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(collator_module, f"load_{kind}", counting)
+        monkeypatch.setitem(MODALITIES, kind, dataclasses.replace(modality, decoder=counting))
     processor = AutoProcessor.from_pretrained(checkpoint)
     batch = PreferenceCollator(processor)([{"messages": pair} for pair in _mixed_pairs()])
     # One image and one clip in the three pairs: each decoded once, not once per answer.

@@ -234,6 +234,8 @@ def _wav_bytes(seconds: float, rate: int, channels: int) -> bytes:
 class _AudioProcessor:
     """Stands in for the any2text processor: records what it is called with; text goes to the real tokenizer."""
 
+    audio_token = "<audio>"  # it takes audio (the modality table asks a processor for its placeholder)
+
     def __init__(self):
         self.tokenizer = tiny_models().get_llava_processor().tokenizer
         self.tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE

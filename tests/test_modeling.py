@@ -172,24 +172,6 @@ def test_image_features_read_the_configured_vision_layer(tester, processor, laye
     torch.testing.assert_close(features, model.model.vision_projector(selected))
 
 
-def test_training_step_touches_every_tower_with_zero_contribution(tester, processor):
-    """A text-only batch still runs both towers and projectors (ZeRO-3 needs it) without changing the loss."""
-    model = tester.get_model()
-    model.model.vision_tower.requires_grad_(False)
-    model.model.audio_tower.requires_grad_(False)
-    inputs = processor(text=["just text here"], return_tensors="pt")
-    labels = inputs["input_ids"].clone()
-    with torch.no_grad():
-        eval_loss = model(**inputs, labels=labels).loss
-    model.train()
-    loss = model(**inputs, labels=labels).loss
-    loss.backward()
-    torch.testing.assert_close(loss, eval_loss)
-    for projector in (model.model.vision_projector, model.model.audio_projector):
-        grad = projector.linear_1.weight.grad
-        assert grad is not None and torch.count_nonzero(grad) == 0
-
-
 def test_save_and_auto_load_gives_identical_logits_and_settings(tmp_path, tester):
     model = tester.get_model()
     processor = tester.get_processor(max_length_s=5)
@@ -255,28 +237,6 @@ def test_greedy_generate_left_padded_mixed_batch_equals_each_alone(tester):
         assert torch.equal(single[0], generated[i]), f"prompt {i} generated differently in the batch"
 
 
-def test_training_runs_clap_fusion_branch_even_without_long_clips(tester, processor):
-    """CLAP's fusion modules run only for "longer" clips; under ZeRO-3 every rank must run them every step."""
-    model = tester.get_model()
-    model.model.vision_tower.requires_grad_(False)
-    model.model.audio_tower.requires_grad_(False)
-    inputs = processor(text=["<audio> short clip"], audio=[make_tone()], sampling_rate=48000, return_tensors="pt")
-    assert not inputs["is_longer"].any()
-    labels = inputs["input_ids"].clone()
-    labels[inputs["mm_token_type_ids"] != 0] = -100
-    calls = []
-    fusion = model.model.audio_tower.audio_encoder.patch_embed.fusion_model
-    hook = fusion.register_forward_hook(lambda *args: calls.append(1))
-    with torch.no_grad():
-        eval_loss = model(**inputs, labels=labels).loss
-    assert calls == []
-    model.train()
-    train_loss = model(**inputs, labels=labels).loss
-    hook.remove()
-    assert calls == [1]
-    torch.testing.assert_close(train_loss, eval_loss)
-
-
 def test_inputs_embeds_path_with_identical_placeholder_rows_uses_token_types(tester, processor):
     """Built models start `<image>` and `<audio>` from the same mean row: only `mm_token_type_ids` can tell them."""
     model = tester.get_model()
@@ -303,3 +263,198 @@ def test_inputs_embeds_path_on_a_model_without_audio(tester, processor):
         embeds = model.get_input_embeddings()(inputs["input_ids"])
         by_embeds = model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"]).logits
     torch.testing.assert_close(by_embeds, by_ids)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Video: frames through the vision tower, pooled, through the image projector
+
+VIDEO_ID = 5  # a plain token of the tiny vocabulary stands for `<video>` (the tester's tokenizer has none)
+
+
+def video_model(tester, **kwargs):
+    return tester.get_model(video_token_id=VIDEO_ID, **kwargs)
+
+
+def test_config_video_tokens_per_frame_and_checks():
+    clip = CLIPVisionConfig(image_size=336, patch_size=14)
+    assert LlamaVisionAudioConfig(vision_config=clip).video_frame_seq_length == 144  # 24x24 patches pooled 2x2
+    assert (
+        LlamaVisionAudioConfig(vision_config=clip, vision_feature_select_strategy="full").video_frame_seq_length == 145
+    )
+    assert LlamaVisionAudioConfig(vision_config=clip, spatial_pool_stride=5).video_frame_seq_length == 16  # floored
+    siglip = SiglipVisionConfig(image_size=224, patch_size=16)
+    assert (
+        LlamaVisionAudioConfig(vision_config=siglip, vision_feature_select_strategy="full").video_frame_seq_length
+        == 49
+    )
+    assert LlamaVisionAudioConfig(vision_config=clip).video_token_id == 128258
+    assert LlamaVisionAudioConfig(audio_config=ClapAudioConfig()).video_token_id is None  # no vision tower, no video
+    # A config saved before video reads none: 128258 is another token there (`<pad>` in Llama-3 builds).
+    saved = LlamaVisionAudioConfig(vision_config=clip).to_dict()
+    assert LlamaVisionAudioConfig.from_dict(saved).video_token_id == 128258
+    del saved["video_token_id"]
+    assert LlamaVisionAudioConfig.from_dict(saved).video_token_id is None
+    with pytest.raises(ValueError, match="must differ"):
+        LlamaVisionAudioConfig(vision_config=clip, video_token_id=128256)
+    with pytest.raises(ValueError, match="spatial_pool_mode"):
+        LlamaVisionAudioConfig(vision_config=clip, spatial_pool_mode="conv")
+
+
+def hand_pooled_frames(model, frames, mode):
+    """The features of each frame computed by hand: tower layer -> CLS rule -> 2x2 windows -> projector."""
+    config = model.config
+    with torch.no_grad():
+        hidden = model.model.vision_tower(frames, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    cls, patches = hidden[:, :1], hidden[:, 1:]
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    grid = patches.reshape(frames.shape[0], side, side, -1)
+    windows = []
+    for row in range(0, side - 1, 2):
+        for col in range(0, side - 1, 2):
+            window = grid[:, row : row + 2, col : col + 2].flatten(1, 2)  # (frames, 4, dim)
+            windows.append(window.mean(1) if mode == "average" else window.amax(1))
+    pooled = torch.stack(windows, dim=1)
+    if config.vision_feature_select_strategy == "full":
+        pooled = torch.cat([cls, pooled], dim=1)
+    with torch.no_grad():
+        return model.model.vision_projector(pooled)
+
+
+@pytest.mark.parametrize(
+    "mode, strategy", [("average", "default"), ("max", "default"), ("average", "full"), ("max", "full")]
+)
+def test_video_features_pool_each_frame_as_computed_by_hand(tester, mode, strategy):
+    model = video_model(tester, spatial_pool_mode=mode, vision_feature_select_strategy=strategy)
+    frames = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        features = model.get_video_features(frames).pooler_output
+    fsl = model.config.video_frame_seq_length
+    assert fsl == (5 if strategy == "full" else 4)  # 4x4 patches -> 2x2, plus CLS under "full"
+    assert features.shape == (5, fsl, 32) and features.shape[:-1].numel() == 5 * fsl
+    torch.testing.assert_close(features, hand_pooled_frames(model, frames, mode))
+    if strategy == "full":  # the CLS embedding is kept, unpooled, in front of each frame
+        image_features = model.get_image_features(frames).pooler_output
+        torch.testing.assert_close(features[:, 0], image_features[:, 0])
+
+
+def test_video_features_of_videos_equal_those_of_their_frames(tester):
+    model = video_model(tester)
+    videos = torch.randn(2, 3, 3, 8, 8)  # 2 videos of 3 frames
+    with torch.no_grad():
+        by_video = model.get_video_features(videos).pooler_output
+        by_frame = model.get_video_features(videos.flatten(0, 1)).pooler_output
+        wrapper = model.model.get_video_features(videos.flatten(0, 1)).pooler_output
+    assert by_video.shape == (2, 3 * model.config.video_frame_seq_length, 32)
+    torch.testing.assert_close(by_video.flatten(0, 1), by_frame.flatten(0, 1))
+    torch.testing.assert_close(wrapper, by_frame)
+    with pytest.raises(ValueError, match="pixel_values_videos"):
+        model.get_video_features(torch.randn(3, 8, 8))
+
+
+def test_video_adds_no_weights_and_an_image_projector_serves_it(tmp_path, tester):
+    """The state dict of a model with video is the one without: a stage-1 image projector loads into it as is."""
+    without = tester.get_model()  # the default `video_token_id` is past the tiny vocabulary: no video
+    with_video = video_model(tester)
+    assert with_video.state_dict().keys() == without.state_dict().keys()
+    without.save_pretrained(tmp_path)
+    loaded, info = LlamaVisionAudioForConditionalGeneration.from_pretrained(
+        tmp_path, video_token_id=VIDEO_ID, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    frames = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        features = loaded.get_video_features(frames).pooler_output
+    torch.testing.assert_close(features, hand_pooled_frames(without, frames, "average"))
+
+
+def video_inputs(tester, processor, num_frames: int = 3):
+    """One sample with an image, a clip and a video (placeholders written by hand), next to a text-only sample."""
+    inputs = processor(
+        text=["<image> look, <audio> listen, then watch:", "no media here at all"],
+        images=[make_image("green")],
+        audio=[make_tone(880.0)],
+        sampling_rate=48000,
+        padding=True,
+        return_tensors="pt",
+    )
+    assert not (inputs["input_ids"] == VIDEO_ID).any()
+    num_video_tokens = num_frames * 4
+    video = torch.full((2, num_video_tokens), VIDEO_ID)
+    video[1] = tester.tokenizer.pad_token_id
+    ids = torch.cat([inputs["input_ids"], video], dim=1)
+    types = torch.cat([inputs["mm_token_type_ids"], torch.where(video == VIDEO_ID, 2, 0)], dim=1)
+    mask = torch.cat([inputs["attention_mask"], (video == VIDEO_ID).long()], dim=1)
+    return {
+        **inputs,
+        "input_ids": ids,
+        "mm_token_type_ids": types,
+        "attention_mask": mask,
+        "pixel_values_videos": torch.randn(num_frames, 3, 8, 8),
+    }
+
+
+def test_forward_with_image_audio_and_video_places_each_feature_at_its_tokens(tester, processor):
+    model = video_model(tester)
+    inputs = video_inputs(tester, processor)
+    captured = {}
+    model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        image = model.get_image_features(inputs["pixel_values"]).pooler_output
+        audio = model.get_audio_features(inputs["input_features"], inputs["is_longer"]).pooler_output
+        video = model.get_video_features(inputs["pixel_values_videos"]).pooler_output
+    types, embeds = inputs["mm_token_type_ids"][0], captured["embeds"][0]
+    assert torch.equal(embeds[types == 1], image.flatten(0, 1))
+    assert torch.equal(embeds[types == 3], audio.flatten(0, 1))
+    assert torch.equal(embeds[types == 2], video.flatten(0, 1))  # frame by frame, in order
+    text = model.get_input_embeddings()(inputs["input_ids"][0][types == 0])
+    assert torch.equal(embeds[types == 0], text)
+    assert torch.equal(captured["embeds"][1], model.get_input_embeddings()(inputs["input_ids"][1]))
+    # The inputs_embeds path finds the video tokens from `mm_token_type_ids`.
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        rest = {key: value for key, value in inputs.items() if key != "input_ids"}
+        torch.testing.assert_close(model(inputs_embeds=embeds, **rest).logits, logits)
+
+
+def test_video_placeholder_and_feature_mismatch_is_a_clear_error(tester, processor):
+    model = video_model(tester)
+    inputs = video_inputs(tester, processor, num_frames=3)
+    with pytest.raises(ValueError, match=r"video tokens do not match.*12 video tokens.*16 features \(4 per frame\)"):
+        model(**{**inputs, "pixel_values_videos": torch.randn(4, 3, 8, 8)})
+    # Video tokens with other media but no video: the clear error; with no media at all: text, as Llava does.
+    with pytest.raises(ValueError, match="video tokens but no `pixel_values_videos`"):
+        model(**{key: value for key, value in inputs.items() if key != "pixel_values_videos"})
+    text_only = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        logits = model(**text_only).logits
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        plain = model.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(logits, model.lm_head(plain.last_hidden_state))
+
+
+def test_generate_encodes_the_video_once_and_never_samples_its_placeholder(tester, processor):
+    model = video_model(tester)
+    inputs = video_inputs(tester, processor)
+    calls = []
+    model.model.vision_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert calls == [1, 3]  # the image, then the 3 frames: at prefill only, not at the decoding steps
+    assert VIDEO_ID in model.generation_config.suppress_tokens
+    assert not (generated[:, inputs["input_ids"].shape[1] :] == VIDEO_ID).any()
+
+
+def test_sequence_classifier_reads_video(tester, processor):
+    from any2text import LlamaVisionAudioForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaVisionAudioForSequenceClassification._from_config(tester.get_config(video_token_id=VIDEO_ID)).eval()
+    inputs = video_inputs(tester, processor)
+    with torch.no_grad():
+        scores = model(**inputs).logits
+        other = model(**{**inputs, "pixel_values_videos": torch.randn(3, 3, 8, 8)}).logits
+        assert model.get_video_features(inputs["pixel_values_videos"]).pooler_output.shape == (3, 4, 32)
+    assert scores.shape == (2, 1)
+    assert not torch.allclose(scores[0], other[0]) and torch.equal(scores[1], other[1])

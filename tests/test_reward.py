@@ -350,3 +350,35 @@ def test_reward_model_trains_from_a_stock_llava_checkpoint(tiny_llava_checkpoint
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(pair_rewards(model, batch), pair_rewards(trainer.model, batch))
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_video_pair_rewards_equal_two_separate_sequences(tiny_checkpoint, tmp_path, layout):
+    from test_packing import with_video_token
+
+    checkpoint = with_video_token(tiny_checkpoint, tmp_path / "video")
+    model = load_reward_model(str(checkpoint)).eval()
+    torch.nn.init.normal_(model.score.weight, std=1.0)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    clip = np.stack([np.full((16, 16, 3), 25 * i, np.uint8) for i in range(8)])  # the processor's 8 frames
+    template = get_template("TRL-Preference")
+    pairs = [
+        template({"prompt": "Brighter?", "videos": [clip], "chosen": "yes", "rejected": "no it gets darker"}),
+        template({"prompt": "<video> or <image>?", "videos": [clip[::-1].copy()], "chosen": "the video",
+                  "images": [Image.new("RGB", (16, 16), (0, 255, 0))], "rejected": "the image"}),
+    ]  # fmt: skip
+    samples = [{"messages": pair, "index": i} for i, pair in enumerate(pairs)]
+    if layout == "padded":
+        batch = RewardCollator(processor)(samples)
+    else:
+        batch = RewardCollator(processor, padding_free=True)([{"packed": samples[:1]}, {"packed": samples[1:]}])
+    frames = []
+    model.model.vision_tower.register_forward_pre_hook(lambda module, args: frames.append(args[0].shape[0]))
+    with torch.no_grad():
+        chosen, rejected = pair_rewards(model, batch)
+    assert sum(frames) == 8 + 8 + 1  # each pair's video (and image) once, not once per answer
+    for i, pair in enumerate(pairs):
+        torch.testing.assert_close(chosen[i], _alone(model, processor, list(pair)), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            rejected[i], _alone(model, processor, [*pair.prompt, *pair.rejected]), rtol=1e-4, atol=1e-4
+        )

@@ -5,6 +5,7 @@ Two parts: the findings of issue 18 (each through the stage's own entry point, `
 which is what every stage's trainer is given.
 """
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from any2text.data.bad_rows import BadRowError, TooManyBadRowsError
 from any2text.data.collator import EMPTY_BATCH_KEY, IGNORE_INDEX
 from any2text.data.packing import PACKED_KEY, PackedDataset
 from any2text.data.templates import get_template
+from any2text.modalities import MODALITIES
 from any2text.training import dpo as dpo_module
 from any2text.training import reward as reward_module
 from any2text.training.arguments import DataArguments
@@ -26,6 +28,7 @@ from any2text.training.stage import Stage, build_stage, build_stage_data
 from any2text.training.train import SFT, build_trainer
 from any2text.training.train import main as sft_main
 from any2text.training.train import parse_args as sft_parse_args
+from test_data_video import write_video
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The stages, and their data written from one description of the rows
@@ -40,19 +43,19 @@ class StageCase:
     build: Callable[..., object]  # the argument groups -> the stage's trainer
     extra_args: tuple[str, ...] = ()
 
-    def row(self, i: int, image: str | None, answer: str, other: str) -> dict:
+    def row(self, i: int, image: str | None, answer: str, other: str, video: str | None = None) -> dict:
+        tag = "<image>" if image else "<video>" if video else ""
         if self.stage.data == "pairs":
-            row = {"id": f"r{i}", "prompt": "<image> What colour?" if image else "What colour?", "chosen": answer,
-                   "rejected": other}  # fmt: skip
-            if image:
-                row["images"] = [image]
+            row = {"id": f"r{i}", "prompt": f"{tag} What colour?".strip(), "chosen": answer, "rejected": other}
+            if image or video:
+                row["images" if image else "videos"] = [image or video]
             return row
         row = {"id": f"r{i}", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour?" if image else "What colour?"},
+            {"from": "human", "value": f"{tag}\nWhat colour?" if tag else "What colour?"},
             {"from": "gpt", "value": answer},
         ]}  # fmt: skip
-        if image:
-            row["image"] = image
+        if image or video:
+            row["image" if image else "video"] = image or video
         return row
 
 
@@ -80,11 +83,18 @@ MAX_LENGTH = 120
 
 def write_rows(case: StageCase, folder: Path, kinds: list[str], name: str = "data.json") -> Path:
     """One row per kind: `good` (an image), `text`, `missing` (its image file is not there), `outside` (its image lies
-    outside the media root), `long` (over `MAX_LENGTH`), `bomb` (an image of more pixels than PIL allows here)."""
+    outside the media root), `long` (over `MAX_LENGTH`), `bomb` (an image of more pixels than PIL allows here),
+    `video` (a 6-frame mp4), `badvideo` (an mp4 that is not one)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, kind in enumerate(kinds):
-        image = f"img{i}.png"
+        image, video = f"img{i}.png", None
+        if kind in ("video", "badvideo"):
+            image, video = None, f"clip{i}.mp4"
+            if kind == "video":
+                write_video(folder / video, num_frames=6)
+            else:
+                (folder / video).write_bytes(b"\x00" * 100)
         answer, other = ["red", "blue"][i % 2], ["green", "black"][i % 2]
         if kind in ("good", "long"):
             Image.new("RGB", (16, 16), (40 * i % 255, 0, 0)).save(folder / image)
@@ -99,7 +109,7 @@ def write_rows(case: StageCase, folder: Path, kinds: list[str], name: str = "dat
             image = None
         if kind == "long":
             answer = LONG
-        rows.append(case.row(i, image, answer, other))
+        rows.append(case.row(i, image, answer, other, video))
     path = folder / name
     path.write_text(json.dumps(rows))
     return path
@@ -222,13 +232,12 @@ def test_decompression_bomb_is_a_named_skippable_bad_row(stage, processor, tmp_p
 def test_packing_measures_lengths_without_decoding_media(stage, tiny_checkpoint, tmp_path, monkeypatch):
     """The length index comes from the rows (the DPO set-up used to render every pair through a wrapper, decoding
     every image before step 1)."""
-    import any2text.data.loading as loading
-
     case = STAGES[stage]
     data = write_rows(case, tmp_path / "data", ["good", "text", "good", "good"])
     decoded = []
-    original = loading.load_image
-    monkeypatch.setattr(loading, "load_image", lambda *a, **k: decoded.append(a[0]) or original(*a, **k))
+    image = MODALITIES["image"]
+    spy = dataclasses.replace(image, decoder=lambda *a, **k: decoded.append(a[0]) or image.decoder(*a, **k))
+    monkeypatch.setitem(MODALITIES, "image", spy)
     trainer = case.build(*case.parse_args(_args(case, tiny_checkpoint, data, tmp_path / "o", packing="True",
                                                  max_length="400")))  # fmt: skip
     assert decoded == []
@@ -397,6 +406,36 @@ FLAGS = {
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_data_flag_means_the_same_in_every_stage(stage, flag, processor, tmp_path):
     FLAGS[flag](STAGES[stage], processor, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def video_processor(tiny_checkpoint):
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    processor.tokenizer.add_tokens(["<video>"], special_tokens=True)
+    processor.num_frames = 4
+    return processor
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_video_rows_pack_and_bad_videos_are_skipped_in_every_stage(stage, video_processor, tmp_path):
+    case, frame_tokens = STAGES[stage], 4 * video_processor.video_frame_seq_length
+    data = write_rows(case, tmp_path / "data", ["video", "text", "video", "good"])
+    built = _build(case, video_processor, data, tmp_path / "p", max_length=400, packing=True)
+    packed = built.train_dataset
+    assert len(packed) < 4
+    batches = [built.collator([packed[i]]) for i in range(len(packed))]
+    for batch, length in zip(batches, packed.lengths):  # the length index (no video decoded) is the batch's
+        assert batch["input_ids"].shape == (1, length)
+    assert sum(batch["pixel_values_videos"].shape[0] for batch in batches if "pixel_values_videos" in batch) == 8
+    video_id = video_processor.tokenizer.convert_tokens_to_ids("<video>")
+    assert sum(int((batch["input_ids"] == video_id).sum()) for batch in batches) == 2 * frame_tokens
+
+    data = write_rows(case, tmp_path / "bad", ["video", "badvideo", "good"])
+    with pytest.raises(BadRowError, match=r"Row 1 of dataset .*id `r1`.*clip1.mp4"):
+        _batches(_build(case, video_processor, data, tmp_path / "strict"), batch_size=3)
+    built = _build(case, video_processor, data, tmp_path / "skip", skip_bad_rows=True, max_bad_rows=1)
+    assert sum(_num_samples(batch) for batch in _batches(built, batch_size=3)) == 3
+    assert [(row["id"], row["cause"]) for row in _bad_rows(tmp_path / "skip")] == [("r1", "undecodable_media")]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BatchFeature
 from transformers.utils import logging
 
-from .data.media import load_audio, load_image, media_refs
+from .data.messages import map_media, media_refs
+from .modalities import MODALITIES, Modality, media_options
 
 logger = logging.get_logger(__name__)
 
@@ -46,42 +47,34 @@ def load_inference_model(model: str, dtype: DTypeName = "auto", device: str | No
     return loaded.to(device).eval(), AutoProcessor.from_pretrained(model)
 
 
-def _sampling_rate(processor: Any) -> int:
-    rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", None)
-    if rate is None:
+def _check_takes(modality: Modality, processor: Any) -> None:
+    if modality.processor_token(processor) is None:
         raise ValueError(
-            f"The prompts contain audio but `{type(processor).__name__}` has no `feature_extractor.sampling_rate`; "
-            "use an audio-capable any2text checkpoint."
+            f"The prompts contain {modality.name} but `{type(processor).__name__}` takes no {modality.name} (it has "
+            f"no `{modality.token_attr}`); use an any2text checkpoint with a {modality.name} encoder."
         )
-    return int(rate)
 
 
 def decode_media(messages: Conversation, processor: Any) -> Conversation:
-    """`messages` with every image / audio reference loaded (PIL image; mono waveform at the processor's rate).
+    """`messages` with every medium loaded by its decoder in the modality table, with the processor's settings (PIL
+    image; mono waveform at the feature extractor's rate; video frames sampled by `num_frames` / `fps`).
 
     Decoding one conversation at a time lets a caller pin a corrupt medium on the conversation that holds it.
     """
-    decoded = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [_decode_part(part, processor) for part in content]
-        decoded.append({**message, "content": content})
-    return decoded
+    options = media_options(processor)
 
+    def decode(modality: Modality, ref: Any) -> Any:
+        _check_takes(modality, processor)
+        return modality.decoder(ref, **options)
 
-def _decode_part(part: dict[str, Any], processor: Any) -> dict[str, Any]:
-    if part.get("type") == "image":
-        return {**part, "image": load_image(part["image"])}
-    if part.get("type") == "audio":
-        return {**part, "audio": load_audio(part["audio"], _sampling_rate(processor))}
-    return part
+    return map_media(messages, decode)
 
 
 def prepare_inputs(processor: Any, conversations: Sequence[Conversation]) -> BatchFeature:
     """The processor's batch for `conversations`, left-padded, with a generation prompt after each one.
 
-    `images` / `audio` are passed only when the prompts have such media (stock processors lack `audio`).
+    Each medium's processor keyword (`images`, `audio` with its `sampling_rate`, `videos`) is passed only when the
+    prompts have such media (stock processors lack `audio`).
     """
     conversations = [decode_media(messages, processor) for messages in conversations]
     texts = [processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in conversations]
@@ -90,15 +83,13 @@ def prepare_inputs(processor: Any, conversations: Sequence[Conversation]) -> Bat
     writes_bos = bool(tokenizer.bos_token) and all(text.startswith(tokenizer.bos_token) for text in texts)
     kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": "left", "return_tensors": "pt"}
     kwargs["add_special_tokens"] = not writes_bos
-    images, audio = [], []
-    for messages in conversations:
-        conversation_images, conversation_audio = media_refs(messages)
-        images += conversation_images
-        audio += conversation_audio
-    if images:
-        kwargs["images"] = images
-    if audio:
-        kwargs.update(audio=audio, sampling_rate=_sampling_rate(processor))
+    options = media_options(processor)
+    for name, modality in MODALITIES.items():
+        items = [item for messages in conversations for item in media_refs(messages)[name]]
+        if items:
+            kwargs[modality.processor_kwarg] = items
+            kwargs.update({option: options[option] for option in modality.processor_options})
+            kwargs.update(modality.processor_kwargs)
     return processor(**kwargs)
 
 
@@ -115,7 +106,8 @@ def generate_batch(
 
     Args:
         model: a generative model (`AutoModelForImageTextToText`-style).
-        processor: its processor; called as `processor(text=..., images=..., audio=..., sampling_rate=...)`.
+        processor: its processor; called as `processor(text=..., images=..., audio=..., sampling_rate=...,
+            videos=...)` (the modality table's keywords).
         conversations: conversations in the project-wide messages format; media may be references or loaded.
         max_new_tokens: generation budget per answer.
         batch_size: conversations per forward pass.
@@ -134,7 +126,7 @@ def generate_batch(
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):
         inputs = prepare_inputs(processor, conversations[start : start + batch_size])
-        # Floating tensors (pixel_values, input_features) take the model's dtype; ids and masks only move.
+        # Floating tensors (the media's) take the model's dtype; ids and masks only move.
         inputs = inputs.to(model.device, dtype=model.dtype)
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, **generation)
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]

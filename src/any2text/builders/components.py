@@ -35,6 +35,7 @@ _UNMAPPED_ENCODERS: dict[type[PreTrainedConfig], type[PreTrainedModel]] = {ClapA
 
 IMAGE_TOKEN = "<image>"
 AUDIO_TOKEN = "<audio>"
+VIDEO_TOKEN = "<video>"  # videos are frames through the vision tower: added with it
 PAD_TOKEN = "<pad>"
 
 
@@ -273,9 +274,11 @@ def load_parts(
     language_model_path: str | Path,
     encoder_paths: dict[Modality, str | Path | None],
     dtype: str | torch.dtype = "auto",
+    video: bool = False,
 ) -> Parts:
     """Steps 1-3 of every build: the language model and tokenizer, each encoder (`None`: none for that modality) with
-    its image processor / feature extractor, and the `<image>` / `<audio>` (and `<pad>`) tokens."""
+    its image processor / feature extractor, and the `<image>` / `<audio>` (and `<pad>`) tokens; with `video`, also
+    `<video>` when there is a vision encoder (videos are frames through it)."""
     logger.info("[1/5] Loading the language model and tokenizer")
     language_model = load_language_model(language_model_path, dtype)
     tokenizer = load_tokenizer(language_model_path)
@@ -293,6 +296,8 @@ def load_parts(
             media_processors[modality] = load_feature_extractor(path)
     logger.info("[3/5] Adding placeholder tokens and assembling the model")
     placeholders = [{"vision": IMAGE_TOKEN, "audio": AUDIO_TOKEN}[modality] for modality in towers]
+    if video and "vision" in towers:
+        placeholders.append(VIDEO_TOKEN)  # last, so `<image>` and `<audio>` keep their ids (128256, 128257 on Llama-3)
     token_ids, num_old_tokens = add_placeholder_tokens(tokenizer, placeholders)
     return Parts(language_model, tokenizer, token_ids, num_old_tokens, towers, media_processors)
 

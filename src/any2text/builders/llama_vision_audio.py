@@ -14,7 +14,7 @@ from ..models.llama_vision_audio import (
 from ..models.llama_vision_audio.configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS
 from ..models.llama_vision_audio.processing_llama_vision_audio import DEFAULT_CHAT_TEMPLATE
 from .checkpoint import BuildRecord, write_outputs
-from .components import AUDIO_TOKEN, IMAGE_TOKEN, assemble, load_parts
+from .components import AUDIO_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN, assemble, load_parts
 from .image_processors import clip_image_processor_class
 
 logger = logging.get_logger(__name__)
@@ -54,15 +54,17 @@ def build_llama_vision_audio(
             `trust_remote_code=True` where any2text is not installed.
         push_to_hub: repo id to upload the saved folder to (one commit), or `None`.
 
-    `<image>` / `<audio>` (for the encoders present, and `<pad>` when the tokenizer has none) are added as special
-    tokens; their input and output embedding rows are the mean of the rows of the original vocabulary.
+    `<image>` / `<audio>` (for the encoders present; `<video>` with the vision encoder, whose frames it reads; and
+    `<pad>` when the tokenizer has none) are added as special tokens; their input and output embedding rows are the mean of the rows of the original vocabulary.
     """
     if vision_tower_path is None and audio_tower_path is None:
         raise ValueError(
             "Both `vision_tower_path` and `audio_tower_path` are None: pass at least one encoder checkpoint "
             "(for a text-only model use the language model as it is)."
         )
-    parts = load_parts(language_model_path, {"vision": vision_tower_path, "audio": audio_tower_path}, dtype)
+    parts = load_parts(
+        language_model_path, {"vision": vision_tower_path, "audio": audio_tower_path}, dtype, video=True
+    )
     vision_tower, audio_tower = parts.towers.get("vision"), parts.towers.get("audio")
     if vision_tower is not None and vision_feature_select_strategy is None:
         has_cls = vision_tower.config.model_type in VISION_ENCODERS_WITH_CLS
@@ -74,6 +76,7 @@ def build_llama_vision_audio(
         # An absent modality still needs an id distinct from the other; it is never in any input.
         image_token_id=parts.token_ids.get(IMAGE_TOKEN, -1),
         audio_token_id=parts.token_ids.get(AUDIO_TOKEN, -2),
+        video_token_id=parts.token_ids.get(VIDEO_TOKEN),  # with the vision tower only
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy or "default",
         audio_feature_layer=audio_feature_layer,

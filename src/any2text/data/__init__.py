@@ -1,4 +1,4 @@
-"""Data layer: templates (row -> messages), media loading, dataset loading and mixing."""
+"""Data layer: templates (row -> messages), walking messages for media, media loading, dataset loading and mixing."""
 
 from .bad_rows import BadRowError, BadRowLog, TooManyBadRowsError
 from .loading import (
@@ -8,11 +8,10 @@ from .loading import (
     load_spec,
     parse_dataset_specs,
 )
-from .media import image_to_rgb, load_audio, load_image, resample, resolve_path
+from .media import image_to_rgb, load_audio, load_image, load_video, resample, resolve_path
+from .messages import iter_media, map_media, media_refs, strip_media
 from .preference import PreferenceCollator, PreferenceDataset, PreferenceMessages  # registers preference templates
 from .templates import (
-    AUDIO_PLACEHOLDER,
-    IMAGE_PLACEHOLDER,
     Template,
     assistant_message,
     available_templates,
@@ -24,8 +23,6 @@ from .templates import (
 )
 
 __all__ = [
-    "AUDIO_PLACEHOLDER",
-    "IMAGE_PLACEHOLDER",
     "BadRowError",
     "BadRowLog",
     "DatasetSpec",
@@ -41,13 +38,18 @@ __all__ = [
     "default_media_root",
     "get_template",
     "image_to_rgb",
+    "iter_media",
     "load_audio",
     "load_image",
     "load_spec",
+    "load_video",
+    "map_media",
+    "media_refs",
     "parse_dataset_specs",
     "register_template",
     "resample",
     "resolve_path",
     "split_placeholders",
+    "strip_media",
     "user_message",
 ]

@@ -36,6 +36,9 @@ _FIXES = {
     "oversized_media": "the images have more pixels than PIL decodes safely (`PIL.Image.MAX_IMAGE_PIXELS`): resize "
     "them",
     "non_finite_media": "the media hold NaN or infinite values: regenerate the files",
+    "empty_media": "the videos hold no frames: replace the files",
+    "too_short_media": "the videos have fewer frames than the processor's `num_frames`: lower it, sample by `fps`, "
+    "or replace the files",
     "too_long": "the samples are longer than `--max_length`: raise it, or pass `--truncation drop` / "
     "`--truncation text`",
     "wrongly_typed_value": "the rows hold values of the wrong type (a number where text is expected...): fix the file",

@@ -23,9 +23,10 @@ The first sample renders (Llama-3 chat format) as::
 
 `<image>` then becomes `image_seq_length` image tokens, and `labels` equals `input_ids` on `A cat.<|eot_id|>` only
 (the assistant's text and the token that ends its turn, so the model learns to stop); it is `-100` on the system and
-user turns, the headers, every image / audio token and the padding. Every assistant turn of a multi-turn
-conversation is labelled. The second sample has no media: samples with images, audio, both or neither mix freely in
-one batch (`pixel_values` / `input_features` hold the media of the samples that have them, in order).
+user turns, the headers, every media token and the padding. Every assistant turn of a multi-turn conversation is
+labelled. The second sample has no media: samples with any media of the modality table (`any2text.modalities`:
+images, audio, videos) or none mix freely in one batch (each medium's processor outputs, `pixel_values`,
+`input_features`, `pixel_values_videos`..., hold the media of the samples that have them, in order).
 
 Assistant spans come from the chat template's `{% generation %}` markers when it has them (the default template of
 `LlamaVisionAudioProcessor` does); otherwise from rendering the conversation turn by turn, which works for any
@@ -38,15 +39,13 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import fuses_long_clips
+from ..modalities import MODALITIES, Modality, media_options
 from .bad_rows import BadRowError, BadRowLog, cause_of
-from .media import load_audio, load_image, media_refs
+from .messages import media_as_types, media_refs
 from .truncation import TRUNCATION_MODES, fit_to_max_length
 
 logger = logging.get_logger(__name__)
@@ -76,7 +75,8 @@ class MultimodalCollator:
     Args:
         processor (`ProcessorMixin`):
             A `LlamaVisionAudioProcessor`, or any processor with a tokenizer and an `image_token` (stock
-            `LlavaProcessor`); audio needs a `feature_extractor`.
+            `LlavaProcessor`). It takes a medium of the modality table when it has its placeholder (`<name>_token`);
+            decoding follows its settings (`feature_extractor.sampling_rate`, `num_frames` / `fps`).
         max_length (`int`, *optional*):
             Longest sequence, in tokens after media expansion. `None` keeps every sample whole.
         truncation (`str`, *optional*, defaults to `"error"`):
@@ -168,14 +168,14 @@ class MultimodalCollator:
         self.return_sources = return_sources
         self.padding_free = padding_free
         self.single_row = single_row
-        self.image_token = getattr(processor, "image_token", None)
-        self.audio_token = getattr(processor, "audio_token", None)
-        feature_extractor = getattr(processor, "feature_extractor", None)
-        self.sampling_rate = getattr(feature_extractor, "sampling_rate", None)
+        self.image_token = getattr(processor, "image_token", None)  # `ensure_image`'s blank image
+        # What each medium's decoder needs from the processor (`sampling_rate`, `num_frames` / `fps`).
+        self.media_options = media_options(processor)
         self.media_token_ids = {
             token_id
-            for token in (self.image_token, self.audio_token)
-            if token is not None and (token_id := self.tokenizer.convert_tokens_to_ids(token)) is not None
+            for modality in MODALITIES.values()
+            if (token := modality.processor_token(processor)) is not None
+            and (token_id := self.tokenizer.convert_tokens_to_ids(token)) is not None
         }
         # Built once: the masks below run for every sample.
         self._media_ids = torch.tensor(sorted(self.media_token_ids), dtype=torch.long)
@@ -189,7 +189,7 @@ class MultimodalCollator:
         """The conversation as text (media as placeholders) and the character spans of the assistant turns."""
         if not any(message.get("role") == "assistant" for message in messages):
             raise ValueError("A training sample needs at least one assistant turn; it has nothing to learn from.")
-        plain = [_without_media(message) for message in messages]
+        plain = media_as_types(messages)
         special = self.tokenizer.special_tokens_map
         rendered, indices = render_jinja_template(
             [plain], chat_template=self.chat_template, return_assistant_tokens_mask=True, **special
@@ -214,10 +214,11 @@ class MultimodalCollator:
             spans.append((len(before), len(after)))
         return text, spans
 
-    def _check_placeholders(self, text: str, images: list, clips: list, index: int) -> None:
-        for token, items, name in ((self.image_token, images, "image"), (self.audio_token, clips, "audio")):
+    def _check_placeholders(self, text: str, media: Mapping[str, list], index: int) -> None:
+        for name, items in media.items():
             if not items:
                 continue
+            token = MODALITIES[name].processor_token(self.processor)
             if token is None:
                 raise ValueError(
                     f"Sample {index} has {len(items)} {name} item(s) but the processor "
@@ -236,21 +237,26 @@ class MultimodalCollator:
     # -----------------------------------------------------------------------------------------------------------------
     # Media
 
-    def _load_media(self, messages: list[dict]) -> tuple[list[Image.Image], list[np.ndarray]]:
-        image_refs, audio_refs = media_refs(messages)
-        outside = self.allow_media_outside_root
-        images = [load_image(ref, self.media_root, allow_outside_root=outside) for ref in image_refs]
-        if self.sampling_rate is None:
-            # Reported with the sample index by `_check_placeholders`; nothing to resample to here.
-            return images, audio_refs
-        return images, [
-            load_audio(ref, self.sampling_rate, self.media_root, allow_outside_root=outside) for ref in audio_refs
-        ]
+    def _load_media(self, messages: list[dict]) -> dict[str, list]:
+        """Modality name -> the sample's decoded items, in order (by the table's decoders, with the processor's
+        settings). A medium the processor does not take stays undecoded: `_check_placeholders` names it."""
+        media = {}
+        for name, refs in media_refs(messages).items():
+            modality = MODALITIES[name]
+            if refs and modality.processor_token(self.processor) is not None:
+                refs = [self._decode(modality, ref) for ref in refs]
+            media[name] = refs
+        return media
+
+    def _decode(self, modality: Modality, ref: Any) -> Any:
+        return modality.decoder(
+            ref, self.media_root, allow_outside_root=self.allow_media_outside_root, **self.media_options
+        )
 
     # -----------------------------------------------------------------------------------------------------------------
     # One sample
 
-    def _process(self, text: str, images: list, clips: list) -> dict[str, Any]:
+    def _process(self, text: str, media: Mapping[str, list]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "text": [text],
             "return_offsets_mapping": True,
@@ -260,37 +266,23 @@ class MultimodalCollator:
             "add_special_tokens": False,
             "return_tensors": "pt",
         }
-        if images:
-            kwargs["images"] = images
-        if clips:
-            self._check_clip_lengths(clips)
-            kwargs["audio"] = clips
-            kwargs["sampling_rate"] = self.sampling_rate
+        for name, items in media.items():
+            if not items:
+                continue
+            modality = MODALITIES[name]
+            if modality.check is not None:
+                modality.check(self.processor, items)
+            kwargs[modality.processor_kwarg] = items
+            kwargs.update({option: self.media_options[option] for option in modality.processor_options})
+            kwargs.update(modality.processor_kwargs)
         return dict(self.processor(**kwargs))
 
-    def _check_clip_lengths(self, clips: list[np.ndarray]) -> None:
-        """Training never hears part of a clip: one longer than a non-fusing extractor's window is a bad row.
-
-        (The processor itself keeps the first window, as serving engines need; here that would be silent data loss.)
-        """
-        extractor = self.processor.feature_extractor
-        if fuses_long_clips(extractor):
-            return
-        window, rate = extractor.nb_max_samples, extractor.sampling_rate
-        for i, clip in enumerate(clips):
-            if len(clip) > window:
-                raise ValueError(
-                    f"Audio clip {i} lasts {len(clip) / rate:.1f} s, longer than this feature extractor's "
-                    f"{window / rate:g} s window, and its {extractor.feature_size} mel bins cannot use CLAP's "
-                    "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
-                )
-
-    def _encode(self, messages: list[dict], index: int, media: tuple[list, list] | None = None) -> dict[str, Any]:
-        """One sample's tokens, labels and processed media; `media` (images, clips) when already loaded."""
+    def _encode(self, messages: list[dict], index: int, media: Mapping[str, list] | None = None) -> dict[str, Any]:
+        """One sample's tokens, labels and processed media; `media` (modality name -> items) when already loaded."""
         text, spans = self._render(messages)
-        images, clips = self._load_media(messages) if media is None else media
-        self._check_placeholders(text, images, clips, index)
-        encoded = self._process(text, images, clips)
+        media = self._load_media(messages) if media is None else media
+        self._check_placeholders(text, media, index)
+        encoded = self._process(text, media)
         input_ids = encoded["input_ids"][0]
         offsets = encoded.pop("offset_mapping")[0].tolist()
         replacements = encoded.pop("text_replacement_offsets", None)
@@ -492,7 +484,8 @@ class MultimodalCollator:
         """A row of one blank image and nothing to learn: it runs the vision tower without touching the loss."""
         if self.image_token is None:
             raise ValueError("`ensure_image=True` needs a processor with an image token.")
-        encoded = self._process(self.image_token, [Image.new("RGB", (32, 32))], [])
+        image = MODALITIES["image"]
+        encoded = self._process(self.image_token, {image.name: [image.blank(self.media_options)]})
         sample = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
         sample["labels"] = torch.full_like(sample["input_ids"], IGNORE_INDEX)
         sample["media"] = {
@@ -524,33 +517,36 @@ class MultimodalCollator:
     # Lengths without media
 
     def sample_length(self, messages: list[dict]) -> int:
-        """Exact token count of a sample after media expansion, computed without loading any media."""
+        """Exact token count of a sample after media expansion, computed without decoding any media."""
         text, _ = self._render(messages)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        length = len(ids)
-        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
-            if token is not None and (count := text.count(token)):
-                length += count * (self._tokens_per(modality) - 1)
-        return length
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + self._media_length(messages)
 
-    def _tokens_per(self, modality: str) -> int:
-        """Tokens one media item becomes, measured once by running the processor on a blank item."""
-        if modality not in self._tokens_per_item:
-            if modality == "image":
-                encoded = self._process(self.image_token, [Image.new("RGB", (32, 32))], [])
-            else:
-                encoded = self._process(self.audio_token, [], [np.zeros(self.sampling_rate, dtype=np.float32)])
+    def _media_length(self, messages: list[dict]) -> int:
+        """Tokens the media of `messages` add beyond their one placeholder token each, without decoding media: an
+        item becomes `units` (video: frames, from the container's metadata at most) times the tokens of a unit."""
+        extra = 0
+        for name, refs in media_refs(messages).items():
+            modality = MODALITIES[name]
+            if not refs or modality.processor_token(self.processor) is None:
+                continue  # an error when the sample is encoded
+            per_unit = self._tokens_per(modality)
+            for ref in refs:
+                extra += self._units(modality, ref) * per_unit - 1
+        return extra
+
+    def _units(self, modality: Modality, ref: Any) -> int:
+        if modality.units is None:
+            return 1
+        return modality.units(ref, self.media_root, self.allow_media_outside_root, **self.media_options)
+
+    def _tokens_per(self, modality: Modality) -> int:
+        """Tokens one unit of a medium becomes, measured once by running the processor on a blank unit."""
+        if modality.name not in self._tokens_per_item:
+            blank = modality.blank(self.media_options)
+            encoded = self._process(modality.processor_token(self.processor), {modality.name: [blank]})
             row = {key: value[0] for key, value in encoded.items() if key in _PER_TOKEN_KEYS}
-            self._tokens_per_item[modality] = int(self._media_mask(row).sum())
-        return self._tokens_per_item[modality]
-
-
-def _without_media(message: dict) -> dict:
-    """The message with media items reduced to their type: the template only needs to know where they are."""
-    content = message["content"]
-    if isinstance(content, list):
-        content = [{"type": item["type"]} if item.get("type") in ("image", "audio") else item for item in content]
-    return {**message, "content": content}
+            self._tokens_per_item[modality.name] = int(self._media_mask(row).sum())
+        return self._tokens_per_item[modality.name]
 
 
 def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list[tuple[int, int]]:

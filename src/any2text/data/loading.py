@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 import torch
 from transformers.utils import logging
 
+from ..modalities import Modality
 from .bad_rows import DEFAULT_MAX_BAD_ROWS, BadRowError, BadRowLog
-from .media import load_audio, load_image, resolve_path
+from .media import resolve_path
+from .messages import map_media
 from .script_datasets import load_hub_dataset
 from .templates import Message, Template, check_conversation, get_template, row_id
 
@@ -317,12 +319,12 @@ def _local_file(spec: DatasetSpec) -> str | None:
 
 
 def _without_media_decoding(feature: Any) -> Any:
-    """A copy of `feature` where every `Image` / `Audio` (also nested in lists / dicts) has `decode=False`.
+    """A copy of `feature` where every `Image` / `Audio` / `Video` (also nested in lists / dicts) has `decode=False`.
 
-    Decoding then happens per item, on access, in `media.py`: datasets' `Audio()` decoding needs torchcodec, and
-    decoding whole columns up front would hold every image in RAM.
+    Decoding then happens per item, on access, in `media.py`: datasets' `Audio()` / `Video()` decoding needs
+    torchcodec, and decoding whole columns up front would hold every image in RAM.
     """
-    if isinstance(feature, datasets.Image | datasets.Audio):
+    if isinstance(feature, datasets.Image | datasets.Audio | datasets.Video):
         return type(feature)(decode=False) if feature.decode else feature
     if isinstance(feature, dict):
         return type(feature)({key: _without_media_decoding(value) for key, value in feature.items()})
@@ -456,7 +458,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
     """Messages from one or many datasets, concatenated or mixed by weight, with media loaded on access.
 
     Each item is `{"messages": [...]}` in the project-wide message format. With `decode_media=True` (default)
-    images are RGB `PIL.Image`s and audio clips mono float32 numpy arrays at `sampling_rate`; with
+    images are RGB `PIL.Image`s, audio clips mono float32 numpy arrays at `sampling_rate` and videos uint8 frames
+    `(T, H, W, 3)` sampled as `media_options` say (each medium by its decoder in the modality table); with
     `decode_media=False` media stay references, with relative paths made absolute against the dataset's media root.
     Nothing is decoded at construction: rows are read and media decoded in `__getitem__`.
 
@@ -464,6 +467,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
         specs: one or many `DatasetSpec`s.
         loaded: already loaded datasets, one per spec (skips `load_spec`; useful for in-memory data).
         sampling_rate: rate audio is resampled to (the audio encoder's; CLAP: 48000). Needed when decoding audio.
+        media_options: what the decoders need from the processor (`any2text.modalities.media_options(processor)`:
+            `sampling_rate`, `num_frames` / `fps`); `sampling_rate`, when given, is added to them.
         decode_media: decode media in `__getitem__` (see above).
         skip_bad_rows: instead of raising on a bad row, skip it (using the next row) and record it once in
             `bad_rows`, which stops training when a dataset has more than `max_bad_rows` of them.
@@ -503,6 +508,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         *,
         loaded: Sequence[datasets.Dataset] | None = None,
         sampling_rate: int | None = None,
+        media_options: dict[str, Any] | None = None,
         decode_media: bool = True,
         skip_bad_rows: bool = False,
         num_samples: int | None = None,
@@ -522,6 +528,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.templates: list[Template] = [get_template(spec.template) for spec in self.specs]
         self.media_roots = [default_media_root(spec) for spec in self.specs]
         self.sampling_rate = sampling_rate
+        self.media_options = dict(media_options or {})
+        if sampling_rate is not None:
+            self.media_options["sampling_rate"] = sampling_rate
         self.decode_media = decode_media
         self.skip_bad_rows = skip_bad_rows
         self.allow_media_outside_root = allow_media_outside_root
@@ -606,9 +615,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 raise _WronglyTypedRow(reason)
             messages = self.templates[dataset_id](data)
             check_conversation(messages)
+            # Paths made absolute (and checked) first: a video's length under `fps` reads its container's metadata.
+            messages = self._resolve_media(messages, self.media_roots[dataset_id], decode=False)
             if self.check_sample is not None:
                 self.check_sample(messages)
-            return self._resolve_media(messages, self.media_roots[dataset_id], decode), source
+            return (self._resolve_media(messages, None, decode=True) if decode else messages), source
         except _BAD_ROW_ERRORS as error:
             named = f"id `{source['id']}`, " if source["id"] is not None else ""
             raise BadRowError(
@@ -638,45 +649,23 @@ class MultimodalDataset(torch.utils.data.Dataset):
 
     def _resolve_media(self, messages: list[Message], media_root: str | None, decode: bool) -> list[Message]:
         """Copy `messages` with each media ref decoded (or, without decoding, its relative path made absolute)."""
-        resolved = []
-        for message in messages:
-            content = []
-            for item in message["content"]:
-                kind = item["type"]
-                if kind == "image":
-                    ref = (
-                        load_image(item["image"], media_root, allow_outside_root=self.allow_media_outside_root)
-                        if decode
-                        else self._absolute(item["image"], media_root, self.allow_media_outside_root)
-                    )
-                    item = {"type": "image", "image": ref}
-                elif kind == "audio":
-                    if decode and self.sampling_rate is None:
-                        raise RuntimeError(
-                            "`MultimodalDataset` needs `sampling_rate` (the audio encoder's rate) to decode audio."
-                        )
-                    ref = (
-                        load_audio(
-                            item["audio"],
-                            self.sampling_rate,
-                            media_root,
-                            allow_outside_root=self.allow_media_outside_root,
-                        )
-                        if decode
-                        else self._absolute(item["audio"], media_root, self.allow_media_outside_root)
-                    )
-                    item = {"type": "audio", "audio": ref}
-                content.append(item)
-            resolved.append({**message, "content": content})
-        return resolved
+        outside = self.allow_media_outside_root
+
+        def resolve(modality: Modality, ref: Any) -> Any:
+            if decode:
+                return modality.decoder(ref, media_root, allow_outside_root=outside, **self.media_options)
+            return self._absolute(ref, media_root, outside, folders=modality.folders)
+
+        return map_media(messages, resolve)
 
     @staticmethod
-    def _absolute(ref: Any, media_root: str | None, allow_outside_root: bool = False) -> Any:
+    def _absolute(ref: Any, media_root: str | None, allow_outside_root: bool = False, folders: bool = False) -> Any:
         """Make a path ref (or a bytes-less `{"bytes", "path"}` ref) absolute and check that the file exists."""
         if isinstance(ref, str | os.PathLike):
-            return resolve_path(ref, media_root, allow_outside_root=allow_outside_root)
+            return resolve_path(ref, media_root, allow_outside_root=allow_outside_root, folders=folders)
         if isinstance(ref, dict) and ref.get("bytes") is None and ref.get("path"):
-            return {**ref, "path": resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root)}
+            path = resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root, folders=folders)
+            return {**ref, "path": path}
         return ref
 
     def validate(self, length_fn: Callable[[list[Message]], int] | None = None) -> list[int] | None:

@@ -1,4 +1,4 @@
-"""Media loading: turn an image or audio reference into a decoded RGB image or a mono float32 waveform.
+"""Media loading: turn an image, audio or video reference into a decoded RGB image, a mono float32 waveform or frames.
 
 A *reference* is whatever a dataset row holds for a media item:
 
@@ -8,8 +8,9 @@ A *reference* is whatever a dataset row holds for a media item:
 - an already decoded object: a `PIL.Image.Image`, a `{"array": ..., "sampling_rate": ...}` dict (or any object
   answering `["array"]` and `["sampling_rate"]`, such as torchcodec's `AudioDecoder`), or a numpy array.
 
-Decoding is done here and nowhere else, so every part of the data path gets the same conversions and the same
-errors. Audio is read with `soundfile` and resampled with `soxr` (`scipy.signal.resample_poly` when `soxr` is not
+A video reference may also be a folder of frame images (sorted by name) or a list of PIL images, and a uint8 array
+`(T, H, W, 3)`. Decoding is done here and nowhere else, so every part of the data path gets the same conversions and
+the same errors; the modality table (`any2text.modalities`) names the decoder of each medium. Audio is read with `soundfile` and resampled with `soxr` (`scipy.signal.resample_poly` when `soxr` is not
 installed): `datasets`' own `Audio()` decoding needs torchcodec, which is an optional, CUDA-linked dependency.
 """
 
@@ -86,8 +87,9 @@ def resolve_path(
     media_root: str | os.PathLike | None = None,
     *,
     allow_outside_root: bool = False,
+    folders: bool = False,
 ) -> str:
-    """Resolve `path` against `media_root` (when relative) and check that the file exists.
+    """Resolve `path` against `media_root` (when relative) and check that the file (or, with `folders`, folder) exists.
 
     With a `media_root`, a path that leads out of it (`../../x.png`, or an absolute path elsewhere) is refused unless
     `allow_outside_root=True`: a dataset row should not be able to make training read any file on the machine.
@@ -113,7 +115,7 @@ def resolve_path(
                 "if the dataset is trusted."
             )
         path = joined
-    if not os.path.isfile(path):
+    if not (os.path.isfile(path) or (folders and os.path.isdir(path))):
         if media_root is None and not os.path.isabs(path):
             fix = f"the path is relative and no `media_root` was given: {_MEDIA_ROOT_FIX}"
         elif media_root is not None:
@@ -279,14 +281,207 @@ def load_audio(
     return resample(waveform, int(orig_rate), int(sampling_rate))
 
 
-def media_refs(messages: list[dict]) -> tuple[list[MediaRef], list[MediaRef]]:
-    """The image and audio references of a conversation, in order of appearance (not loaded)."""
-    images, audio = [], []
-    for message in messages:
-        content = message.get("content")
-        for item in content if isinstance(content, list) else []:
-            if item.get("type") == "image":
-                images.append(item["image"])
-            elif item.get("type") == "audio":
-                audio.append(item["audio"])
-    return images, audio
+# ---------------------------------------------------------------------------------------------------------------------
+# The decoders of the modality table: one signature, `(ref, media_root=None, *, allow_outside_root=False, **options)`,
+# each reading the options it needs (`any2text.modalities.Modality.decoder_options`) and ignoring the others.
+
+
+def decode_image(
+    ref: MediaRef, media_root: str | os.PathLike | None = None, *, allow_outside_root: bool = False, **options: Any
+) -> PIL.Image.Image:
+    """`load_image` as the modality table calls it."""
+    return load_image(ref, media_root, allow_outside_root=allow_outside_root)
+
+
+def decode_audio(
+    ref: MediaRef,
+    media_root: str | os.PathLike | None = None,
+    *,
+    allow_outside_root: bool = False,
+    sampling_rate: int | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """`load_audio` at `sampling_rate` (the feature extractor's), as the modality table calls it.
+
+    Raises:
+        RuntimeError: no `sampling_rate` was given (a set-up mistake, not a bad row).
+    """
+    if sampling_rate is None:
+        raise RuntimeError(
+            "Decoding audio needs `sampling_rate` (the audio encoder's rate); `MultimodalDataset` needs "
+            "`sampling_rate` to decode audio (the stage set-up passes the feature extractor's)."
+        )
+    return load_audio(ref, sampling_rate, media_root, allow_outside_root=allow_outside_root)
+
+
+def check_clip_lengths(processor: Any, clips: list[np.ndarray]) -> None:
+    """Training never hears part of a clip: one longer than a non-fusing extractor's window is a bad row.
+
+    (The processor itself keeps the first window, as serving engines need; here that would be silent data loss.)
+    """
+    from ..models.llama_vision_audio.feature_extraction_llama_vision_audio import fuses_long_clips
+
+    extractor = processor.feature_extractor
+    if fuses_long_clips(extractor):
+        return
+    window, rate = extractor.nb_max_samples, extractor.sampling_rate
+    for i, clip in enumerate(clips):
+        if len(clip) > window:
+            raise ValueError(
+                f"Audio clip {i} lasts {len(clip) / rate:.1f} s, longer than this feature extractor's "
+                f"{window / rate:g} s window, and its {extractor.feature_size} mel bins cannot use CLAP's "
+                "fusion of long clips (64 bins only). Trim the clip, or use a 64-bin feature extractor."
+            )
+
+
+class VideoDecodeError(MediaDecodeError):
+    """A video that cannot give the frames asked for: corrupt, empty, or shorter than `num_frames`."""
+
+    def __init__(self, message: str, cause: str = "undecodable_media"):
+        super().__init__(message)
+        self.cause = cause
+
+
+_VIDEO_FIXES = {
+    "missing_media": "Check the path, or the dataset's `media_root` (relative paths start there).",
+    "undecodable_media": "Replace or re-encode the file (mp4/webm/mkv/avi, or a folder of frame images).",
+    "empty_media": "The video holds no frames: replace the file or remove the row.",
+    "too_short_media": "Lower the processor's `num_frames`, sample by `fps` instead, or remove the row.",
+}
+
+
+def _video_cause(error: BaseException) -> str:
+    """What a decoder error says went wrong (`missing_media`, `too_short_media`, `empty_media`,
+    `undecodable_media`), from its `cause`, or its class and message (the processor's `ShortVideoError`...)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, str):
+        return cause
+    kind = type(error).__name__.lower()
+    if "missing" in kind or isinstance(error, FileNotFoundError):
+        return "missing_media"
+    if "short" in kind:
+        return "too_short_media"
+    if "empty" in kind:
+        return "empty_media"
+    return "undecodable_media"
+
+
+def _video_source(
+    ref: MediaRef, media_root: str | os.PathLike | None, allow_outside_root: bool
+) -> tuple[Any, str, bytes | None]:
+    """`(what the processor's load_video takes, description, embedded bytes)` for a video reference."""
+    if isinstance(ref, str | os.PathLike):
+        return resolve_path(ref, media_root, allow_outside_root=allow_outside_root, folders=True), _describe(ref), None
+    if isinstance(ref, Mapping) and ("bytes" in ref or "path" in ref):
+        if ref.get("bytes") is not None:
+            return None, _describe(ref), ref["bytes"]
+        if ref.get("path"):
+            path = resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root, folders=True)
+            return path, _describe(ref), None
+        raise ValueError(f"Media reference {ref!r} has neither `bytes` nor `path`; the row holds no media.")
+    if isinstance(ref, np.ndarray) or hasattr(ref, "numpy") or isinstance(ref, list | tuple):
+        return ref, _describe(ref), None
+    raise TypeError(
+        f"Unsupported video reference {_describe(ref)}: expected a path (a video file or a folder of frames), a "
+        "`{'bytes', 'path'}` dict, a list of PIL images or a uint8 array (T, H, W, 3)."
+    )
+
+
+def _in_memory(source: Any) -> bool:
+    return source is not None and not isinstance(source, str)
+
+
+def load_video(
+    ref: MediaRef,
+    media_root: str | os.PathLike | None = None,
+    *,
+    allow_outside_root: bool = False,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Load a video reference as uint8 frames `(T, H, W, 3)`, sampled as the processor samples (`num_frames` uniform
+    frames, or `fps` frames per second), through the processor module's `load_video` (PyAV).
+
+    Frames already in memory (a list or an array) under `fps` are taken as sampled already, every one kept (they
+    carry no frame rate; as a bare audio array is taken to be at the encoder's rate): what a dataset decoded is not
+    sampled twice. Under `num_frames` they are sampled to `num_frames` (unchanged when they are that many).
+
+    Args:
+        ref: a path to a video file (mp4/webm/mkv/avi) or to a folder of frame images (sorted by name), a
+            `{"bytes", "path"}` dict, a list of PIL images or a uint8 array `(T, H, W, 3)`.
+        media_root: folder that relative paths are resolved against.
+        num_frames / fps: the processor's sampling (mutually exclusive), as transformers' `load_video` names them.
+
+    Raises:
+        FileNotFoundError: the file or folder does not exist.
+        MediaOutsideRootError: the path leads outside `media_root`.
+        VideoDecodeError: (a `ValueError`, a bad row) the video is corrupt (`undecodable_media`), has no frames
+            (`empty_media`) or fewer decodable frames than `num_frames` (`too_short_media`); names the file and fix.
+        ImportError: PyAV is not installed (`pip install "any2text[video]"`).
+    """
+    from ..models.llama_vision_audio.processing_llama_vision_audio import load_video as decode
+
+    source, name, data = _video_source(ref, media_root, allow_outside_root)
+    if fps is not None and _in_memory(source):
+        fps = None  # frames in memory carry no frame rate: taken as sampled already (see above)
+    try:
+        if data is None:
+            frames, _ = decode(source, num_frames=num_frames, fps=fps)
+        else:
+            import tempfile
+
+            # PyAV reads a file; embedded bytes (a `datasets` video column) go through a temporary one.
+            suffix = os.path.splitext(str(ref.get("path") or ""))[1] or ".mp4"
+            with tempfile.NamedTemporaryFile(suffix=suffix) as file:
+                file.write(data)
+                file.flush()
+                frames, _ = decode(file.name, num_frames=num_frames, fps=fps)
+    except ImportError:
+        raise
+    except (ValueError, OSError, RuntimeError) as error:
+        cause = _video_cause(error)
+        raise VideoDecodeError(f"Video {name} cannot be used ({error}). {_VIDEO_FIXES[cause]}", cause) from error
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise VideoDecodeError(f"Video {name} gave no frames. {_VIDEO_FIXES['empty_media']}", "empty_media")
+    return frames
+
+
+def video_num_frames(
+    ref: MediaRef,
+    media_root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    **options: Any,
+) -> int:
+    """How many frames `load_video` will give for `ref`, without decoding a video file.
+
+    With `num_frames` it is `num_frames`. With `fps`, a file's container metadata (frame count, frame rate) give
+    `max(1, int(total / video_fps * fps))`, transformers' rule; a folder of frames, a list or an array is counted.
+    """
+    if fps is None:
+        if num_frames is None:
+            raise ValueError("Counting a video's frames needs the processor's `num_frames` or `fps`.")
+        return int(num_frames)
+    source, name, data = _video_source(ref, media_root, allow_outside_root)
+    if _in_memory(source):
+        return len(source)
+    if data is not None or not os.path.isfile(source):
+        return len(load_video(ref, media_root, allow_outside_root=allow_outside_root, num_frames=num_frames, fps=fps))
+    import av
+
+    try:
+        with av.open(source) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or 0)
+            total = stream.frames or (int(float(stream.duration * stream.time_base) * rate) if stream.duration else 0)
+    except (av.FFmpegError, IndexError, OSError) as error:
+        raise VideoDecodeError(
+            f"Video {name} cannot be used ({error}). {_VIDEO_FIXES['undecodable_media']}"
+        ) from error
+    if total <= 0 or rate <= 0:
+        raise VideoDecodeError(f"Video {name} has no frames. {_VIDEO_FIXES['empty_media']}", "empty_media")
+    return max(1, int(total / rate * fps))

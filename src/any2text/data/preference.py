@@ -11,14 +11,15 @@ answer under `any2text.train`), with the *rejected* answer attached::
     >>> sample.chosen[0]["content"][0]["text"], sample.rejected[0]["content"][0]["text"]
     ('A cat.', 'A dog.')
 
-Templates: `AA_TI2T` / `AA_TA2T` (align-anything's `text-image-to-text` / `text-audio-to-text`), `RLAIF-V`, and
-`TRL-Preference` (TRL's `prompt` / `chosen` / `rejected` format, strings or message lists, with `images` / `audios`;
-also the implicit-prompt form where `chosen` and `rejected` are whole conversations sharing their first turns).
+Templates: `AA_TI2T` / `AA_TA2T` / `AA_TV2T` (align-anything's `text-image-to-text` / `text-audio-to-text` /
+`text-video-to-text`), `RLAIF-V`, and `TRL-Preference` (TRL's `prompt` / `chosen` / `rejected` format, strings or
+message lists, with media in the modality table's row columns, `images` / `audios` / `videos`; also the
+implicit-prompt form where `chosen` and `rejected` are whole conversations sharing their first turns).
 
 `PreferenceCollator` turns pairs into ONE row per pair, `[prompt | chosen | rejected]`: the prompt and its media
 appear once, the rejected answer attends to the prompt but not to the chosen answer (a 4D attention mask) and its
-positions continue from the prompt's. So each image and clip of a pair is encoded once and the prompt runs through
-the language model once; see `any2text.training.dpo` for the step that reads the batch.
+positions continue from the prompt's. So each medium of a pair is encoded once and the prompt runs through the
+language model once; see `any2text.training.dpo` for the step that reads the batch.
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ import torch
 from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from ..modalities import MODALITIES, by_content_type
 from .collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator
 from .loading import MultimodalDataset
-from .media import media_refs
+from .messages import iter_media, media_as_types
 from .templates import (
-    AUDIO_PLACEHOLDER,
-    IMAGE_PLACEHOLDER,
     Message,
     assistant_message,
     get_template,
+    media_of,
     register_template,
     row_name,
     split_placeholders,
@@ -125,17 +126,19 @@ def _text(row: dict[str, Any], key: str) -> str:
     return value
 
 
-def _prompt_with_media(row: dict[str, Any], text: str, images: list, audios: list) -> list[Message]:
-    """A user turn: placeholders in `text` place the media; without any, media go first (the LLaVA convention)."""
-    counts = {"image": text.count(IMAGE_PLACEHOLDER), "audio": text.count(AUDIO_PLACEHOLDER)}
-    media = {"image": list(images), "audio": list(audios)}
+def _prompt_with_media(row: dict[str, Any], text: str, media: dict[str, list]) -> list[Message]:
+    """A user turn: placeholders in `text` place the media (modality name -> refs); without any, media go first
+    (the LLaVA convention)."""
+    counts = {name: text.count(modality.placeholder) for name, modality in MODALITIES.items()}
+    media = {name: list(media.get(name, ())) for name in MODALITIES}
     if not any(counts.values()):
-        return [user_message(text, images=images, audios=audios)]
-    for modality, count in counts.items():
-        if count != len(media[modality]):
+        return [user_message(text, media)]
+    for name, count in counts.items():
+        if count != len(media[name]):
+            placeholder = MODALITIES[name].placeholder
             raise ValueError(
-                f"{row_name(row)} has {count} `<{modality}>` placeholder(s) but {len(media[modality])} {modality} "
-                "item(s). Make the counts match (one placeholder per item), or leave the placeholders out."
+                f"{row_name(row)} has {count} `{placeholder}` placeholder(s) but {len(media[name])} {name} item(s). "
+                "Make the counts match (one placeholder per item), or leave the placeholders out."
             )
     return [{"role": "user", "content": split_placeholders(text, media)}]
 
@@ -174,7 +177,7 @@ def aa_ti2t(row: dict[str, Any]) -> PreferenceMessages:
     if row.get("image") is None:
         raise ValueError(f"{row_name(row)} has no `image`.")
     chosen, rejected = _overall(row)
-    return _pair(_prompt_with_media(row, _text(row, "question"), [row["image"]], []), chosen, rejected)
+    return _pair(_prompt_with_media(row, _text(row, "question"), {"image": [row["image"]]}), chosen, rejected)
 
 
 @register_preference_template(
@@ -188,7 +191,21 @@ def aa_ta2t(row: dict[str, Any]) -> PreferenceMessages:
     if row.get("audio_path") is None:
         raise ValueError(f"{row_name(row)} has no `audio_path`.")
     chosen, rejected = _overall(row)
-    return _pair(_prompt_with_media(row, _text(row, "prompt"), [], [row["audio_path"]]), chosen, rejected)
+    return _pair(_prompt_with_media(row, _text(row, "prompt"), {"audio": [row["audio_path"]]}), chosen, rejected)
+
+
+@register_preference_template(
+    "AA_TV2T",
+    required_columns=("prompt", "video_path", "response_1", "response_2", "overall_response"),
+    aliases=("align-anything-text-video-to-text",),
+)
+def aa_tv2t(row: dict[str, Any]) -> PreferenceMessages:
+    """align-anything `text-video-to-text`: `prompt` (with `<video>`, or none: the video goes first) + `video_path`
+    (a path, relative to the media root); the answer `overall_response` (1 or 2) names is chosen."""
+    if row.get("video_path") is None:
+        raise ValueError(f"{row_name(row)} has no `video_path`.")
+    chosen, rejected = _overall(row)
+    return _pair(_prompt_with_media(row, _text(row, "prompt"), {"video": [row["video_path"]]}), chosen, rejected)
 
 
 @register_preference_template(
@@ -198,19 +215,12 @@ def rlaif_v(row: dict[str, Any]) -> PreferenceMessages:
     """openbmb/RLAIF-V-Dataset: `image`, `question`, `chosen`, `rejected` (strings)."""
     if row.get("image") is None:
         raise ValueError(f"{row_name(row)} has no `image`.")
-    prompt = _prompt_with_media(row, _text(row, "question"), [row["image"]], [])
+    prompt = _prompt_with_media(row, _text(row, "question"), {"image": [row["image"]]})
     return _pair(prompt, _text(row, "chosen"), _text(row, "rejected"))
 
 
-def _media_list(row: dict[str, Any], single: str, plural: str) -> list[Any]:
-    many = row.get(plural)
-    if many is not None:
-        return list(many) if isinstance(many, list | tuple) else [many]
-    return [] if row.get(single) is None else [row[single]]
-
-
 def _conversation(row: dict[str, Any], value: Any, key: str, media: dict[str, list]) -> list[Message]:
-    """TRL message list(s) -> our format; `{"type": "image"}` items without a ref take the next of `media`."""
+    """TRL message list(s) -> our format; media items without a ref (`{"type": "image"}`) take the next of `media`."""
     if isinstance(value, Mapping):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(m, Mapping) and "role" in m for m in value):
@@ -228,13 +238,15 @@ def _conversation(row: dict[str, Any], value: Any, key: str, media: dict[str, li
             items = []
             for item in content:
                 kind = item.get("type")
-                if kind in ("image", "audio") and item.get(kind) is None:
-                    if not media[kind]:
+                modality = by_content_type(kind)
+                if modality is not None and item.get(modality.name) is None:
+                    if not media[modality.name]:
                         raise ValueError(
-                            f"{row_name(row)}: `{key}` has more `{{'type': '{kind}'}}` items than the row's `{kind}s`."
+                            f"{row_name(row)}: `{key}` has more `{{'type': '{kind}'}}` items than the row's "
+                            f"`{modality.row_columns[0]}`."
                         )
-                    items.append({"type": kind, kind: media[kind].pop(0)})
-                elif kind in ("image", "audio", "text"):
+                    items.append({"type": kind, modality.name: media[modality.name].pop(0)})
+                elif modality is not None or kind == "text":
                     items.append(dict(item))
                 else:
                     raise ValueError(f"{row_name(row)}: `{key}` has a content item of type `{kind}`.")
@@ -244,23 +256,24 @@ def _conversation(row: dict[str, Any], value: Any, key: str, media: dict[str, li
     return messages
 
 
-def _count_media(messages: list[Message], kind: str) -> int:
-    return sum(item["type"] == kind for message in messages for item in message["content"])
+def _count_media(messages: list[Message], name: str) -> int:
+    return sum(modality.name == name for modality, _ in iter_media(messages))
 
 
 @register_preference_template(
     "TRL-Preference", required_columns=("chosen", "rejected"), aliases=("TRL", "preference", "DPO")
 )
 def trl_preference(row: dict[str, Any]) -> PreferenceMessages:
-    """TRL's preference format: `prompt` / `chosen` / `rejected` as strings or message lists, media in `images` /
-    `image` and (ours) `audios` / `audio`.
+    """TRL's preference format: `prompt` / `chosen` / `rejected` as strings or message lists, media in the modality
+    table's row columns: `images` / `image`, `videos` / `video` and (ours) `audios` / `audio`.
 
-    A string prompt places media at its `<image>` / `<audio>` placeholders, or first when it has none. Message lists
-    may hold `{"type": "image"}` items (TRL's convention) that take the row's images in order. Without `prompt`,
+    A string prompt places media at its placeholders (`<image>`, `<audio>`, `<video>`), or first when it has none.
+    Message lists may hold `{"type": "image"}` / `{"type": "video"}` items (TRL's convention) that take the row's
+    media in order. Without `prompt`,
     `chosen` and `rejected` are whole conversations and their shared first turns are the prompt (TRL's implicit
     prompt).
     """
-    images, audios = _media_list(row, "image", "images"), _media_list(row, "audio", "audios")
+    row_media = media_of(row)
     chosen, rejected = row.get("chosen"), row.get("rejected")
     prompt = row.get("prompt")
     if prompt is None:
@@ -275,20 +288,22 @@ def trl_preference(row: dict[str, Any]) -> PreferenceMessages:
         if shared == 0:
             raise ValueError(f"{row_name(row)}: `chosen` and `rejected` share no first turn to use as the prompt.")
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-    media = {"image": list(images), "audio": list(audios)}
+    media = {name: list(refs) for name, refs in row_media.items()}
     if isinstance(prompt, str):
-        prompt_messages = _prompt_with_media(row, prompt, images, audios)
-        media = {"image": [], "audio": []}
+        prompt_messages = _prompt_with_media(row, prompt, row_media)
+        media = {}
     else:
         prompt_messages = _conversation(row, prompt, "prompt", media)
-        for kind in ("image", "audio"):
-            if media[kind] and _count_media(prompt_messages, kind) == 0:
+        for name, modality in MODALITIES.items():
+            if media[name] and _count_media(prompt_messages, name) == 0:
                 # Media given but not placed: in front of the first user turn, as for a string prompt.
                 first = next((m for m in prompt_messages if m["role"] == "user"), None)
                 if first is None:
-                    raise ValueError(f"{row_name(row)} has {kind} items but no user turn to attach them to.")
-                first["content"] = [{"type": kind, kind: ref} for ref in media[kind]] + first["content"]
-                media[kind] = []
+                    raise ValueError(f"{row_name(row)} has {name} items but no user turn to attach them to.")
+                first["content"] = [{"type": modality.content_type, name: ref} for ref in media[name]] + first[
+                    "content"
+                ]
+                media[name] = []
     left = {kind: len(refs) for kind, refs in media.items() if refs}
     if left:
         raise ValueError(f"{row_name(row)} has media the prompt does not place: {left}. Add one item per medium.")
@@ -296,7 +311,7 @@ def trl_preference(row: dict[str, Any]) -> PreferenceMessages:
     def answer(value: Any, key: str) -> list[Message]:
         if isinstance(value, str):
             return [assistant_message(_text(row, key))]
-        messages = _conversation(row, value, key, {"image": [], "audio": []})
+        messages = _conversation(row, value, key, {name: [] for name in MODALITIES})
         if not messages or messages[-1]["role"] != "assistant":
             raise ValueError(f"{row_name(row)}: `{key}` must end with an assistant message.")
         return messages
@@ -321,10 +336,6 @@ class PreferenceDataset(MultimodalDataset):
                 f"pairs. DPO needs one of {', '.join(f'`{t}`' for t in sorted(PREFERENCE_TEMPLATES))}."
             )
         super().__init__(specs, **kwargs)
-
-    def _resolve_media(self, messages, media_root, decode):
-        resolved = super()._resolve_media(messages, media_root, decode)
-        return messages.with_messages(resolved) if isinstance(messages, PreferenceMessages) else resolved
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -399,9 +410,10 @@ class PreferenceCollator(MultimodalCollator):
         media = self._load_media(list(messages))
         chosen = self._encode(messages, index, media)
         # The media of a pair live in its shared prompt: read (decode, resample) them once for both sides.
-        shared = all(
-            len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-            for a, b in zip(media_refs(list(messages)), media_refs(rejected_messages), strict=True)
+        chosen_refs = [ref for _, ref in iter_media(list(messages))]
+        rejected_refs = [ref for _, ref in iter_media(rejected_messages)]
+        shared = len(chosen_refs) == len(rejected_refs) and all(
+            x is y for x, y in zip(chosen_refs, rejected_refs, strict=True)
         )
         rejected = self._encode(rejected_messages, index, media if shared else None)
         start = self._last_span_start(chosen["labels"])
@@ -458,17 +470,13 @@ class PreferenceCollator(MultimodalCollator):
         return chosen + rejected - self._prompt_length(messages.prompt)
 
     def _prompt_length(self, prompt: list[dict]) -> int:
-        plain = [{**m, "content": [{"type": i["type"]} if i.get("type") in ("image", "audio") else i
-                                   for i in m["content"]]} if isinstance(m.get("content"), list) else m
-                 for m in prompt]  # fmt: skip
         text = render_jinja_template(
-            [plain], chat_template=self.chat_template, add_generation_prompt=True, **self.tokenizer.special_tokens_map
+            [media_as_types(prompt)],
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            **self.tokenizer.special_tokens_map,
         )[0][0]
-        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        for token, modality in ((self.image_token, "image"), (self.audio_token, "audio")):
-            if token is not None and (count := text.count(token)):
-                length += count * (self._tokens_per(modality) - 1)
-        return length
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + self._media_length(prompt)
 
     def _blank_pair(self) -> dict[str, Any]:
         sample = self._blank_image_sample()

@@ -3,10 +3,12 @@
 A template is a function `(row: dict) -> list[dict]` returning messages in the project-wide format::
 
     [{"role": "system" | "user" | "assistant",
-      "content": [{"type": "text", "text": str}, {"type": "image", "image": ref}, {"type": "audio", "audio": ref}]}]
+      "content": [{"type": "text", "text": str}, {"type": "image", "image": ref}, {"type": "audio", "audio": ref},
+                  {"type": "video", "video": ref}]}]
 
 - `content` is always a list, also for text-only turns.
-- Media items sit where `<image>` / `<audio>` occurred in the text, in order. The placeholder itself is removed and
+- Media items sit where their placeholder (`<image>`, `<audio>`, `<video>`: the modality table's, see
+  `any2text.modalities`) occurred in the text, in order. The placeholder itself is removed and
   the whitespace touching it is stripped; text segments that end up empty are dropped. Text away from
   placeholders is kept verbatim.
 - Media references (`ref`) are left exactly as the row holds them (a path, a `{"bytes", "path"}` dict, an
@@ -39,16 +41,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..modalities import MODALITIES
+
 Message = dict[str, Any]
 Row = dict[str, Any]
 TemplateFn = Callable[[Row], list[Message]]
 # (row, instruction suffix) -> the user text of a one-turn template.
 PromptFn = Callable[[Row, str], str]
 
-IMAGE_PLACEHOLDER = "<image>"
-AUDIO_PLACEHOLDER = "<audio>"
-_PLACEHOLDER_RE = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(AUDIO_PLACEHOLDER)})")
-_MODALITY = {IMAGE_PLACEHOLDER: "image", AUDIO_PLACEHOLDER: "audio"}
+
+def placeholders() -> dict[str, str]:
+    """Placeholder -> modality name, from the modality table (read per call: a registered modality counts at once)."""
+    return {modality.placeholder: name for name, modality in MODALITIES.items()}
+
 
 # Fixed prompts. One prompt per task (rather than the seed's random pick from a list) keeps samples reproducible and
 # lets evaluation use exactly the training prompt.
@@ -165,7 +170,8 @@ def register_prompt_template(
     """Register a one-turn template: a user turn (one medium, then `prompt(row, suffix)`) and the answer `target(row)`.
 
     Args:
-        modality: `"image"` or `"audio"`, the kind of medium `media(row)` returns a reference to.
+        modality: a modality of the table (`"image"`, `"audio"`, `"video"`), the kind of medium `media(row)` returns a
+            reference to.
         prompt: `(row, suffix) -> str`; `suffix` is the instruction in force (`suffix` here, or the one an
             evaluation passes instead).
         suffix: the default instruction, e.g. `"\n" + SHORT_ANSWER_PROMPT`.
@@ -176,9 +182,7 @@ def register_prompt_template(
 
     def messages(row: Row) -> list[Message]:
         text = template.prompt(row)
-        ref = media(row)
-        images, audios = ([ref], []) if modality == "image" else ([], [ref])
-        return [user_message(text, images=images, audios=audios), assistant_message(template.target(row))]
+        return [user_message(text, {modality: [media(row)]}), assistant_message(template.target(row))]
 
     template = Template(
         name=name,
@@ -304,17 +308,18 @@ def check_conversation(messages: list[Message]) -> None:
 
 
 def split_placeholders(text: str, media: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Turn text with `<image>` / `<audio>` placeholders into content items, consuming refs from `media` in order.
+    """Turn text with placeholders (`<image>`, `<audio>`, `<video>`...) into content items, consuming refs from `media`.
 
-    `media` maps `"image"` / `"audio"` to lists of refs; consumed refs are popped from the front. The caller checks
-    counts beforehand, so running out of refs here is a bug, not bad data.
+    `media` maps modality names (`"image"`) to lists of refs; consumed refs are popped from the front. The caller
+    checks counts beforehand, so running out of refs here is a bug, not bad data.
     """
-    parts = _PLACEHOLDER_RE.split(text)
+    names = placeholders()
+    parts = re.split("(" + "|".join(re.escape(placeholder) for placeholder in names) + ")", text)
     content: list[dict[str, Any]] = []
     for i, part in enumerate(parts):
-        if part in _MODALITY:
-            modality = _MODALITY[part]
-            content.append({"type": modality, modality: media[modality].pop(0)})
+        if part in names:
+            modality = MODALITIES[names[part]]
+            content.append({"type": modality.content_type, modality.name: media[modality.name].pop(0)})
             continue
         # Odd indices are placeholders: strip only the side of a text segment that touches one.
         if i > 0:
@@ -326,12 +331,27 @@ def split_placeholders(text: str, media: dict[str, list[Any]]) -> list[dict[str,
     return content
 
 
-def user_message(text: str, images: Sequence[Any] = (), audios: Sequence[Any] = ()) -> Message:
-    """A user turn with the media first, then the text (the LLaVA convention)."""
-    content: list[dict[str, Any]] = [{"type": "image", "image": ref} for ref in images]
-    content += [{"type": "audio", "audio": ref} for ref in audios]
+def user_message(text: str, media: dict[str, Sequence[Any]] | None = None, **columns: Sequence[Any]) -> Message:
+    """A user turn with the media first, in the table's order, then the text (the LLaVA convention).
+
+    Media are given by modality name (`media={"image": [ref]}`) or by row column (`images=[ref]`, `audios=...`,
+    `videos=...`: the table's `row_columns`).
+    """
+    given = {**(media or {}), **{_column_modality(column): refs for column, refs in columns.items()}}
+    content: list[dict[str, Any]] = []
+    for name, modality in MODALITIES.items():
+        content += [{"type": modality.content_type, name: ref} for ref in given.pop(name, ())]
+    if given:
+        raise ValueError(f"Unknown modalities {sorted(given)}; known: {list(MODALITIES)}.")
     content.append({"type": "text", "text": text})
     return {"role": "user", "content": content}
+
+
+def _column_modality(column: str) -> str:
+    for name, modality in MODALITIES.items():
+        if column == name or column in modality.row_columns:
+            return name
+    raise TypeError(f"`user_message` got an unknown media keyword `{column}`; known: {list(MODALITIES)}.")
 
 
 def assistant_message(text: str) -> Message:
@@ -382,14 +402,30 @@ def most_common(values: Sequence[Any]) -> str:
     return str(Counter(values).most_common(1)[0][0])
 
 
-def _media_of(row: dict[str, Any], single: str, plural: str) -> list[Any]:
-    one, many = as_list(row.get(single)), as_list(row.get(plural))
-    if one and many:
-        raise ValueError(
-            f"{row_name(row)} has both `{single}` and `{plural}`; keep one column (LLaVA rows use `{single}` for one "
-            f"file and `{plural}` for several)."
-        )
-    return one or many
+def media_of(row: dict[str, Any]) -> dict[str, list[Any]]:
+    """Modality name -> the row's references, from the table's `row_columns` (`images` or `image`, ...)."""
+    media = {}
+    for name, modality in MODALITIES.items():
+        found = {column: as_list(row.get(column)) for column in modality.row_columns}
+        found = {column: refs for column, refs in found.items() if refs}
+        if len(found) > 1:
+            plural, single = list(found)[:2]
+            raise ValueError(
+                f"{row_name(row)} has both `{single}` and `{plural}`; keep one column (LLaVA rows use `{single}` for "
+                f"one file and `{plural}` for several)."
+            )
+        media[name] = next(iter(found.values()), [])
+    return media
+
+
+# LLaVA-Video-178K writes `<image>` for its video: in a row with videos and no images, `<image>` means the video.
+_LEGACY_VIDEO_TAG = "<image>"
+
+
+def _video_tags(media: dict[str, list[Any]], texts: list[str]) -> list[str]:
+    if "video" in media and media["video"] and not media.get("image") and not any("<video>" in t for t in texts):
+        return [text.replace(_LEGACY_VIDEO_TAG, MODALITIES["video"].placeholder) for text in texts]
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -401,9 +437,11 @@ def llava(row: dict[str, Any]) -> list[Message]:
     """LLaVA-Instruct-150K / LLaVA-Pretrain-558K / ShareGPT-4o rows.
 
     `conversations` is `[{"from": "human" | "gpt" | "system", "value": str}]` (`{"role", "content"}` turns work
-    too). Media come from `image` (one) or `images` (a list), and `audio` / `audios`; rows without them are
-    text-only. `<image>` / `<audio>` may appear anywhere, several times. A row with media but no placeholder at all
-    gets them prepended to the first user turn (the LLaVA convention); any other count mismatch is an error.
+    too). Media come from the modality table's row columns: `image` (one) or `images` (a list), `audio` / `audios`,
+    `video` / `videos`; rows without them are text-only. Placeholders (`<image>`, `<audio>`, `<video>`) may appear
+    anywhere, several times. A row with media but no placeholder at all gets them prepended to the first user turn
+    (the LLaVA convention); any other count mismatch is an error. A row with videos and no images may write
+    `<image>` for its video, as LLaVA-Video-178K does (see the `LLaVA-Video` template).
     """
     turns = _field(row, "conversations")
     if not isinstance(turns, list | tuple):
@@ -411,7 +449,7 @@ def llava(row: dict[str, Any]) -> list[Message]:
             f"{row_name(row)} has `conversations` of type {type(turns).__name__}; expected a list of turns "
             '(`[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]`).'
         )
-    media = {"image": _media_of(row, "image", "images"), "audio": _media_of(row, "audio", "audios")}
+    media = media_of(row)
     roles_and_texts = []
     for position, turn in enumerate(turns):
         if not isinstance(turn, dict):
@@ -431,8 +469,10 @@ def llava(row: dict[str, Any]) -> list[Message]:
         roles_and_texts.append((role, text))
     if not any(role == "assistant" for role, _ in roles_and_texts):
         raise ValueError(f"{row_name(row)} has no assistant (`gpt`) turn, so there is nothing to train on.")
+    texts = _video_tags(media, [text for _, text in roles_and_texts])
+    roles_and_texts = [(role, text) for (role, _), text in zip(roles_and_texts, texts, strict=True)]
 
-    for placeholder, modality in _MODALITY.items():
+    for placeholder, modality in placeholders().items():
         count = sum(text.count(placeholder) for _, text in roles_and_texts)
         if count == 0 and media[modality]:
             first_user = next((i for i, (role, _) in enumerate(roles_and_texts) if role == "user"), None)
@@ -446,6 +486,18 @@ def llava(row: dict[str, Any]) -> list[Message]:
                 f"file(s) in `{modality}`/`{modality}s`. Make the counts match (one placeholder per file)."
             )
     return [{"role": role, "content": split_placeholders(text, media)} for role, text in roles_and_texts]
+
+
+@register_template("LLaMA-Factory", required_columns=("messages",), aliases=("LLaMA-Factory-ShareGPT",))
+def llama_factory(row: dict[str, Any]) -> list[Message]:
+    """LLaMA-Factory's multimodal rows: `messages` (`[{"role", "content": str}]`) with `<image>` / `<video>` /
+    `<audio>` placeholders, media in `images` / `videos` / `audios`; the LLaVA template's rules otherwise."""
+    return llava({**row, "conversations": _field(row, "messages")})
+
+
+# LLaVA-Video-178K (`lmms-lab/LLaVA-Video-178K`): LLaVA rows whose `video` holds the clip (its `<image>` tag is read as
+# the video's placeholder), required to have one.
+register_template("LLaVA-Video", llava, required_columns=("conversations", ("video", "videos")))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

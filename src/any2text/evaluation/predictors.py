@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..data.messages import strip_media
 from ..inference import decode_media, generate_batch, load_inference_model
 
 if TYPE_CHECKING:
@@ -91,14 +92,8 @@ class Generate:
 
 
 def withhold_media(pair: Any) -> Any:
-    """The pair with every image / audio part of its messages removed (the text, placeholders aside, kept)."""
-    stripped = [
-        {**m, "content": [part for part in m["content"] if part.get("type") == "text"]}
-        if isinstance(m["content"], list)
-        else m
-        for m in pair
-    ]
-    return pair.with_messages(stripped)
+    """The pair with every medium of its messages removed (the text, placeholders aside, kept)."""
+    return strip_media(pair)
 
 
 @dataclass(frozen=True)

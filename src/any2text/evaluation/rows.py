@@ -16,6 +16,7 @@ import datasets
 
 from ..data.loading import BAD_ROW_COLUMN, DatasetSpec, default_media_root, load_spec
 from ..data.media import resolve_path
+from ..data.messages import map_media
 from ..data.templates import get_template, register_template
 
 # `load_spec` checks a template's required columns. A generation benchmark checks its own instead: its template is a
@@ -73,25 +74,16 @@ def resolve_media(messages: Any, media_root: str | None, allow_outside_root: boo
 
     Embedded media (`{"bytes": ...}`, arrays, PIL images) pass unchanged. A pair keeps its type.
     """
-    resolved = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [_resolve_part(part, media_root, allow_outside_root) for part in content]
-        resolved.append({**message, "content": content})
-    return messages.with_messages(resolved) if hasattr(messages, "with_messages") else resolved
 
+    def resolve(modality: Any, ref: Any) -> Any:
+        options = {"allow_outside_root": allow_outside_root, "folders": modality.folders}
+        if isinstance(ref, str | os.PathLike):
+            return resolve_path(ref, media_root, **options)
+        if isinstance(ref, dict) and ref.get("bytes") is None and ref.get("path") and "array" not in ref:
+            return {**ref, "path": resolve_path(ref["path"], media_root, **options)}
+        return ref
 
-def _resolve_part(part: dict[str, Any], media_root: str | None, allow_outside_root: bool) -> dict[str, Any]:
-    kind = part.get("type")
-    if kind not in ("image", "audio"):
-        return part
-    ref = part.get(kind)
-    if isinstance(ref, str | os.PathLike):
-        ref = resolve_path(ref, media_root, allow_outside_root=allow_outside_root)
-    elif isinstance(ref, dict) and ref.get("bytes") is None and ref.get("path") and "array" not in ref:
-        ref = {**ref, "path": resolve_path(ref["path"], media_root, allow_outside_root=allow_outside_root)}
-    return {**part, kind: ref}
+    return map_media(messages, resolve)
 
 
 def is_prompt_template(template: str) -> bool:

@@ -62,6 +62,15 @@ class ModelArguments:
         },
     )
 
+    def is_frozen(self, component: str) -> bool:
+        """Whether a tower or projector of the modality table is frozen: `--freeze_<tower>` for a tower
+        (`--freeze_vision_tower`; a tower without a flag stays frozen), `--freeze_<x>_proj` for a projector `<x>_projector`
+        (`--freeze_mm_proj` when unset)."""
+        if component.endswith("_projector"):
+            flag = getattr(self, f"freeze_{component.removesuffix('_projector')}_proj", None)
+            return self.freeze_mm_proj if flag is None else flag
+        return getattr(self, f"freeze_{component}", True)
+
     @property
     def vision_proj_frozen(self) -> bool:
         return self.freeze_mm_proj if self.freeze_vision_proj is None else self.freeze_vision_proj

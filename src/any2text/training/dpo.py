@@ -40,6 +40,7 @@ from ..data.collator import EMPTY_BATCH_KEY
 from ..data.preference import PreferenceCollator
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .model import load_model_and_processor
+from .nonfinite import ROW_IDS_KEY
 from .parsing import make_argument_parser, parse_argument_groups
 from .stage import Stage, build_stage, run_stage, stage_main
 from .trainer import MultimodalTrainer
@@ -47,16 +48,25 @@ from .trainer import MultimodalTrainer
 logger = logging.get_logger(__name__)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
-# Batch keys the model reads; the rest (labels of the answers, reference log-probs) are the loss's.
-_MODEL_KEYS = (
-    "input_ids",
-    "position_ids",
-    "mm_token_type_ids",
-    "token_type_ids",
-    "pixel_values",
-    "input_features",
-    "is_longer",
-    "image_sizes",
+# Batch keys only the loss (or the trainer) reads; everything else a pair batch holds is the model's input (TRL's
+# deny-list): the tokens, positions, token types and every medium's processor outputs, whatever the modalities.
+# `attention_mask`, `logits_to_keep` and `use_cache` go to the model too, as `pair_forward` gives them.
+LOSS_KEYS = (
+    "attention_mask",
+    "logits_to_keep",
+    "answer_labels",
+    "answer_slots",
+    "pair_mask",
+    "pair_rows",
+    "answer_ends",
+    "index",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+    "margin",
+    "sources",
+    ROW_IDS_KEY,
+    "use_cache",
+    EMPTY_BATCH_KEY,
 )
 
 
@@ -201,7 +211,7 @@ def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 def pair_forward(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], logits_to_keep: torch.Tensor) -> Any:
     """The one forward of a `PreferenceCollator` batch (DPO's log-probs, the reward model's scores): the model's
     inputs, the pair layout's 4D mask in the kernel's form, outputs only at the `logits_to_keep` columns."""
-    inputs = {key: batch[key] for key in _MODEL_KEYS if key in batch}
+    inputs = {key: value for key, value in batch.items() if key not in LOSS_KEYS}
     return model(
         **inputs,
         attention_mask=_attention_mask(model, batch["attention_mask"]),

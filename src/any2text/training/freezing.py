@@ -1,8 +1,9 @@
 """Stages as a freezing policy: which components of the model train, and a table of what does.
 
 Components are found by the module names transformers' multimodal models use, so stock Llava and LlamaVisionAudio
-checkpoints are handled alike: `vision_tower`, `audio_tower`, `vision_projector` (Llava: `multi_modal_projector`),
-`audio_projector`, `language_model` (plus `lm_head`, which belongs to it).
+checkpoints are handled alike: the towers and projectors the modality table names (`vision_tower`, `audio_tower`,
+`vision_projector` (Llava: `multi_modal_projector`), `audio_projector`; video shares the vision ones), and
+`language_model` (plus `lm_head`, which belongs to it).
 
 Embedding rows of the added tokens (`<image>`, `<audio>`, `<pad>`): they are part of the language model's embedding
 matrix and `lm_head`, so they follow `freeze_language_model`.
@@ -23,18 +24,21 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.utils import logging
 
+from ..modalities import MODALITIES
 from .arguments import ModelArguments
 
 logger = logging.get_logger(__name__)
 
-# Component -> attribute names on the base model (the `model` inside `*ForConditionalGeneration`), first found wins.
-COMPONENT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "vision_tower": ("vision_tower",),
-    "audio_tower": ("audio_tower",),
-    "vision_projector": ("vision_projector", "multi_modal_projector"),
-    "audio_projector": ("audio_projector",),
-    "language_model": ("language_model",),
-}
+# Stock Llava's name for its (vision) projector.
+_ALIASES = {"vision_projector": ("multi_modal_projector",)}
+
+
+def component_attributes() -> dict[str, tuple[str, ...]]:
+    """Component -> attribute names on the base model (the `model` inside `*ForConditionalGeneration`), first found
+    wins: every tower and projector of the modality table (each once), then the language model."""
+    names = [name for modality in MODALITIES.values() for name in (modality.tower, modality.projector)]
+    attributes = {name: (name, *_ALIASES.get(name, ())) for name in dict.fromkeys(names)}
+    return {**attributes, "language_model": ("language_model",)}
 
 
 @dataclass
@@ -53,7 +57,7 @@ def find_components(model: nn.Module) -> dict[str, Component]:
     )
     base = getattr(model, base_name) if base_name else model
     components: dict[str, Component] = {}
-    for component, attributes in COMPONENT_ATTRIBUTES.items():
+    for component, attributes in component_attributes().items():
         for attribute in attributes:
             module = getattr(base, attribute, None)
             if isinstance(module, nn.Module):
@@ -74,15 +78,10 @@ def find_components(model: nn.Module) -> dict[str, Component]:
 
 
 def frozen_components(model_args: ModelArguments, use_peft: bool = False) -> dict[str, bool]:
-    """Component name -> frozen, from the `--freeze_*` flags. With LoRA the language model's own weights are frozen."""
-    return {
-        "vision_tower": model_args.freeze_vision_tower,
-        "audio_tower": model_args.freeze_audio_tower,
-        "vision_projector": model_args.vision_proj_frozen,
-        "audio_projector": model_args.audio_proj_frozen,
-        "language_model": model_args.freeze_language_model or use_peft,
-        "score": False,
-    }
+    """Component name -> frozen, from the `--freeze_*` flags (`ModelArguments.is_frozen`). With LoRA the language
+    model's own weights are frozen; a reward model's `score` head is new, so always trained."""
+    frozen = {name: model_args.is_frozen(name) for name in component_attributes() if name != "language_model"}
+    return {**frozen, "language_model": model_args.freeze_language_model or use_peft, "score": False}
 
 
 def apply_freezing(model: nn.Module, model_args: ModelArguments, use_peft: bool = False) -> dict[str, Component]:

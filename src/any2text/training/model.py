@@ -9,11 +9,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArg
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 
+from ..modalities import MODALITIES
 from .arguments import LoraArguments, ModelArguments
 from .freezing import apply_freezing, find_components, parameter_table
 from .lora import apply_lora
 from .throughput import apply_liger_kernel
 from .workarounds import keep_saved_keys_after_zero3_load
+from .zero3 import install_lockstep
 
 logger = logging.get_logger(__name__)
 
@@ -32,6 +34,9 @@ def load_model_and_processor(model_args: ModelArguments, load_model: Callable[..
     load_model = AutoModelForImageTextToText.from_pretrained if load_model is None else load_model
     model = load_model(model_args.model_name_or_path, **kwargs)
     processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
+    # Every rank runs every encoder every training step (policy and DPO reference alike), installed before DeepSpeed
+    # adds its own hooks (training/zero3.py).
+    install_lockstep(model)
     if is_deepspeed_zero3_enabled():
         mark_zero3_leaf_towers(model)
         keep_saved_keys_after_zero3_load(model)
@@ -49,7 +54,7 @@ def mark_zero3_leaf_towers(model: torch.nn.Module) -> list[str]:
     from deepspeed.utils import set_z3_leaf_modules
 
     towers = find_components(model)
-    marked = [name for name in ("vision_tower", "audio_tower") if name in towers]
+    marked = [name for name in dict.fromkeys(m.tower for m in MODALITIES.values()) if name in towers]
     for name in marked:
         set_z3_leaf_modules(towers[name].modules[0], [type(towers[name].modules[0])])
     return marked

@@ -45,6 +45,7 @@ from ..data.collator import MultimodalCollator
 from ..data.loading import MultimodalDataset
 from ..data.packing import VARLEN_SDPA, PackedDataset, use_varlen_sdpa
 from ..data.preference import PreferenceDataset
+from ..modalities import media_options
 from ..models.llama_vision_audio import LlamaVisionAudioPreTrainedModel
 from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from .checkpoints import resolve_resume_checkpoint
@@ -124,7 +125,7 @@ def load_stage_model(
 
     A stock model (Llava) cannot run its vision tower without an image; under ZeRO-3 a rank whose batch has none
     would skip it while the others gather its parameters, and the run would hang, so its batches get a blank image
-    row with no labels (`ensure_image`). LlamaVisionAudio runs every tower every training step by itself.
+    row with no labels (`ensure_image`). LlamaVisionAudio gets the training lock-step instead (`training/zero3.py`).
     """
     model, processor = load_model_and_processor(model_args, load_model)
     ensure_image = is_deepspeed_zero3_enabled() and not isinstance(model, LlamaVisionAudioPreTrainedModel)
@@ -158,10 +159,9 @@ def build_dataset(
     specs = data_args.dataset_specs(split)
     if specs is None:
         return None
-    feature_extractor = getattr(processor, "feature_extractor", None)
     return dataset_class(
         specs,
-        sampling_rate=getattr(feature_extractor, "sampling_rate", None),
+        media_options=media_options(processor),
         skip_bad_rows=data_args.skip_bad_rows,
         num_samples=data_args.train_num_samples if split == "train" else None,
         seed=seed,

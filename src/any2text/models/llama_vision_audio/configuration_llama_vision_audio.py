@@ -1,4 +1,5 @@
-"""LlamaVisionAudio configuration: a causal LM joined to an optional vision encoder and an optional audio encoder."""
+"""LlamaVisionAudio configuration: a causal LM joined to an optional vision encoder (images and video frames) and an
+optional audio encoder."""
 
 from typing import Literal
 
@@ -13,7 +14,8 @@ VISION_ENCODERS_WITH_CLS = ("clip_vision_model",)
 class LlamaVisionAudioConfig(PreTrainedConfig):
     r"""
     Configuration of a [`LlamaVisionAudioForConditionalGeneration`]: a text model plus an optional vision encoder and
-    an optional audio encoder, each joined to the text model by a two-layer MLP projector.
+    an optional audio encoder, each joined to the text model by a two-layer MLP projector. Videos are frames through
+    the vision encoder and its projector (LLaVA-NeXT-Video's design), with each frame's patch grid pooled first.
 
     Args:
         text_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -26,12 +28,19 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             Id of the token that holds the place of one image embedding.
         audio_token_id (`int`, *optional*, defaults to 128257):
             Id of the token that holds the place of one audio embedding.
+        video_token_id (`int`, *optional*, defaults to 128258):
+            Id of the token that holds the place of one video embedding; `None` (set so when there is no vision
+            encoder, and for a config saved before video) means the model reads no video.
         vision_feature_layer (`int` or `list[int]`, *optional*, defaults to -2):
             Hidden state(s) of the vision encoder fed to the projector (a list is concatenated on the channel axis).
         vision_feature_select_strategy (`str`, *optional*, defaults to `"default"`):
             `"default"` drops the CLS embedding of encoders that have one, `"full"` keeps every embedding.
         audio_feature_layer (`int`, *optional*, defaults to -2):
             Hidden state of the audio encoder fed to the projector.
+        spatial_pool_mode (`str`, *optional*, defaults to `"average"`):
+            How a video frame's patch grid is pooled before the projector: `"average"` or `"max"`.
+        spatial_pool_stride (`int`, *optional*, defaults to 2):
+            Side of the (non-overlapping) pooling window; a grid side that is not a multiple is floored.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             Activation between the two linear layers of each projector.
         multimodal_projector_bias (`bool`, *optional*, defaults to `True`):
@@ -40,8 +49,9 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             Outputs of [`LlamaVisionAudioForSequenceClassification`]'s `score` head: 1, a reward model's scalar, unless
             set (or `id2label` given).
 
-    The number of tokens one image and one audio clip become is derived from the encoder configs and exposed as
-    `image_seq_length` and `audio_seq_length` (576 for CLIP ViT-L/14 at 336 px with `"default"`; 64 for CLAP HTSAT).
+    The number of tokens one image, one video frame and one audio clip become is derived from the encoder configs and
+    exposed as `image_seq_length`, `video_frame_seq_length` and `audio_seq_length` (576 and 144 for CLIP ViT-L/14 at
+    336 px with `"default"`; 64 for CLAP HTSAT).
     `audio_config.max_source_positions` repeats `audio_seq_length` for serving engines that size audio by it.
 
     Example:
@@ -56,14 +66,18 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
     ...     vision_config=CLIPVisionConfig(image_size=336, patch_size=14),
     ...     audio_config=ClapAudioConfig(),
     ... )
-    >>> config.image_seq_length, config.audio_seq_length
-    (576, 64)
+    >>> config.image_seq_length, config.video_frame_seq_length, config.audio_seq_length
+    (576, 144, 64)
     ```
     """
 
     model_type = "llama_vision_audio"
     # The seed project's config.json spells these `image_token_index` / `audio_token_index`.
-    attribute_map = {"image_token_index": "image_token_id", "audio_token_index": "audio_token_id"}
+    attribute_map = {
+        "image_token_index": "image_token_id",
+        "audio_token_index": "audio_token_id",
+        "video_token_index": "video_token_id",
+    }
 
     sub_configs_defaults = {
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
@@ -76,9 +90,12 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
     audio_config: dict | PreTrainedConfig | None = None
     image_token_id: int = 128256
     audio_token_id: int = 128257
+    video_token_id: int | None = 128258
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     audio_feature_layer: int = -2
+    spatial_pool_mode: Literal["average", "max"] = "average"
+    spatial_pool_stride: int = 2
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     ignore_index: int = -100
@@ -95,8 +112,16 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             raise ValueError(
                 f"`vision_feature_select_strategy` must be 'default' or 'full', got {self.vision_feature_select_strategy!r}."
             )
-        if self.image_token_id == self.audio_token_id:
-            raise ValueError(f"`image_token_id` and `audio_token_id` must differ, both are {self.image_token_id}.")
+        if self.spatial_pool_mode not in ("average", "max"):
+            raise ValueError(f"`spatial_pool_mode` must be 'average' or 'max', got {self.spatial_pool_mode!r}.")
+        if not isinstance(self.spatial_pool_stride, int) or self.spatial_pool_stride < 1:
+            raise ValueError(f"`spatial_pool_stride` must be a positive integer, got {self.spatial_pool_stride!r}.")
+        if self.vision_config is None:
+            self.video_token_id = None  # videos are frames through the vision encoder
+        ids = {name: getattr(self, name) for name in ("image_token_id", "audio_token_id", "video_token_id")}
+        ids = {name: token_id for name, token_id in ids.items() if token_id is not None}
+        if len(set(ids.values())) < len(ids):
+            raise ValueError(f"The placeholder token ids must differ from each other, got {ids}.")
         # Llava does the same: checkpoints record tying on the text config.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -104,6 +129,14 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             # Serving engines size audio by the encoder's max input length (vLLM reads `max_source_positions`): for
             # CLAP, every clip becomes `audio_seq_length` tokens whatever its length. Derived, so never stale.
             self.audio_config.max_source_positions = self.audio_seq_length
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "LlamaVisionAudioConfig":
+        """`PreTrainedConfig.from_dict`; a config saved before video (no `video_token_id` key) reads no video: its
+        tokenizer has no `<video>`, and id 128258 is another token there (`<pad>` in Llama-3 builds and the seed's)."""
+        if not {"video_token_id", "video_token_index"} & config_dict.keys():
+            config_dict = {**config_dict, "video_token_id": None}
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_llava_config(cls, llava_config: PreTrainedConfig, **kwargs) -> "LlamaVisionAudioConfig":
@@ -125,6 +158,7 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             audio_config=None,
             image_token_id=llava_config.image_token_id,
             audio_token_id=-1,  # no audio encoder: a sentinel no token has
+            video_token_id=None,  # a Llava tokenizer has no `<video>`
             vision_feature_layer=llava_config.vision_feature_layer,
             vision_feature_select_strategy=llava_config.vision_feature_select_strategy,
             projector_hidden_act=llava_config.projector_hidden_act,
@@ -145,8 +179,22 @@ class LlamaVisionAudioConfig(PreTrainedConfig):
             return 0
         image_size, patch_size = self.vision_config.image_size, self.vision_config.patch_size
         num_patches = (image_size // patch_size) ** 2
-        has_cls = self.vision_config.model_type in VISION_ENCODERS_WITH_CLS
-        return num_patches + int(has_cls and self.vision_feature_select_strategy == "full")
+        return num_patches + int(self.vision_has_cls and self.vision_feature_select_strategy == "full")
+
+    @property
+    def vision_has_cls(self) -> bool:
+        """Whether the vision encoder's sequence starts with a CLS embedding (CLIP; SigLIP has none)."""
+        return self.vision_config is not None and self.vision_config.model_type in VISION_ENCODERS_WITH_CLS
+
+    @property
+    def video_frame_seq_length(self) -> int:
+        """Number of tokens (and embeddings) one video frame becomes: the patch grid pooled by `spatial_pool_stride`
+        (floored), plus the CLS embedding the "full" strategy keeps; 0 without a vision encoder."""
+        if self.vision_config is None:
+            return 0
+        grid = self.vision_config.image_size // self.vision_config.patch_size
+        keep_cls = self.vision_has_cls and self.vision_feature_select_strategy == "full"
+        return int(keep_cls) + (grid // self.spatial_pool_stride) ** 2
 
     @property
     def audio_seq_length(self) -> int:

@@ -1,7 +1,12 @@
-"""LlamaVisionAudio: a causal language model that reads images (CLIP/SigLIP) and audio (CLAP) through MLP projectors.
+"""LlamaVisionAudio: a causal language model that reads images and video (CLIP/SigLIP) and audio (CLAP) through MLP
+projectors.
 
 Only relative imports, torch and transformers here, so `register_for_auto_class` can ship this folder as remote code.
 """
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,10 +18,11 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.clap.modeling_clap import ClapAudioModel
 from transformers.utils import can_return_tuple, logging
 
-from .configuration_llama_vision_audio import VISION_ENCODERS_WITH_CLS, LlamaVisionAudioConfig
+from .configuration_llama_vision_audio import LlamaVisionAudioConfig
 
 logger = logging.get_logger(__name__)
 
@@ -29,6 +35,55 @@ LLAVA_KEY_MAPPING = {
     r"^vision_tower\.": "model.vision_tower.",
     r"^(model\.)?multi_modal_projector\.": "model.vision_projector.",
 }
+
+
+@dataclass(frozen=True)
+class Modality:
+    """The model's part of a modality's record: what `forward` reads and where its features go.
+
+    Args:
+        name: `image`, `audio`, `video`.
+        placeholder: the token one item is written as in a prompt, before the processor expands it.
+        token_id_attr: the config attribute holding the placeholder's id (`None` or negative: the model has none).
+        token_type: the modality's `mm_token_type_ids` value (transformers' numbering: text 0, image 1, video 2,
+            audio 3).
+        input_keys: the `forward` arguments of the modality, passed in this order to `feature_getter`; the first one
+            holds the items.
+        feature_getter: the model method that turns them into features (`pooler_output`).
+        tower: the encoder attribute the getter runs (image and video share `vision_tower`).
+        projector: the projector attribute the getter runs.
+    """
+
+    name: str
+    placeholder: str
+    token_id_attr: str
+    token_type: int
+    input_keys: tuple[str, ...]
+    feature_getter: str
+    tower: str
+    projector: str
+
+    def given(self, inputs: Mapping) -> bool:
+        """Whether `inputs` (forward arguments by name) hold at least one item of this modality."""
+        items = inputs.get(self.input_keys[0])
+        return items is not None and items.shape[0] > 0
+
+
+# In the order `forward` encodes them.
+MODALITIES = (
+    Modality(
+        "image", "<image>", "image_token_id", 1, ("pixel_values",), "get_image_features", "vision_tower",
+        "vision_projector",
+    ),
+    Modality(
+        "audio", "<audio>", "audio_token_id", 3, ("input_features", "is_longer"), "get_audio_features", "audio_tower",
+        "audio_projector",
+    ),
+    Modality(
+        "video", "<video>", "video_token_id", 2, ("pixel_values_videos",), "get_video_features", "vision_tower",
+        "vision_projector",
+    ),
+)  # fmt: skip
 
 
 class LlamaVisionAudioProjector(nn.Module):
@@ -77,11 +132,29 @@ def _keep_hidden_states(hidden_states: tuple | None, selected: list[int], reques
     return tuple(state if i in keep else None for i, state in enumerate(hidden_states))
 
 
+def _check_counts(modality: str, num_tokens: int, features: torch.Tensor, tokens_per_frame: int) -> None:
+    """A clear error when a modality's placeholders and features differ in number."""
+    num_features = features.shape[:-1].numel()
+    if num_tokens == num_features:
+        return
+    if modality == "video":
+        given = f"the video frames give {num_features} features ({tokens_per_frame} per frame)"
+        fix = f"expands each `<video>` into its number of frames times {tokens_per_frame} tokens"
+    else:
+        given = f"{features.shape[0]} {modality} item(s) give {num_features} features ({features.shape[1]} each)"
+        fix = f"expands each `<{modality}>` into {features.shape[1]} tokens"
+    raise ValueError(
+        f"{modality.capitalize()} features and {modality} tokens do not match: the inputs hold {num_tokens} "
+        f"{modality} tokens but {given}. Build inputs with the processor, which {fix}, and pass one {modality} per "
+        "placeholder."
+    )
+
+
 class LlamaVisionAudioPreTrainedModel(PreTrainedModel):
     config: LlamaVisionAudioConfig
     config_class = LlamaVisionAudioConfig
     base_model_prefix = "model"
-    input_modalities = ("image", "audio", "text")
+    input_modalities = ("image", "video", "audio", "text")
     supports_gradient_checkpointing = True
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -152,23 +225,18 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    @can_return_tuple
-    def get_image_features(
+    def _vision_features(
         self,
         pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> tuple | BaseModelOutputWithPooling:
-        """Encode images: vision tower -> feature layer(s) -> strategy -> projector.
-
-        Returns the tower's output with `pooler_output` set to the projected features,
-        `(num_images, image_seq_length, text_hidden_size)`. As Llava, the tower keeps only the hidden states the
-        features use unless `output_hidden_states` asks for all; `return_dict=False` gives a tuple.
-        """
+        argument: str,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The vision tower's output on `pixel_values` and the features images and videos share: the hidden state(s)
+        `vision_feature_layer` (concatenated on the channel axis), without CLS under the "default" strategy."""
         if self.vision_tower is None:
             raise ValueError(
-                "This model has no vision encoder (`config.vision_config` is None) but got `pixel_values`."
+                f"This model has no vision encoder (`config.vision_config` is None) but got `{argument}`."
             )
         config = self.config
         layers = (
@@ -191,16 +259,81 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
                 return_dict=True,
                 **_given(output_attentions=output_attentions),
             )
-        drop_cls = (
-            config.vision_feature_select_strategy == "default"
-            and config.vision_config.model_type in VISION_ENCODERS_WITH_CLS
-        )
+        drop_cls = config.vision_feature_select_strategy == "default" and config.vision_has_cls
         selected = [
             outputs.hidden_states[layer][:, 1:] if drop_cls else outputs.hidden_states[layer] for layer in layers
         ]
-        selected = torch.cat(selected, dim=-1)
+        return outputs, torch.cat(selected, dim=-1)
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Encode images: vision tower -> feature layer(s) -> strategy -> projector.
+
+        Returns the tower's output with `pooler_output` set to the projected features,
+        `(num_images, image_seq_length, text_hidden_size)`. As Llava, the tower keeps only the hidden states the
+        features use unless `output_hidden_states` asks for all; `return_dict=False` gives a tuple.
+        """
+        outputs, selected = self._vision_features(
+            pixel_values, "pixel_values", output_attentions, output_hidden_states
+        )
         outputs.pooler_output = self.vision_projector(selected)
         return outputs
+
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Encode video frames (LLaVA-NeXT-Video): vision tower -> the image feature layer(s) and CLS rule -> spatial
+        pooling of each frame's patch grid -> the image projector.
+
+        `pixel_values_videos` are frames, `(total_frames, channels, height, width)` (every video's frames one after
+        the other, as the processor gives them) or `(num_videos, num_frames, channels, height, width)`. The patch grid
+        is pooled by `spatial_pool_mode` over `spatial_pool_stride` x `spatial_pool_stride` windows before the
+        projector, as LlavaNextVideo does; a CLS embedding kept by the "full" strategy stays, unpooled, in front of
+        its frame's patches. Returns the tower's output with `pooler_output` set to the projected features,
+        `(total_frames, video_frame_seq_length, text_hidden_size)` for frames and `(num_videos, num_frames *
+        video_frame_seq_length, text_hidden_size)` for videos (LlavaNextVideo's layout): one row per item given.
+        """
+        num_videos = pixel_values_videos.shape[0] if pixel_values_videos.ndim == 5 else None
+        if num_videos is not None:
+            pixel_values_videos = pixel_values_videos.flatten(0, 1)
+        if pixel_values_videos.ndim != 4:
+            raise ValueError(
+                "`pixel_values_videos` must be frames `(total_frames, channels, height, width)` or videos "
+                f"`(num_videos, num_frames, channels, height, width)`, got shape {tuple(pixel_values_videos.shape)}."
+            )
+        outputs, selected = self._vision_features(
+            pixel_values_videos, "pixel_values_videos", output_attentions, output_hidden_states
+        )
+        keep_cls = self.config.vision_feature_select_strategy == "full" and self.config.vision_has_cls
+        cls, patches = (selected[:, :1], selected[:, 1:]) if keep_cls else (selected[:, :0], selected)
+        frames = torch.cat([cls, self._pool_patches(patches)], dim=1)
+        features = self.vision_projector(frames)
+        outputs.pooler_output = (
+            features if num_videos is None else features.reshape(num_videos, -1, features.shape[-1])
+        )
+        return outputs
+
+    def _pool_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """`(frames, side * side, dim)` -> `(frames, (side // stride) ** 2, dim)`: pooling over the patch grid."""
+        frames, num_patches, dim = patches.shape
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(f"Video frames give {num_patches} patch embeddings each, not a square grid to pool.")
+        stride = self.config.spatial_pool_stride
+        pool = nn.functional.avg_pool2d if self.config.spatial_pool_mode == "average" else nn.functional.max_pool2d
+        grid = patches.transpose(1, 2).reshape(frames, dim, side, side)
+        return pool(grid, kernel_size=stride, stride=stride).flatten(2).transpose(1, 2)
 
     @can_return_tuple
     def get_audio_features(
@@ -242,6 +375,14 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         )
         return outputs
 
+    def has_modality(self, modality: Modality) -> bool:
+        """Whether this model reads `modality`: it has the modality's tower and a placeholder token for it (a checkpoint
+        built before video keeps the default `video_token_id`, past the end of its vocabulary)."""
+        token_id = getattr(self.config, modality.token_id_attr, None)
+        vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None)
+        in_vocab = token_id is not None and token_id >= 0 and (vocab_size is None or token_id < vocab_size)
+        return getattr(self, modality.tower) is not None and in_vocab
+
     def get_placeholder_mask(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -249,71 +390,51 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         image_features: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks of the image and audio placeholder positions, `(batch, seq, 1)`.
+        video_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masks of the image, audio and video placeholder positions, `(batch, seq, 1)` each.
 
-        Positions come from `input_ids`, else from `mm_token_type_ids` (1 image, 3 audio), else by comparing
-        `inputs_embeds` with the placeholder embeddings. Raises a `ValueError` when the number of placeholders
-        differs from the number of feature vectors.
+        Positions come from `input_ids`, else from `mm_token_type_ids` (1 image, 2 video, 3 audio), else by comparing
+        `inputs_embeds` with the placeholder embeddings. Raises a `ValueError` naming the modality and both counts when
+        the number of placeholders differs from the number of feature vectors.
         """
+        given = {"image": image_features, "audio": audio_features, "video": video_features}
         masks = []
-        for modality, token_id, type_id, tower, features in (
-            ("image", self.config.image_token_id, 1, self.vision_tower, image_features),
-            ("audio", self.config.audio_token_id, 3, self.audio_tower, audio_features),
-        ):
+        for modality in MODALITIES:
+            features = given[modality.name]
+            token_id = getattr(self.config, modality.token_id_attr, None)
             if input_ids is not None:
-                mask = input_ids == token_id
+                mask = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
             elif mm_token_type_ids is not None:
-                mask = mm_token_type_ids == type_id
-            elif features is None or tower is None or token_id < 0:
+                mask = mm_token_type_ids == modality.token_type
+            elif features is None or not self.has_modality(modality):
                 # Nothing to place, or a modality the model does not have (its id may be a negative sentinel).
                 mask = torch.zeros(inputs_embeds.shape[:-1], dtype=torch.bool, device=inputs_embeds.device)
             else:
-                mask = self._embedding_mask(inputs_embeds, modality, token_id)
+                mask = self._embedding_mask(inputs_embeds, modality)
             if features is not None:
-                n_tokens, n_features = int(mask.sum()), features.shape[0] * features.shape[1]
-                if n_tokens != n_features:
-                    per_item = features.shape[1]
-                    raise ValueError(
-                        f"{modality.capitalize()} features and {modality} tokens do not match: the inputs hold "
-                        f"{n_tokens} {modality} tokens but {features.shape[0]} {modality} item(s) give {n_features} "
-                        f"features ({per_item} each). Build inputs with the processor, which expands each "
-                        f"`<{modality}>` into {per_item} tokens, and pass one {modality} per placeholder."
-                    )
-            masks.append(mask.unsqueeze(-1))
-        return masks[0], masks[1]
+                _check_counts(modality.name, int(mask.sum()), features, self.config.video_frame_seq_length)
+            masks.append(mask.unsqueeze(-1).to(inputs_embeds.device))
+        return tuple(masks)
 
-    def _embedding_mask(self, inputs_embeds: torch.Tensor, modality: str, token_id: int) -> torch.Tensor:
+    def _embedding_mask(self, inputs_embeds: torch.Tensor, modality: Modality) -> torch.Tensor:
         embeddings = self.get_input_embeddings()
-        target = embeddings(torch.tensor(token_id, device=inputs_embeds.device))
-        other_id = self.config.audio_token_id if modality == "image" else self.config.image_token_id
-        if self.vision_tower is not None and self.audio_tower is not None and other_id >= 0:
-            # Built models start `<image>` and `<audio>` from the same (mean) row: their embeddings cannot tell them
+
+        def embedding(other: Modality) -> torch.Tensor:
+            token_id = getattr(self.config, other.token_id_attr)
+            return embeddings(torch.tensor(token_id, device=inputs_embeds.device))
+
+        target = embedding(modality)
+        for other in MODALITIES:
+            # Built models start every placeholder from the same (mean) row: their embeddings cannot tell them
             # apart, only the processor's `mm_token_type_ids` can.
-            other = embeddings(torch.tensor(other_id, device=inputs_embeds.device))
-            if torch.equal(target, other):
+            if other is not modality and self.has_modality(other) and torch.equal(target, embedding(other)):
                 raise ValueError(
-                    "The `<image>` and `<audio>` embeddings are identical, so media positions cannot be found from "
-                    "`inputs_embeds`: pass the processor's `mm_token_type_ids` (or `input_ids`) as well."
+                    f"The `{modality.placeholder}` and `{other.placeholder}` embeddings are identical, so media "
+                    "positions cannot be found from `inputs_embeds`: pass the processor's `mm_token_type_ids` (or "
+                    "`input_ids`) as well."
                 )
         return (inputs_embeds == target).all(-1)
-
-    def _dummy_pixel_values(self) -> torch.Tensor:
-        size = self.config.vision_config.image_size
-        channels = getattr(self.config.vision_config, "num_channels", 3)
-        return torch.zeros(1, channels, size, size, device=self.device, dtype=self.vision_tower.dtype)
-
-    def _dummy_audio(self) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config.audio_config
-        channels = 4 if cfg.enable_fusion else 1
-        frames = cfg.spec_size * (cfg.spec_size // cfg.num_mel_bins)  # HTSAT folds time into spec_size rows
-        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one clip.
-        clips = 2 if self.audio_tower.training else 1
-        features = torch.zeros(
-            clips, channels, frames, cfg.num_mel_bins, device=self.device, dtype=self.audio_tower.dtype
-        )
-        # is_longer=True also runs CLAP's fusion branch, so every rank touches the same parameters.
-        return features, torch.ones(clips, 1, dtype=torch.bool, device=self.device)
 
     @can_return_tuple
     def forward(
@@ -326,46 +447,45 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple | MultimodalBaseModelOutputWithPast:
+        r"""
+        pixel_values_videos (`torch.Tensor` of shape `(total_frames, channels, height, width)`, *optional*):
+            Video frames, every video's frames one after the other (or `(num_videos, num_frames, channels, height,
+            width)`); each `<video>` placeholder is expanded into `num_frames * config.video_frame_seq_length` tokens.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_outputs = audio_outputs = None
-        image_features = audio_features = None
-        # Vision first, then audio, each on the batch's items or (training) on a zero-contribution dummy: under
-        # ZeRO-3 every rank must run the same modules in the same order, whatever its batch holds.
-        zero = 0.0
-        if pixel_values is not None and pixel_values.shape[0] > 0:
-            image_outputs = self.get_image_features(pixel_values, return_dict=True)
-            image_features = image_outputs.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
-        elif self.training:
-            zero = zero + self._zero_contribution("image")
-        if input_features is not None and input_features.shape[0] > 0:
-            num_clips = input_features.shape[0]
-            if self.training:
-                input_features, is_longer = self._with_fusion_clip(input_features, is_longer)
-            audio_outputs = self.get_audio_features(input_features, is_longer=is_longer, return_dict=True)
-            audio_features = audio_outputs.pooler_output[:num_clips].to(inputs_embeds.device, inputs_embeds.dtype)
-            zero = zero + audio_outputs.pooler_output[num_clips:].sum() * 0.0
-        elif self.training:
-            zero = zero + self._zero_contribution("audio")
-
-        image_mask, audio_mask = self.get_placeholder_mask(
-            input_ids, inputs_embeds, image_features, audio_features, mm_token_type_ids
+        media = {
+            "pixel_values": pixel_values,
+            "input_features": input_features,
+            "is_longer": is_longer,
+            "pixel_values_videos": pixel_values_videos,
+        }
+        outputs, features = {}, {}
+        for modality in MODALITIES:
+            if modality.given(media):
+                getter = getattr(self, modality.feature_getter)
+                outputs[modality.name] = getter(*(media[key] for key in modality.input_keys), return_dict=True)
+                features[modality.name] = outputs[modality.name].pooler_output.to(
+                    inputs_embeds.device, inputs_embeds.dtype
+                )
+        masks = self.get_placeholder_mask(
+            input_ids,
+            inputs_embeds,
+            mm_token_type_ids=mm_token_type_ids,
+            **{f"{name}_features": value for name, value in features.items()},
         )
-        self._check_media_given(image_mask, audio_mask, image_features, audio_features, kwargs)
-        if image_features is not None:
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
-        if audio_features is not None:
-            inputs_embeds = inputs_embeds.masked_scatter(audio_mask, audio_features)
+        masks = dict(zip((modality.name for modality in MODALITIES), masks))
+        self._check_media_given(masks, features, kwargs)
+        for name, value in features.items():
+            inputs_embeds = inputs_embeds.masked_scatter(masks[name], value)
 
-        if self.training:
-            inputs_embeds = inputs_embeds + zero
-
-        outputs = self.language_model(
+        outputs_lm = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
@@ -373,22 +493,16 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             **kwargs,
         )
         return MultimodalBaseModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            cache=getattr(outputs, "cache", None),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_outputs=image_outputs,
-            audio_outputs=audio_outputs,
+            last_hidden_state=outputs_lm.last_hidden_state,
+            cache=getattr(outputs_lm, "cache", None),
+            hidden_states=outputs_lm.hidden_states,
+            attentions=outputs_lm.attentions,
+            image_outputs=outputs.get("image"),
+            audio_outputs=outputs.get("audio"),
+            video_outputs=outputs.get("video"),
         )
 
-    def _check_media_given(
-        self,
-        image_mask: torch.Tensor,
-        audio_mask: torch.Tensor,
-        image_features: torch.Tensor | None,
-        audio_features: torch.Tensor | None,
-        kwargs: dict,
-    ) -> None:
+    def _check_media_given(self, masks: dict[str, torch.Tensor], features: dict[str, torch.Tensor], kwargs) -> None:
         """Placeholders of a modality whose media are missing: an error when other media were given, else text.
 
         With no media at all the ids are embedded as ordinary tokens, as Llava does: transformers' assisted
@@ -398,65 +512,20 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and cache.get_seq_length() > 0:
             return
-        missing = [
-            (modality, argument)
-            for modality, argument, mask, features in (
-                ("image", "pixel_values", image_mask, image_features),
-                ("audio", "input_features", audio_mask, audio_features),
-            )
-            if features is None and mask.any()
-        ]
+        missing = [m for m in MODALITIES if m.name not in features and masks[m.name].any()]
         if not missing:
             return
-        if image_features is not None or audio_features is not None:
-            modality, argument = missing[0]
+        if features:
             raise ValueError(
-                f"The inputs hold {modality} tokens but no `{argument}` were given while other media were: pass the "
-                f"{modality} items to the processor together with the text."
+                f"The inputs hold {missing[0].name} tokens but no `{missing[0].input_keys[0]}` were given while other "
+                f"media were: pass the {missing[0].name} items to the processor together with the text."
             )
         logger.warning_once(
-            "The inputs hold image/audio placeholder tokens but no media were given: they are embedded as text (as "
-            "Llava does, e.g. for an assistant model in assisted decoding). Pass `pixel_values` / `input_features` "
-            "to fill them."
+            "The inputs hold media placeholder tokens ("
+            + ", ".join(f"`{m.placeholder}`" for m in missing)
+            + ") but no media were given: they are embedded as text (as Llava does, e.g. for an assistant model in "
+            "assisted decoding). Pass " + " / ".join(f"`{m.input_keys[0]}`" for m in missing) + " to fill them."
         )
-
-    def _with_fusion_clip(
-        self, input_features: torch.Tensor, is_longer: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Append silent clip(s) marked "longer" when no clip is, so CLAP's fusion branch runs on every rank.
-
-        A trainable CLAP (train mode) needs at least two long clips: its fusion BatchNorm fails on one.
-
-        CLAP runs its fusion modules only for clips flagged `is_longer`; a rank whose batch has none would skip
-        them while another rank runs them, and ZeRO-3's parameter gathers would stop matching. The extra clips'
-        features are multiplied by zero. (CLAP's own extractor flags a random clip for the same reason, at the cost
-        of nondeterministic features; the processor flags only clips that really are longer.)
-        """
-        if not getattr(self.config.audio_config, "enable_fusion", False):
-            return input_features, is_longer
-        if is_longer is None:
-            is_longer = torch.zeros(input_features.shape[0], 1, dtype=torch.bool, device=input_features.device)
-        # A trainable CLAP is in train mode, where its fusion BatchNorm needs more than one long clip.
-        extra = (2 if self.audio_tower.training else 1) - int(is_longer.sum())
-        if extra <= 0:
-            return input_features, is_longer
-        silent = torch.zeros_like(input_features[:1]).expand(extra, *input_features.shape[1:])
-        flags = torch.ones(extra, *is_longer.shape[1:], dtype=is_longer.dtype, device=is_longer.device)
-        return torch.cat([input_features, silent]), torch.cat([is_longer, flags])
-
-    def _zero_contribution(self, modality: str) -> torch.Tensor | float:
-        """Run the `modality` tower and projector the batch did not use on a dummy input, times zero.
-
-        Under DeepSpeed ZeRO-3 (and FSDP) every rank must run the same modules each step, or the parameter
-        all-gathers of a rank whose batch lacks a modality never meet those of the others and training hangs.
-        The result is exactly zero, so the loss and every gradient are unchanged.
-        """
-        if modality == "image" and self.vision_tower is not None:
-            return self.get_image_features(self._dummy_pixel_values()).pooler_output.sum() * 0.0
-        if modality == "audio" and self.audio_tower is not None:
-            features, is_longer = self._dummy_audio()
-            return self.get_audio_features(features, is_longer=is_longer).pooler_output.sum() * 0.0
-        return 0.0
 
 
 class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, GenerationMixin):
@@ -473,7 +542,8 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         self.post_init()
         # A generated placeholder would be a media slot with no media behind it: never sample one.
         if self.generation_config is not None and self.generation_config.suppress_tokens is None:
-            self.generation_config.suppress_tokens = [config.image_token_id, config.audio_token_id]
+            placeholders = (getattr(config, modality.token_id_attr, None) for modality in MODALITIES)
+            self.generation_config.suppress_tokens = [token_id for token_id in placeholders if token_id is not None]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -502,6 +572,9 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def get_video_features(self, pixel_values_videos: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
+        return self.model.get_video_features(pixel_values_videos, **kwargs)
+
     def get_audio_features(
         self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
     ) -> tuple | BaseModelOutputWithPooling:
@@ -522,6 +595,7 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         mm_token_type_ids: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         shift_labels: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple | MultimodalCausalLMOutputWithPast:
         r"""
@@ -544,6 +618,7 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             mm_token_type_ids=mm_token_type_ids,
+            pixel_values_videos=pixel_values_videos,
             return_dict=True,
             **kwargs,
         )
@@ -554,11 +629,7 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         if has_targets and self.training:
             loss = self._sparse_loss(hidden_states, labels, shift_labels, num_items_in_batch)
         else:
-            if isinstance(logits_to_keep, int):
-                hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-            else:
-                hidden_states = hidden_states[:, logits_to_keep]
-            logits = self.lm_head(hidden_states)
+            logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
             if has_targets:
                 logits_used, targets = self._aligned(logits, labels, shift_labels)
                 loss = self._reduce(
@@ -580,6 +651,7 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
             audio_outputs=outputs.audio_outputs,
+            video_outputs=outputs.video_outputs,
         )
 
     @staticmethod
@@ -650,6 +722,17 @@ class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel)
     def language_model(self) -> nn.Module:
         return self.model.language_model
 
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
+        return self.model.get_video_features(pixel_values_videos, **kwargs)
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None, **kwargs
+    ) -> tuple | BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, is_longer=is_longer, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -663,6 +746,7 @@ class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel)
         labels: torch.LongTensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple | SequenceClassifierOutputWithPast:
         r"""
@@ -683,16 +767,13 @@ class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel)
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             mm_token_type_ids=mm_token_type_ids,
+            pixel_values_videos=pixel_values_videos,
             return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep is not None:
-            if isinstance(logits_to_keep, int):
-                hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep > 0 else hidden_states
-            else:
-                hidden_states = hidden_states[:, logits_to_keep]
-            logits = self.score(hidden_states)
+            logits = self.score(slice_logits_to_keep(hidden_states, logits_to_keep))
         else:
             logits = self.score(
                 hidden_states[torch.arange(hidden_states.shape[0]), self._last_non_pad(input_ids, hidden_states)]
@@ -731,6 +812,8 @@ class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel)
 
 __all__ = [
     "LLAVA_KEY_MAPPING",
+    "MODALITIES",
+    "Modality",
     "LlamaVisionAudioForConditionalGeneration",
     "LlamaVisionAudioForSequenceClassification",
     "LlamaVisionAudioModel",
