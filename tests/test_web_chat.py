@@ -2,6 +2,7 @@
 drive apps): text, image and audio turns stream, and the last output equals `any2text.inference`'s greedy answer; bad
 media are answered in the chat."""
 
+import importlib.util
 import socket
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from any2text.evaluation import chat
 from any2text.inference import load_inference_model
-from test_chat import MAX_NEW_TOKENS, greedy, user, write_chat_media
+from test_chat import MAX_NEW_TOKENS, greedy, save_video_checkpoint, user, write_chat_media
 
 gradio = pytest.importorskip("gradio", reason='the web chat needs gradio: pip install "any2text[web]"')
 from gradio_client import Client, handle_file  # noqa: E402
@@ -25,8 +26,12 @@ def media(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
-    model, processor = load_inference_model(str(tiny_checkpoint), device="cpu")
+def served(tiny_checkpoint, tmp_path_factory):
+    # The tiny checkpoint with `<video>` added (it predates video), when PyAV is there to read videos.
+    checkpoint = tiny_checkpoint
+    if importlib.util.find_spec("av") is not None:
+        checkpoint = save_video_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("web_video_checkpoint") / "lva")
+    model, processor = load_inference_model(str(checkpoint), device="cpu")
     app = launch_web_chat(model, processor, port=None, prevent_thread_lock=True)
     try:
         yield app, model, processor
@@ -80,12 +85,23 @@ def test_audio_turn_streams_greedy_answer(served, media):
     assert_streamed(outputs, greedy(model, processor, [turn]))
 
 
+def test_video_turn_streams_greedy_answer(served, media):
+    pytest.importorskip("av", reason='video needs PyAV: pip install "any2text[video]"')
+    app, model, processor = served
+    outputs = ask(Client(app.local_url, verbose=False), "What colour at the end?", media / "moving.mp4")
+    turn = user(
+        {"type": "video", "video": str(media / "moving.mp4")}, {"type": "text", "text": "What colour at the end?"}
+    )
+    assert_streamed(outputs, greedy(model, processor, [turn]))
+    assert outputs[-1] != greedy(model, processor, [user({"type": "text", "text": "What colour at the end?"})])
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
         ("notes.txt", "`notes.txt` is a `text/plain` file, not an image, audio clip or video. Send an image (PNG"),
         ("broken.png", "`broken.png` could not be read as image ("),
-        ("clip.mp4", "This model does not take video (it takes images and audio); `clip.mp4` was not sent."),
+        ("clip.mp4", "`clip.mp4` could not be read as video ("),
     ],
 )
 def test_bad_media_are_answered_in_the_chat_and_left_out_of_the_context(served, media, name, message):

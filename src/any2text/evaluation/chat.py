@@ -22,8 +22,11 @@ from transformers import AutoConfig, AutoProcessor, HfArgumentParser
 
 from ..data.media import MediaDecodeError
 from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
+from ..modalities import MODALITIES, get_modality
 
-MEDIA_KINDS = ("image", "audio", "video")
+# The kinds a file can be (its MIME type's first part): the modality table's names.
+MEDIA_KINDS = tuple(MODALITIES)
+# How each kind is named in messages; a modality without an entry is named by its own name.
 _FORMATS = {
     "image": "PNG, JPEG, WebP, GIF or BMP",
     "audio": "WAV, FLAC, OGG or MP3",
@@ -61,22 +64,23 @@ class ChatMediaError(ValueError):
 
 
 def accepted_media(processor: Any, config: Any) -> tuple[str, ...]:
-    """The media kinds a checkpoint takes: those with both an encoder in `config` and a preprocessor in `processor`;
-    video also needs the `<video>` placeholder (`config.video_token_id`): frames go through the vision tower."""
+    """The media kinds a checkpoint takes (modality table order): those whose tower has a config in `config`
+    (`vision_config` for images and video), whose placeholder has an id there, and whose placeholder
+    (`processor.video_token`) the tokenizer knows (a checkpoint built before video has no `<video>`)."""
+    vocab = getattr(processor, "tokenizer", processor).get_vocab()
     kinds = []
-    vision = getattr(config, "vision_config", None) is not None and getattr(processor, "image_processor", None)
-    if vision:
-        kinds.append("image")
-    if getattr(config, "audio_config", None) is not None and getattr(processor, "feature_extractor", None) is not None:
-        kinds.append("audio")
-    if vision and getattr(config, "video_token_id", None) is not None:
-        kinds.append("video")
+    for name, modality in MODALITIES.items():
+        tower_config = getattr(config, modality.tower.removesuffix("_tower") + "_config", None)
+        token = modality.processor_token(processor)
+        if tower_config is not None and getattr(config, modality.token_id_attr, None) is not None and token in vocab:
+            kinds.append(name)
     return tuple(kinds)
 
 
 def describe_media(accepted: tuple[str, ...]) -> str:
     """`"images and audio"`, `"images"`, ... or `"text only"`: what a checkpoint with `accepted_media` takes."""
-    return " and ".join(_PLURALS[kind] for kind in accepted) or "text only"
+    names = [_PLURALS.get(kind, f"{kind}s") for kind in accepted]
+    return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)) or "text only"
 
 
 def media_kind(path: str, name: str | None = None) -> str:
@@ -105,7 +109,7 @@ def load_chat_medium(path: str, kind: str, processor: Any, accepted: tuple[str, 
         raise ChatMediaError(
             f"This model does not take {kind} (it takes {describe_media(accepted)}); {name} was not sent."
         )
-    if os.path.isdir(path) and kind != "video":
+    if os.path.isdir(path) and not get_modality(kind).folders:
         raise ChatMediaError(f"{name} is a folder; pass an {kind} file.")
     if not os.path.exists(path):
         where = "" if os.path.isabs(path) else f" (a relative path is read from the current folder, {os.getcwd()})"
@@ -118,7 +122,7 @@ def load_chat_medium(path: str, kind: str, processor: Any, accepted: tuple[str, 
         reason = error.__cause__ if isinstance(error, MediaDecodeError) and error.__cause__ else error
         article = "an" if kind[0] in "aeiou" else "a"
         raise ChatMediaError(
-            f"{name} could not be read as {kind} ({reason}). Send {article} {kind} file ({_FORMATS[kind]})."
+            f"{name} could not be read as {kind} ({reason}). Send {article} {kind} file ({_FORMATS.get(kind, kind)})."
         ) from error
 
 
