@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.templates import get_template
 from ..inference import generate_batch
 
-MODALITIES = ("image", "audio", "text")
+MODALITIES = ("image", "audio", "video", "text")
 
 
 def _strip_media(messages: list[dict]) -> list[dict]:
