@@ -6,7 +6,7 @@
 1. synthetic data (`demo.synthetic`): image questions (colour, shape, side), audio questions (pitch, number of
    beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media; and
    (`demo.synthetic_video`, with PyAV installed) a video question whose answer depends on the order of the frames
-   (which way does the shape move?), as LLaVA-Video rows with mp4 files;
+   (which colour does the shape turn?), as LLaVA-Video rows with mp4 files;
 2. tiny "pretrained" parts saved locally (`demo.parts`: a Llama with the committed tokenizer, a full CLIPModel, a
    full ClapModel), then assembled by the same builder the real recipe uses;
 3. stage 1 (projectors) on the JSON data and stage 2 (language model + projectors, or LoRA) on the parquet data,
@@ -39,6 +39,7 @@ from transformers.utils import logging
 from ..builders import build_llama_vision_audio
 from ..data.loading import DatasetSpec, load_spec
 from ..data.media import resolve_path
+from ..modalities import MODALITIES
 from ..training.arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from ..training.train import train
 from .parts import IMAGE_SIZE, SAMPLING_RATE, save_tiny_parts
@@ -106,7 +107,7 @@ def _test_rows(data_dir: Path, video: bool) -> list[dict]:
     for folder in ("llava", "video") if video else ("llava",):
         root = data_dir / folder
         for row in load_spec(DatasetSpec(path=str(root / "test.json"), template="LLAVA")):
-            media = {key: resolve_path(row[key], root) for key in ("image", "audio", "video") if row.get(key)}
+            media = {key: resolve_path(row[key], root) for key in MODALITIES if row.get(key)}
             rows.append({**row, **media})
     return rows
 
@@ -122,7 +123,7 @@ def _evaluate(final: Path, data_dir: Path, chance: dict[str, float], video: bool
 
 
 def _video_data(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict | None:
-    """The direction-of-motion video rows (`demo.synthetic_video`), or `None` (logged) without PyAV or rows."""
+    """The colour-change video rows (`demo.synthetic_video`), or `None` (logged) without PyAV or rows."""
     if n_train <= 0:
         return None
     try:
