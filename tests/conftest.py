@@ -72,10 +72,14 @@ class LlamaVisionAudioModelTester:
 
     def __init__(self):
         tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-        tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>", "<audio>"]})
+        # As the builders add them: `<image>`, `<audio>`, then `<video>` (videos are frames through the vision tower).
+        tokenizer.add_special_tokens(
+            {"pad_token": "<pad>", "additional_special_tokens": ["<image>", "<audio>", "<video>"]}
+        )
         self.tokenizer = tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
         self.audio_token_id = tokenizer.convert_tokens_to_ids("<audio>")
+        self.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
 
     def get_tokenizer(self):
         """A fresh copy of the tokenizer, for a processor a test may change."""
@@ -84,6 +88,10 @@ class LlamaVisionAudioModelTester:
     def get_config(
         self, vision: bool = True, audio: bool = True, cheap_audio: bool = False, **kwargs
     ) -> LlamaVisionAudioConfig:
+        """The tiny config; with the vision tower it reads video (`video_token_id` is `<video>`'s), as built ones do.
+        Pass `video_token_id=None` for a model without video."""
+        if vision:
+            kwargs.setdefault("video_token_id", self.video_token_id)
         text_config = tiny_text_config(vocab_size=len(self.tokenizer))
         text_config.pad_token_id = self.tokenizer.pad_token_id
         audio_config = (cheap_audio_config() if cheap_audio else tiny_audio_config()) if audio else None
@@ -200,15 +208,22 @@ def make_tone(freq: float = 440.0, seconds: float = 1.0, sampling_rate: int = 48
 # Training data and a shared stage-1 output
 
 SAMPLING_RATE = 16000
-ANSWERS = {"image": ["red", "green", "blue"], "audio": ["low", "high"], "text": ["yes", "no"]}
+ANSWERS = {
+    "image": ["red", "green", "blue"],
+    "audio": ["low", "high"],
+    "video": ["brighter", "darker"],
+    "text": ["yes", "no"],
+}
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 PITCHES = {"low": 300.0, "high": 5000.0}
 
 
 def write_llava_data(folder: Path, kinds: list[str], seed: int = 0, seconds: float = 0.5) -> Path:
-    """A LLaVA-format `data.json` with one row per entry of `kinds` (`image`, `audio`, `both`, `text`), in that order.
+    """A LLaVA-format `data.json` with one row per entry of `kinds` (`image`, `audio`, `both`, `video`, `text`), in
+    that order.
 
-    Media are small PNG / WAV files under `folder`, referenced by relative path; answers follow from the media.
+    Media are small PNG / WAV files under `folder` (a video is a folder of 8 frame PNGs that get brighter or darker),
+    referenced by relative path; answers follow from the media.
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -233,6 +248,15 @@ def write_llava_data(folder: Path, kinds: list[str], seed: int = 0, seconds: flo
             row["audio"] = f"snd{i}.wav"
             questions.append("<audio>\nWhat pitch?")
             answers.append(pitch)
+        if kind == "video":
+            trend = str(rng.choice(ANSWERS["video"]))
+            (folder / f"vid{i}").mkdir(exist_ok=True)
+            for t in range(8):  # the processor's 8 frames: nothing resampled
+                level = 30 * t if trend == "brighter" else 210 - 30 * t
+                Image.new("RGB", (16, 16), (level, level, level)).save(folder / f"vid{i}" / f"frame_{t:02d}.png")
+            row["video"] = f"vid{i}"
+            questions.append("<video>\nBrighter or darker?")
+            answers.append(trend)
         if kind == "text":
             questions.append("Is it?")
             answers.append(str(rng.choice(ANSWERS["text"])))

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -329,3 +330,18 @@ def test_built_model_reads_video_through_its_image_projector(lva_llama):
         logits = reloaded(input_ids=input_ids, pixel_values_videos=frames).logits
         other = reloaded(input_ids=input_ids, pixel_values_videos=torch.zeros_like(frames)).logits
     assert logits.shape[:2] == (1, 11) and not torch.equal(logits, other)
+
+
+def test_a_non_default_pooling_stride_reaches_the_saved_processor(parts, tmp_path):  # noqa: F811
+    """The processor expands `<video>` by the config's tokens per frame: 8x8 CLIP, 2x2 patches, pooled 4x4 -> 1."""
+    model, processor = build_llama_vision_audio(
+        parts.llama, parts.clip, None, save_path=tmp_path, spatial_pool_stride=4
+    )
+    assert model.config.video_frame_seq_length == processor.video_frame_seq_length == 1
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert loaded.video_frame_seq_length == 1
+    clip = np.stack([np.full((8, 8, 3), 30 * t, np.uint8) for t in range(3)])
+    inputs = loaded(text="<video> what?", videos=[clip], num_frames=3, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 3
+    with torch.no_grad():  # the model's count check agrees
+        model(**inputs)

@@ -1,10 +1,10 @@
 """The modality table drives every layer: a toy modality added through the table alone trains.
 
 The toy medium is a 4-number vector stored in a `.npy` file. What the test adds is what adding a modality takes: a
-`Modality` record (`register_modality`), a decoder, a processor subclass with `replace_toy_token`, and a model with
-the feature getter (and, because the shipped model's own table lives in its remote-code folder, a forward that puts the
-toy features in place before calling the stock one). Templates, the dataset, the collator, the pair collator, the DPO
-model inputs and the freezing policy are not touched, and must carry the toy medium on their own.
+`Modality` record (`register_modality`), a decoder, a processor subclass with `replace_toy_token`, and a model whose
+`modalities` table holds the toy's record (the shipped model keeps its own table, in its remote-code folder), with the
+toy tower, projector and feature getter. Templates, the dataset, the collator, the pair collator, the DPO model
+inputs, the model's `forward` and the freezing policy are not touched, and must carry the toy medium on their own.
 """
 
 import dataclasses
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from any2text import LlamaVisionAudioForConditionalGeneration, LlamaVisionAudioProcessor
 from any2text.data.collator import IGNORE_INDEX, MultimodalCollator
@@ -24,6 +25,8 @@ from any2text.data.messages import media_refs, strip_media
 from any2text.data.preference import PreferenceCollator
 from any2text.data.templates import get_template
 from any2text.modalities import MODALITIES, Modality, media_options, register_modality, unregister_modality
+from any2text.models.llama_vision_audio import LlamaVisionAudioModel
+from any2text.models.llama_vision_audio.modeling_llama_vision_audio import Modality as ModelModality
 from any2text.training.arguments import ModelArguments
 from any2text.training.dpo import pair_logps
 from any2text.training.freezing import apply_freezing
@@ -105,26 +108,35 @@ def _split(text):
     return re.split("(<toy>)", text)
 
 
-class ToyModel(LlamaVisionAudioForConditionalGeneration):
-    """The model with a toy tower and projector and the feature getter; toy features go where `<toy>` is."""
+class ToyBaseModel(LlamaVisionAudioModel):
+    """The model with the toy's record in its table, a toy tower and projector, and the feature getter: the stock
+    `forward` reads `toy_values` and puts the toy features where `<toy>` is."""
+
+    modalities = (
+        *LlamaVisionAudioModel.modalities,
+        ModelModality(
+            TOY.name, TOY.placeholder, TOY.token_id_attr, TOY.token_type, TOY.output_keys, TOY.feature_getter,
+            TOY.tower, TOY.projector,
+        ),
+    )  # fmt: skip
 
     def __init__(self, config):
         super().__init__(config)
-        hidden = config.text_config.hidden_size
-        self.model.toy_tower = nn.Linear(TOY_SIZE, TOY_SIZE)
-        self.model.toy_projector = nn.Linear(TOY_SIZE, hidden)
+        self.toy_tower = nn.Linear(TOY_SIZE, TOY_SIZE)
+        self.toy_projector = nn.Linear(TOY_SIZE, config.text_config.hidden_size)
 
-    def get_toy_features(self, toy_values):
-        return self.model.toy_projector(self.model.toy_tower(toy_values))
+    def get_toy_features(self, toy_values, **kwargs):
+        outputs = self.toy_tower(toy_values.to(self.toy_tower.weight.dtype))
+        return BaseModelOutputWithPooling(last_hidden_state=outputs, pooler_output=self.toy_projector(outputs))
 
-    def forward(self, input_ids=None, toy_values=None, inputs_embeds=None, **kwargs):
-        if toy_values is not None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-            mask = (kwargs["mm_token_type_ids"] == TOY_TYPE).unsqueeze(-1)
-            features = self.get_toy_features(toy_values.to(inputs_embeds.dtype))
-            inputs_embeds = inputs_embeds.masked_scatter(mask, features)
-            input_ids = None
-        return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+class ToyModel(LlamaVisionAudioForConditionalGeneration):
+    """The causal LM head over the toy model."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = ToyBaseModel(config)
+        self.post_init()
 
 
 @pytest.fixture
@@ -153,6 +165,7 @@ def processor(toy):
 def model(processor):
     config = tiny_models().get_config(cheap_audio=True)
     config.text_config.vocab_size = len(processor.tokenizer)
+    config.toy_token_id = processor.tokenizer.convert_tokens_to_ids("<toy>")
     torch.manual_seed(0)
     return ToyModel._from_config(config)
 

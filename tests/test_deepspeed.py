@@ -1,4 +1,5 @@
-"""Two CPU processes under DeepSpeed ZeRO-3, one rank seeing only images and the other only audio (and text)."""
+"""Two CPU processes under DeepSpeed ZeRO-3, the ranks' batches holding different modalities (image, audio, video,
+text) at every step."""
 
 import pytest
 import torch
@@ -11,10 +12,12 @@ from conftest import write_llava_data
 @pytest.mark.slow
 def test_zero3_two_ranks_with_disjoint_modalities(torchrun, tiny_checkpoint, tmp_path):
     base = tiny_checkpoint
-    # Sequential sampling, 2 samples per device: batches 0, 2 go to rank 0 and batches 1, 3 to rank 1. Rank 0 sees
-    # images (and text), rank 1 audio (and text); without the towers' zero-contribution dummies (and CLAP gathered
-    # as one ZeRO-3 leaf) the ranks' parameter gathers would not match and the run would hang or crash.
-    data = write_llava_data(tmp_path / "data", ["image", "text", "audio", "text", "image", "image", "audio", "audio"])
+    # Sequential sampling, 2 samples per device: batches 0, 2, 4 go to rank 0 and batches 1, 3, 5 to rank 1. Step 1:
+    # images vs audio; step 2: videos vs text only; step 3: video + audio vs images (image and video share the
+    # vision tower, called once per modality). Without the zero-contribution dummies (and CLAP gathered as one ZeRO-3
+    # leaf) the ranks' parameter gathers would not match and the run would hang or crash.
+    kinds = ["image", "text", "audio", "text", "video", "video", "text", "text", "video", "audio", "image", "image"]
+    data = write_llava_data(tmp_path / "data", kinds)
     out = tmp_path / "out"
     torchrun(
         "any2text.train",
@@ -32,6 +35,7 @@ def test_zero3_two_ranks_with_disjoint_modalities(torchrun, tiny_checkpoint, tmp
     assert all(before[k].shape == after[k].shape for k in before)
     changed = {k.split(".")[1] for k in before if k.startswith("model.") and not torch.equal(before[k], after[k])}
     assert changed == {"vision_projector", "audio_projector", "language_model"}
+    assert all(torch.isfinite(tensor).all() for tensor in after.values())
     model, info = AutoModelForImageTextToText.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     for name, tensor in model.state_dict().items():

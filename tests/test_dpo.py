@@ -454,10 +454,8 @@ def _video_pairs() -> list[PreferenceMessages]:
 
 
 @pytest.fixture(scope="module")
-def video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    from test_packing import with_video_token
-
-    return with_video_token(tiny_checkpoint, tmp_path_factory.mktemp("video-checkpoint"))
+def video_checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint  # built as the builders build: `<video>` and `video_token_id` included
 
 
 def test_video_pair_logps_equal_separate_forwards_with_frames_encoded_once(video_checkpoint):
@@ -470,7 +468,7 @@ def test_video_pair_logps_equal_separate_forwards_with_frames_encoded_once(video
     with torch.no_grad():
         got = pair_logps(model, batch)
     # Two videos of 8 frames and two images, each through the vision tower once for its pair (not once per answer).
-    assert batch["pixel_values_videos"].shape[0] == 16 and sum(images) == 16 + 2
+    assert batch["pixel_values_videos"].shape == (2, 8, 3, 8, 8) and sum(images) == 16 + 2  # one row per video
     _assert_equal_to_separate_forwards(got, model, processor, pairs)
 
 

@@ -353,7 +353,7 @@ def test_video_features_of_videos_equal_those_of_their_frames(tester):
 
 def test_video_adds_no_weights_and_an_image_projector_serves_it(tmp_path, tester):
     """The state dict of a model with video is the one without: a stage-1 image projector loads into it as is."""
-    without = tester.get_model()  # the default `video_token_id` is past the tiny vocabulary: no video
+    without = tester.get_model(video_token_id=None)  # no video
     with_video = video_model(tester)
     assert with_video.state_dict().keys() == without.state_dict().keys()
     without.save_pretrained(tmp_path)
@@ -417,6 +417,9 @@ def test_forward_with_image_audio_and_video_places_each_feature_at_its_tokens(te
         embeds = model.get_input_embeddings()(inputs["input_ids"])
         rest = {key: value for key, value in inputs.items() if key != "input_ids"}
         torch.testing.assert_close(model(inputs_embeds=embeds, **rest).logits, logits)
+        # One row per video, `(num_videos, T, 3, H, W)` (the processor's layout when a call's videos share `T`).
+        videos = inputs["pixel_values_videos"][None]
+        torch.testing.assert_close(model(**{**inputs, "pixel_values_videos": videos}).logits, logits)
 
 
 def test_video_placeholder_and_feature_mismatch_is_a_clear_error(tester, processor):
@@ -424,6 +427,8 @@ def test_video_placeholder_and_feature_mismatch_is_a_clear_error(tester, process
     inputs = video_inputs(tester, processor, num_frames=3)
     with pytest.raises(ValueError, match=r"video tokens do not match.*12 video tokens.*16 features \(4 per frame\)"):
         model(**{**inputs, "pixel_values_videos": torch.randn(4, 3, 8, 8)})
+    with pytest.raises(ValueError, match=r"video tokens do not match.*12 video tokens.*16 features \(4 per frame\)"):
+        model(**{**inputs, "pixel_values_videos": torch.randn(2, 2, 3, 8, 8)})  # 2 videos of 2 frames
     # Video tokens with other media but no video: the clear error; with no media at all: text, as Llava does.
     with pytest.raises(ValueError, match="video tokens but no `pixel_values_videos`"):
         model(**{key: value for key, value in inputs.items() if key != "pixel_values_videos"})

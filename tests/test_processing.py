@@ -282,10 +282,14 @@ def test_media_count_mismatch_is_a_clear_error(processor):
         processor(text="<audio> hi")
     with pytest.raises(ValueError, match="1 <video> tokens and 2 videos"):
         processor(text="<video> hi", videos=[moving_bar(), moving_bar()])
+    assert hasattr(processor, "video_processor")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<audio>"]})
+    without_video = LlamaVisionAudioProcessor(processor.image_processor, processor.feature_extractor, tokenizer)
     with pytest.raises(ValueError, match="tokenizer does not know `<video>`"):
-        processor(text="<video> hi", videos=[moving_bar()])
+        without_video(text="<video> hi", videos=[moving_bar()])
     # Serving engines look for `video_processor`: a checkpoint without `<video>` offers no video.
-    assert not hasattr(processor, "video_processor")
+    assert not hasattr(without_video, "video_processor")
 
 
 def test_empty_text_is_a_clear_error_not_a_float_tensor(processor):
@@ -453,11 +457,15 @@ def test_a_video_expands_to_frames_times_pooled_patches_through_the_image_proces
     assert [int((row == video_id).sum()) for row in out["input_ids"]] == [8 * 4, 8 * 4]
     assert torch.equal(out["mm_token_type_ids"] == VIDEO, out["input_ids"] == video_id)
     assert int((out["mm_token_type_ids"] == IMAGE).sum()) == 16
-    # The first video has 12 frames: 8 sampled uniformly (`arange(8) * 12 // 8`); the second exactly 8, kept.
-    assert out["pixel_values_videos"].shape == (16, 3, 8, 8)
+    # The first video has 12 frames: 8 sampled uniformly (`arange(8) * 12 // 8`); the second exactly 8, kept. Both
+    # have 8: one row per video.
+    assert out["pixel_values_videos"].shape == (2, 8, 3, 8, 8)
     frames = list(videos[0][np.arange(8) * 12 // 8]) + list(videos[1])
     as_images = processor.image_processor(frames, return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(out["pixel_values_videos"], as_images)
+    torch.testing.assert_close(out["pixel_values_videos"], as_images.view(2, 8, 3, 8, 8))
+    # Different frame counts in one call: the frames of all videos, one after the other.
+    out = processor(text="<video> and <video>", videos=videos, num_frames=None, do_sample_frames=False)
+    assert np.asarray(out["pixel_values_videos"]).shape[0] == 12 + 8
     counts = processor._get_num_multimodal_tokens(video_sizes=[(8, 10, 14), (3, 16, 6)])
     assert counts.num_video_tokens == [32, 12]
 
@@ -466,7 +474,7 @@ def test_frame_sampling_per_call_and_saved_with_the_processor(video_processor, t
     processor, video = video_processor, moving_bar(12)
     for kwargs, frames in [({"num_frames": 3}, 3), ({"do_sample_frames": False}, 12), ({}, 8)]:
         out = processor(text="<video>", videos=[video], return_tensors="pt", **kwargs)
-        assert out["pixel_values_videos"].shape[0] == frames, kwargs
+        assert out["pixel_values_videos"].shape[:2] == (1, frames), kwargs
         assert int((out["mm_token_type_ids"] == VIDEO).sum()) == frames * 4, kwargs
     # `fps` needs a frame rate, which frames in memory do not have.
     with pytest.raises(ValueError, match="no frame rate"):
@@ -492,7 +500,7 @@ def test_frame_sampling_per_call_and_saved_with_the_processor(video_processor, t
     )
     four.save_pretrained(tmp_path / "four")
     out = AutoProcessor.from_pretrained(tmp_path / "four")(text="<video>", videos=[video], return_tensors="pt")
-    assert out["pixel_values_videos"].shape[0] == 4
+    assert out["pixel_values_videos"].shape[:2] == (1, 4)
 
 
 @pytest.mark.parametrize(("image_seq_length", "expected"), [(576, 144), (577, 145), (16, 4), (49, 9)])
@@ -534,12 +542,12 @@ def test_chat_template_video_parts(video_processor):
     out = video_processor.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs={"num_frames": 5}
     )
-    assert out["pixel_values_videos"].shape == (5, 3, 8, 8)
+    assert out["pixel_values_videos"].shape == (1, 5, 3, 8, 8)
     assert int((out["input_ids"] == video_processor.video_token_id).sum()) == 5 * 4
     batched = video_processor.apply_chat_template(
         [messages, messages], tokenize=True, return_dict=True, return_tensors="pt", padding=True
     )
-    assert batched["pixel_values_videos"].shape == (16, 3, 8, 8)
+    assert batched["pixel_values_videos"].shape == (2, 8, 3, 8, 8)
 
 
 def test_data_and_inference_paths_pass_the_clips_real_rate(processor, tmp_path, caplog):

@@ -354,9 +354,7 @@ def test_reward_model_trains_from_a_stock_llava_checkpoint(tiny_llava_checkpoint
 
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_video_pair_rewards_equal_two_separate_sequences(tiny_checkpoint, tmp_path, layout):
-    from test_packing import with_video_token
-
-    checkpoint = with_video_token(tiny_checkpoint, tmp_path / "video")
+    checkpoint = tiny_checkpoint  # built as the builders build: `<video>` and `video_token_id` included
     model = load_reward_model(str(checkpoint)).eval()
     torch.nn.init.normal_(model.score.weight, std=1.0)
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -189,7 +189,7 @@ def test_a_model_without_the_modality_runs_no_dummy_for_it(tester, processor, mo
         model = tester.get_model(vision=False)
         expected = ["audio_tower", "language_model"]
     else:
-        model = tester.get_model()  # the default `video_token_id` is past the tiny vocabulary: no video
+        model = tester.get_model(video_token_id=None)  # no `<video>` token
         expected = ["vision_tower", "audio_tower", "language_model"]
     model.model.audio_tower.requires_grad_(False)
     calls = record_calls(install_and_train(model))

@@ -57,6 +57,10 @@ class Modality:
             becomes, read without decoding media; `None`: an item is one unit.
         folders: whether a folder is a valid reference (a video given as a folder of frame images).
         check: `(processor, items) -> None`, training-side checks of decoded items (raises `ValueError`: a bad row).
+        dummy: `base_model -> tuple of tensors`, the smallest inputs of `feature_getter` (positional, in its order)
+            that run the modality's tower and projector: the ZeRO-3 lock-step (`any2text.training.zero3`) runs it
+            when a batch lacks the modality and multiplies its features by zero. `None`: no lock-step slot (the
+            lock-step raises if the model has the modality).
     """
 
     name: str
@@ -78,6 +82,7 @@ class Modality:
     units: Callable[..., int] | None = None
     folders: bool = False
     check: Callable[[Any, list], None] | None = None
+    dummy: Callable[[Any], tuple] | None = None
 
     @property
     def token_attr(self) -> str:
@@ -100,6 +105,30 @@ def _frame_sampling(processor: Any) -> dict[str, Any]:
 
 def _blank_frame(options: Mapping[str, Any]) -> np.ndarray:
     return np.zeros((1, 32, 32, 3), dtype=np.uint8)
+
+
+def _blank_pixels(model: Any) -> tuple:
+    """One black image (or frame) at the vision tower's size: `pixel_values` / `pixel_values_videos` `(1, C, H, W)`."""
+    import torch
+
+    vision = model.config.vision_config
+    size, channels = vision.image_size, getattr(vision, "num_channels", 3)
+    return (torch.zeros(1, channels, size, size, device=model.device, dtype=model.vision_tower.dtype),)
+
+
+def _silent_long_clips(model: Any) -> tuple:
+    """Silent CLAP clips flagged `is_longer` (so the fusion branch runs too): `(input_features, is_longer)`; two when
+    the tower trains (its fusion BatchNorm needs more than one), else one."""
+    import torch
+
+    audio = model.config.audio_config
+    channels = 4 if getattr(audio, "enable_fusion", False) else 1
+    frames = audio.spec_size * (audio.spec_size // audio.num_mel_bins)  # HTSAT folds time into spec_size rows
+    clips = 2 if model.audio_tower.training else 1
+    features = torch.zeros(
+        clips, channels, frames, audio.num_mel_bins, device=model.device, dtype=model.audio_tower.dtype
+    )
+    return features, torch.ones(clips, 1, dtype=torch.bool, device=model.device)
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -164,6 +193,7 @@ register_modality(
         projector="vision_projector",
         feature_getter="get_image_features",
         blank=lambda options: PIL.Image.new("RGB", (32, 32)),
+        dummy=_blank_pixels,
     )
 )
 register_modality(
@@ -184,6 +214,7 @@ register_modality(
         processor_options=("sampling_rate",),
         blank=lambda options: np.zeros(options["sampling_rate"], dtype=np.float32),
         check=media.check_clip_lengths,
+        dummy=_silent_long_clips,
     )
 )
 register_modality(
@@ -205,6 +236,7 @@ register_modality(
         blank=_blank_frame,
         units=media.video_num_frames,
         folders=True,
+        dummy=_blank_pixels,
     )
 )
 

@@ -31,6 +31,7 @@ def build_llama_vision_audio(
     vision_feature_select_strategy: str | None = None,
     audio_feature_layer: int = -2,
     projector_hidden_act: str = "gelu",
+    spatial_pool_stride: int = 2,
     seed: int = 0,
     max_shard_size: str | int = "5GB",
     remote_code: bool = True,
@@ -49,6 +50,8 @@ def build_llama_vision_audio(
             Encoders and projectors are cast to the same dtype.
         vision_feature_select_strategy: `"default"` drops CLIP's CLS embedding (576 tokens per 336px image);
             `None` picks `"default"` for encoders with a CLS embedding and `"full"` for the others (SigLIP).
+        spatial_pool_stride: pooling kernel and stride over a video frame's patch grid (`config.spatial_pool_stride`);
+            the saved processor expands `<video>` by the same `video_frame_seq_length`.
         seed: seeds the projector initialisation (weights ~ N(0, `text_config.initializer_range`), biases 0).
         remote_code: ship the model folder's code and an `auto_map`, so the checkpoint loads with
             `trust_remote_code=True` where any2text is not installed.
@@ -81,6 +84,7 @@ def build_llama_vision_audio(
         vision_feature_select_strategy=vision_feature_select_strategy or "default",
         audio_feature_layer=audio_feature_layer,
         projector_hidden_act=projector_hidden_act,
+        spatial_pool_stride=spatial_pool_stride,
         tie_word_embeddings=parts.language_model.config.tie_word_embeddings,
     )
     # The audio projector has its own seed stream, so adding or removing the vision tower does not change it.
@@ -96,6 +100,8 @@ def build_llama_vision_audio(
         audio_token=AUDIO_TOKEN,
         image_seq_length=config.image_seq_length,
         audio_seq_length=config.audio_seq_length,
+        # Tokens per video frame as the config pools them (0 without a vision tower: the processor's default then).
+        video_frame_seq_length=config.video_frame_seq_length or None,
     )
     record = BuildRecord(
         builder="build_llama_vision_audio",

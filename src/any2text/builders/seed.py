@@ -163,6 +163,7 @@ def load_seed_checkpoint(src: str | Path) -> tuple[PreTrainedModel, ProcessorMix
             audio_token=AUDIO_TOKEN,
             image_seq_length=config.image_seq_length,
             audio_seq_length=config.audio_seq_length,
+            video_frame_seq_length=config.video_frame_seq_length or None,
         )
     elif config.model_type == LlavaForConditionalGeneration.config_class.model_type:
         config.pad_token_id = config.text_config.pad_token_id = tokenizer.pad_token_id

@@ -510,7 +510,7 @@ class MultimodalCollator:
             batch[key] = torch.stack(rows)
         media_keys = {key for sample in samples for key in sample["media"]}
         for key in sorted(media_keys):
-            batch[key] = torch.cat([sample["media"][key] for sample in samples if key in sample["media"]])
+            batch[key] = concat_media([sample["media"][key] for sample in samples if key in sample["media"]])
         return batch
 
     # -----------------------------------------------------------------------------------------------------------------
@@ -549,6 +549,19 @@ class MultimodalCollator:
         return self._tokens_per_item[modality.name]
 
 
+def concat_media(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One media tensor of the samples' items, in order (concatenated along dim 0).
+
+    Videos come from the processor as one row per video, `(videos, T, C, H, W)`, when a sample's videos have the same
+    frame count `T` (else as frames, `(total_frames, C, H, W)`); items whose layouts differ (other `T`, or frames) are
+    joined as frames. The model reads both layouts.
+    """
+    values = list(values)
+    if len({tuple(value.shape[1:]) for value in values}) > 1:
+        values = [value.flatten(0, 1) if value.ndim == 5 else value for value in values]
+    return torch.cat(values)
+
+
 def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list[tuple[int, int]]:
     """Map character spans of the rendered text to the text a stock processor tokenized after expanding placeholders."""
     if not replacements:
@@ -559,4 +572,4 @@ def _shift_spans(spans: list[tuple[int, int]], replacements: list[dict]) -> list
     return [tuple(char + gained[bisect.bisect_right(ends, char)] for char in span) for span in spans]
 
 
-__all__ = ["EMPTY_BATCH_KEY", "IGNORE_INDEX", "MultimodalCollator", "SampleTooLongError"]
+__all__ = ["EMPTY_BATCH_KEY", "IGNORE_INDEX", "MultimodalCollator", "SampleTooLongError", "concat_media"]

@@ -41,7 +41,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
-from .collator import IGNORE_INDEX, MultimodalCollator
+from .collator import IGNORE_INDEX, MultimodalCollator, concat_media
 
 logger = logging.get_logger(__name__)
 
@@ -320,7 +320,7 @@ def concat_rows(rows: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.T
         if key in (*_PER_TOKEN_KEYS, "position_ids"):
             joined[key] = torch.cat([row.get(key, torch.zeros_like(row["input_ids"])) for row in rows])
         else:
-            joined[key] = torch.cat([row[key] for row in rows if key in row])
+            joined[key] = concat_media([row[key] for row in rows if key in row])
     return joined
 
 
@@ -344,7 +344,7 @@ def stack_rows(rows: Sequence[Mapping[str, torch.Tensor]], pad_token_id: int) ->
         batch[key] = torch.stack(padded)
     media_keys = sorted({key for row in rows for key in row if key not in token_keys})
     for key in media_keys:
-        batch[key] = torch.cat([row[key] for row in rows if key in row])
+        batch[key] = concat_media([row[key] for row in rows if key in row])
     batch["use_cache"] = False
     return batch
 

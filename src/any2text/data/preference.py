@@ -34,7 +34,7 @@ from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..modalities import MODALITIES, by_content_type
-from .collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator
+from .collator import EMPTY_BATCH_KEY, IGNORE_INDEX, MultimodalCollator, concat_media
 from .loading import MultimodalDataset
 from .messages import iter_media, media_as_types
 from .templates import (
@@ -610,7 +610,7 @@ def pair_rows(rows: list[list[dict[str, Any]]], pad_token_id: int, align_prompts
         "answer_ends": torch.tensor([[chosen, rejected] for _, chosen, rejected in ends], dtype=torch.long),
     }
     for key in sorted(media):
-        batch[key] = torch.cat(media[key])
+        batch[key] = concat_media(media[key])
     return batch
 
 

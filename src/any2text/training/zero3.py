@@ -6,10 +6,10 @@ lacks a modality never meet those of the others and training hangs (DDP without 
 same way on a projector that got no gradient). A LlamaVisionAudio batch decides which encoders run, so
 `install_lockstep(model)` adds, with public torch hooks on the model's own modules:
 
-- one call per modality slot (image, audio, video, in `MODALITIES` order) every training forward: a modality the batch
-  lacks runs its feature getter on a tiny dummy (one blank image / frame, silent "longer" audio clips) right where
-  its real call would have been, and the result joins `inputs_embeds` times zero, so the loss and every gradient are
-  unchanged. Image and video share the vision tower and its projector: they are two calls of one tower, and each
+- one call per modality slot (image, audio, video, then any a subclass adds: the model's `modalities` table, in its order) every training forward: a modality the batch
+  lacks runs its feature getter on the modality table's dummy (`any2text.modalities.Modality.dummy`: one blank image
+  / frame, silent "longer" audio clips; a new modality brings its own) right where its real call would have been,
+  and the result joins `inputs_embeds` times zero, so the loss and every gradient are unchanged. Image and video share the vision tower and its projector: they are two calls of one tower, and each
   tower runs as many times as it serves modalities, whatever the batch holds;
 - CLAP's fusion branch on every audio call: CLAP runs its fusion modules only for clips flagged `is_longer`, so a
   call with none gets silent long clips appended (two when CLAP trains: its fusion BatchNorm needs more than one),
@@ -31,8 +31,9 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.utils import logging
 
+from ..modalities import MODALITIES as MODALITY_TABLE
 from ..models.llama_vision_audio import LlamaVisionAudioModel
-from ..models.llama_vision_audio.modeling_llama_vision_audio import MODALITIES, Modality
+from ..models.llama_vision_audio.modeling_llama_vision_audio import Modality
 
 logger = logging.get_logger(__name__)
 
@@ -54,7 +55,7 @@ class _Step:
 class _Lockstep:
     def __init__(self, model: LlamaVisionAudioModel):
         self.model = model
-        self.slots = [modality for modality in MODALITIES if model.has_modality(modality)]
+        self.slots = [modality for modality in model.modalities if model.has_modality(modality)]
         self.signature = inspect.signature(model.forward)
         self.step: _Step | None = None
         self.extra_clips: list[int] = []
@@ -67,6 +68,7 @@ class _Lockstep:
             self.step = None
             return
         inputs = self.signature.bind_partial(*args, **kwargs).arguments
+        inputs = {**inputs.pop("kwargs", {}), **inputs}  # an added modality's inputs come as keyword arguments
         real = [modality for modality in self.slots if modality.given(inputs)]
         self.step = _Step(real=real, pending=list(self.slots), grad_enabled=torch.is_grad_enabled())
 
@@ -115,22 +117,14 @@ class _Lockstep:
                 step.in_dummy = False
 
     def _dummy_inputs(self, modality: Modality) -> tuple[torch.Tensor, ...]:
-        model = self.model
-        if modality.name in ("image", "video"):
-            vision = model.config.vision_config
-            size, channels = vision.image_size, getattr(vision, "num_channels", 3)
-            return (torch.zeros(1, channels, size, size, device=model.device, dtype=model.vision_tower.dtype),)
-        if modality.name == "audio":
-            audio = model.config.audio_config
-            channels = 4 if getattr(audio, "enable_fusion", False) else 1
-            frames = audio.spec_size * (audio.spec_size // audio.num_mel_bins)  # HTSAT folds time into spec_size rows
-            clips = self._long_clips_needed()
-            features = torch.zeros(
-                clips, channels, frames, audio.num_mel_bins, device=model.device, dtype=model.audio_tower.dtype
+        """The modality table's zero-contribution dummy (`any2text.modalities.Modality.dummy`) for this model."""
+        record = MODALITY_TABLE.get(modality.name)
+        if record is None or record.dummy is None:
+            raise ValueError(
+                f"No zero-contribution dummy for the `{modality.name}` modality: give its record in "
+                "`any2text.modalities` a `dummy` (see `register_modality`)."
             )
-            # is_longer=True also runs CLAP's fusion branch, so every rank touches the same parameters.
-            return features, torch.ones(clips, 1, dtype=torch.bool, device=model.device)
-        raise ValueError(f"No zero-contribution dummy for the `{modality.name}` modality: add one to `_dummy_inputs`.")
+        return record.dummy(self.model)
 
     # --- CLAP's fusion branch -------------------------------------------------------------------------------------
 

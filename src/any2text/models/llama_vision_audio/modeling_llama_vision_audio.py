@@ -155,6 +155,10 @@ class LlamaVisionAudioPreTrainedModel(PreTrainedModel):
     config_class = LlamaVisionAudioConfig
     base_model_prefix = "model"
     input_modalities = ("image", "video", "audio", "text")
+    # The modalities the model reads, in the order `forward` encodes them. A subclass adding one extends it with its
+    # record and brings the record's tower, projector and feature getter; its `input_keys` reach `forward` as keyword
+    # arguments. The `*For...` heads read their inner model's table.
+    modalities: tuple[Modality, ...] = MODALITIES
     supports_gradient_checkpointing = True
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -381,7 +385,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         token_id = getattr(self.config, modality.token_id_attr, None)
         vocab_size = getattr(self.get_input_embeddings(), "num_embeddings", None)
         in_vocab = token_id is not None and token_id >= 0 and (vocab_size is None or token_id < vocab_size)
-        return getattr(self, modality.tower) is not None and in_vocab
+        return getattr(self, modality.tower, None) is not None and in_vocab
 
     def get_placeholder_mask(
         self,
@@ -391,17 +395,23 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         audio_features: torch.Tensor | None = None,
         mm_token_type_ids: torch.LongTensor | None = None,
         video_features: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masks of the image, audio and video placeholder positions, `(batch, seq, 1)` each.
+        **features: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Masks of each modality's placeholder positions (`self.modalities` order: image, audio, video, then any
+        modality a subclass adds, whose features come as `<name>_features`), `(batch, seq, 1)` each.
 
-        Positions come from `input_ids`, else from `mm_token_type_ids` (1 image, 2 video, 3 audio), else by comparing
+        Positions come from `input_ids`, else from `mm_token_type_ids` (1 image, 2 video, 3 audio, ...), else by comparing
         `inputs_embeds` with the placeholder embeddings. Raises a `ValueError` naming the modality and both counts when
         the number of placeholders differs from the number of feature vectors.
         """
-        given = {"image": image_features, "audio": audio_features, "video": video_features}
+        given = {"image_features": image_features, "audio_features": audio_features, "video_features": video_features}
+        given.update(features)
+        unknown = set(given) - {f"{modality.name}_features" for modality in self.modalities}
+        if unknown:
+            raise TypeError(f"`get_placeholder_mask` got features of no modality of this model: {sorted(unknown)}.")
         masks = []
-        for modality in MODALITIES:
-            features = given[modality.name]
+        for modality in self.modalities:
+            features = given.get(f"{modality.name}_features")
             token_id = getattr(self.config, modality.token_id_attr, None)
             if input_ids is not None:
                 mask = input_ids == token_id if token_id is not None else torch.zeros_like(input_ids, dtype=torch.bool)
@@ -425,7 +435,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             return embeddings(torch.tensor(token_id, device=inputs_embeds.device))
 
         target = embedding(modality)
-        for other in MODALITIES:
+        for other in self.modalities:
             # Built models start every placeholder from the same (mean) row: their embeddings cannot tell them
             # apart, only the processor's `mm_token_type_ids` can.
             if other is not modality and self.has_modality(other) and torch.equal(target, embedding(other)):
@@ -454,6 +464,9 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         pixel_values_videos (`torch.Tensor` of shape `(total_frames, channels, height, width)`, *optional*):
             Video frames, every video's frames one after the other (or `(num_videos, num_frames, channels, height,
             width)`); each `<video>` placeholder is expanded into `num_frames * config.video_frame_seq_length` tokens.
+        kwargs:
+            The inputs of any modality a subclass adds to `modalities` (its record's `input_keys`, taken out here),
+            then the language model's arguments.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
@@ -466,8 +479,12 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             "is_longer": is_longer,
             "pixel_values_videos": pixel_values_videos,
         }
+        for modality in self.modalities:
+            for key in modality.input_keys:
+                if key not in media:
+                    media[key] = kwargs.pop(key, None)
         outputs, features = {}, {}
-        for modality in MODALITIES:
+        for modality in self.modalities:
             if modality.given(media):
                 getter = getattr(self, modality.feature_getter)
                 outputs[modality.name] = getter(*(media[key] for key in modality.input_keys), return_dict=True)
@@ -480,7 +497,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
             mm_token_type_ids=mm_token_type_ids,
             **{f"{name}_features": value for name, value in features.items()},
         )
-        masks = dict(zip((modality.name for modality in MODALITIES), masks))
+        masks = dict(zip((modality.name for modality in self.modalities), masks))
         self._check_media_given(masks, features, kwargs)
         for name, value in features.items():
             inputs_embeds = inputs_embeds.masked_scatter(masks[name], value)
@@ -512,7 +529,7 @@ class LlamaVisionAudioModel(LlamaVisionAudioPreTrainedModel):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and cache.get_seq_length() > 0:
             return
-        missing = [m for m in MODALITIES if m.name not in features and masks[m.name].any()]
+        missing = [m for m in self.modalities if m.name not in features and masks[m.name].any()]
         if not missing:
             return
         if features:
@@ -542,7 +559,7 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
         self.post_init()
         # A generated placeholder would be a media slot with no media behind it: never sample one.
         if self.generation_config is not None and self.generation_config.suppress_tokens is None:
-            placeholders = (getattr(config, modality.token_id_attr, None) for modality in MODALITIES)
+            placeholders = (getattr(config, modality.token_id_attr, None) for modality in self.modalities)
             self.generation_config.suppress_tokens = [token_id for token_id in placeholders if token_id is not None]
 
     def get_input_embeddings(self) -> nn.Module:
@@ -556,6 +573,10 @@ class LlamaVisionAudioForConditionalGeneration(LlamaVisionAudioPreTrainedModel, 
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
+
+    @property
+    def modalities(self) -> tuple[Modality, ...]:
+        return self.model.modalities
 
     @property
     def vision_tower(self) -> nn.Module | None:
@@ -709,6 +730,10 @@ class LlamaVisionAudioForSequenceClassification(LlamaVisionAudioPreTrainedModel)
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.model.set_input_embeddings(value)
+
+    @property
+    def modalities(self) -> tuple[Modality, ...]:
+        return self.model.modalities
 
     @property
     def vision_tower(self) -> nn.Module | None:

@@ -334,7 +334,9 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
     `replace_audio_token` / `replace_video_token`), so that after the processor the sequence length is final. A video
     is a path (a video file, or a folder of frame images), a list of PIL images or a uint8 array `(T, H, W, 3)`,
     sampled with `num_frames` or `fps` (saved with the processor, or per call) by `load_video`; its frames go through
-    the image processor into `pixel_values_videos` `(frames of all videos, 3, H, W)`. Audio goes through
+    the image processor into `pixel_values_videos`: `(num_videos, T, 3, H, W)`, one row per video, when every video of
+    the call has the same number of frames `T` (the layout serving engines such as vLLM split per video), else the
+    frames of all videos one after the other, `(total_frames, 3, H, W)`; the model reads both. Audio goes through
     [`LlamaVisionAudioFeatureExtractor`] (mono, int PCM scaled, resampled from `sampling_rate` to its rate; without
     `sampling_rate` its rate is assumed, with a warning). Per-call options follow transformers: flat
     (`rescale_factor=...`, `padding=...`) or per modality (`images_kwargs=`, `audio_kwargs=`, `videos_kwargs=`,
@@ -505,7 +507,11 @@ class LlamaVisionAudioProcessor(ProcessorMixin):
         accepted = set(getattr(self.image_processor, "valid_kwargs", dict).__annotations__) | {"return_tensors"}
         frames = [frame for clip in clips for frame in clip]
         pixels = self.image_processor(frames, **{k: v for k, v in kwargs.items() if k in accepted})["pixel_values"]
-        inputs = {"pixel_values_videos": pixels, "video_num_frames": [len(clip) for clip in clips]}
+        counts = [len(clip) for clip in clips]
+        if len(set(counts)) == 1 and hasattr(pixels, "reshape"):
+            # One row per video (vLLM's per-item split needs it); differing frame counts stay flat frames.
+            pixels = pixels.reshape(len(clips), counts[0], *pixels.shape[1:])
+        inputs = {"pixel_values_videos": pixels, "video_num_frames": counts}
         return inputs, [self.replace_video_token(inputs, i) for i in range(len(clips))]
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
