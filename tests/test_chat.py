@@ -2,14 +2,14 @@
 stderr (no traceback, nothing about datasets), and good ones are answered like `any2text.inference` answers."""
 
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import soundfile
 from PIL import Image
-from transformers import AutoProcessor
 
-from any2text import LlamaVisionAudioForConditionalGeneration
 from any2text.evaluation import chat
 from any2text.inference import generate_batch, load_inference_model
 from conftest import make_image, make_tone
@@ -42,23 +42,14 @@ def media(tmp_path_factory) -> Path:
     return write_chat_media(tmp_path_factory.mktemp("chat_media"))
 
 
-def save_video_checkpoint(source: Path, path: Path) -> Path:
-    """`source` (the shared tiny checkpoint, whose tokenizer has no `<video>`) with `<video>` added as the builders
-    add it: a special token, the embeddings resized, `video_token_id` recorded."""
-    model = LlamaVisionAudioForConditionalGeneration.from_pretrained(source)
-    processor = AutoProcessor.from_pretrained(source)
-    processor.tokenizer.add_tokens(["<video>"], special_tokens=True)
-    model.resize_token_embeddings(len(processor.tokenizer))
-    model.config.video_token_id = processor.tokenizer.convert_tokens_to_ids("<video>")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    pytest.importorskip("av", reason='video needs PyAV: pip install "any2text[video]"')
-    return save_video_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("video_checkpoint") / "lva")
+def no_video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint as one built before video: no `video_token_id`."""
+    path = tmp_path_factory.mktemp("no_video") / "lva"
+    shutil.copytree(tiny_checkpoint, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "video_token_id": None}))
+    return path
 
 
 def greedy(model, processor, conversation) -> str:
@@ -132,17 +123,17 @@ def test_terminal_chat_reads_good_media_once_checked(tiny_checkpoint, media, cap
     ],
 )
 def test_terminal_chat_reports_a_bad_video_before_loading_the_model(
-    video_checkpoint, media, capsys, no_model_load, name, message
+    tiny_checkpoint, media, capsys, no_model_load, name, message
 ):
     path = str(media / name)
-    assert chat.main(["--model", str(video_checkpoint), "--video", path, "--prompt", "Hi"]) == 2
+    assert chat.main(["--model", str(tiny_checkpoint), "--video", path, "--prompt", "Hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("any2text chat: " + message.format(path=path)) and len(err.strip().splitlines()) == 1
 
 
-def test_terminal_chat_refuses_video_for_a_checkpoint_without_it(tiny_checkpoint, media, capsys, no_model_load):
+def test_terminal_chat_refuses_video_for_a_checkpoint_without_it(no_video_checkpoint, media, capsys, no_model_load):
     path = str(media / "moving.mp4")
-    assert chat.main(["--model", str(tiny_checkpoint), "--video", path]) == 2  # built before video: no `<video>`
+    assert chat.main(["--model", str(no_video_checkpoint), "--video", path]) == 2
     assert capsys.readouterr().err == (
         f"any2text chat: This model does not take video (it takes images and audio); `{path}` was not sent.\n"
     )
@@ -155,11 +146,12 @@ def test_terminal_chat_refuses_video_for_an_image_only_model(tiny_llava_checkpoi
 
 
 @pytest.mark.parametrize("name", ["moving.mp4", "frames"])
-def test_terminal_chat_answers_about_a_video_file_or_a_folder_of_frames(video_checkpoint, media, capsys, name):
+def test_terminal_chat_answers_about_a_video_file_or_a_folder_of_frames(tiny_checkpoint, media, capsys, name):
+    pytest.importorskip("av", reason='video needs PyAV: pip install "any2text[video]"')
     video = media / name
-    assert chat.main(["--model", str(video_checkpoint), "--video", str(video), "--prompt", "What colour at the end?",
+    assert chat.main(["--model", str(tiny_checkpoint), "--video", str(video), "--prompt", "What colour at the end?",
                       "--max_new_tokens", str(MAX_NEW_TOKENS), "--device", "cpu"]) == 0  # fmt: skip
-    model, processor = load_inference_model(str(video_checkpoint), device="cpu")
+    model, processor = load_inference_model(str(tiny_checkpoint), device="cpu")
     turn = user({"type": "video", "video": str(video)}, {"type": "text", "text": "What colour at the end?"})
     answer = capsys.readouterr().out.strip()
     assert answer == greedy(model, processor, [turn])

@@ -8,17 +8,10 @@ import pytest
 
 from any2text.evaluation.evaluate import main as eval_main
 from any2text.inference import generate_batch, load_inference_model
-from test_chat import save_video_checkpoint
 
 pytest.importorskip("av", reason='video needs PyAV: pip install "any2text[video]"')
 
 from any2text.demo.synthetic_video import generate_video_data  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def video_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny checkpoint with `<video>` added (the shared one predates video)."""
-    return save_video_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("video_checkpoint") / "lva")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +26,9 @@ def _greedy(model, processor, video: Path, text: str, max_new_tokens: int) -> st
     return generate_batch(model, processor, [[turn]], max_new_tokens=max_new_tokens)[0]
 
 
-def test_mvbench_rows_with_mp4_files_run_through_the_runner(video_checkpoint, videos, tmp_path):
+def test_mvbench_rows_with_mp4_files_run_through_the_runner(tiny_checkpoint, videos, tmp_path):
     out = tmp_path / "eval"
-    argv = ["--model", str(video_checkpoint), "--benchmark", "mvbench", "--data", str(videos / "test_mvbench.json"),
+    argv = ["--model", str(tiny_checkpoint), "--benchmark", "mvbench", "--data", str(videos / "test_mvbench.json"),
             "--output_dir", str(out), "--batch_size", "4", "--max_new_tokens", "3", "--device", "cpu"]  # fmt: skip
     assert eval_main(argv)["num_items"] == 6
     records = [json.loads(line) for line in (out / "mvbench/predictions.jsonl").read_text().splitlines()]
@@ -43,7 +36,7 @@ def test_mvbench_rows_with_mp4_files_run_through_the_runner(video_checkpoint, vi
     assert [r["id"] for r in records] == [str(i) for i in range(6)]
     # Each prediction is the checkpoint's greedy answer to the video and the MVBench prompt (relative paths were
     # read from the data file's folder), and the reference is the letter of the right candidate.
-    model, processor = load_inference_model(str(video_checkpoint), device="cpu")
+    model, processor = load_inference_model(str(tiny_checkpoint), device="cpu")
     for record, row in zip(records, rows):
         assert record["prediction"] == _greedy(model, processor, videos / row["video"], record["prompt"], 3)
         assert record["references"] == ["ABCD"[row["candidates"].index(row["answer"])]]
@@ -57,10 +50,10 @@ def test_mvbench_rows_with_mp4_files_run_through_the_runner(video_checkpoint, vi
     assert scores["accuracy"] == pytest.approx(sum(right) / len(right))
 
 
-def test_image_text_to_text_pipeline_answers_a_video_turn(video_checkpoint, videos):
+def test_image_text_to_text_pipeline_answers_a_video_turn(tiny_checkpoint, videos):
     from transformers import pipeline
 
-    pipe = pipeline("image-text-to-text", model=str(video_checkpoint), device="cpu")
+    pipe = pipeline("image-text-to-text", model=str(tiny_checkpoint), device="cpu")
     video = videos / "videos/test-000000.mp4"
     messages = [{"role": "user", "content": [{"type": "video", "video": str(video)},
                                              {"type": "text", "text": "What colour at the end?"}]}]  # fmt: skip

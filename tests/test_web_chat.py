@@ -2,7 +2,6 @@
 drive apps): text, image and audio turns stream, and the last output equals `any2text.inference`'s greedy answer; bad
 media are answered in the chat."""
 
-import importlib.util
 import socket
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from any2text.evaluation import chat
 from any2text.inference import load_inference_model
-from test_chat import MAX_NEW_TOKENS, greedy, save_video_checkpoint, user, write_chat_media
+from test_chat import MAX_NEW_TOKENS, greedy, user, write_chat_media
 
 gradio = pytest.importorskip("gradio", reason='the web chat needs gradio: pip install "any2text[web]"')
 from gradio_client import Client, handle_file  # noqa: E402
@@ -26,12 +25,8 @@ def media(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint, tmp_path_factory):
-    # The tiny checkpoint with `<video>` added (it predates video), when PyAV is there to read videos.
-    checkpoint = tiny_checkpoint
-    if importlib.util.find_spec("av") is not None:
-        checkpoint = save_video_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("web_video_checkpoint") / "lva")
-    model, processor = load_inference_model(str(checkpoint), device="cpu")
+def served(tiny_checkpoint):
+    model, processor = load_inference_model(str(tiny_checkpoint), device="cpu")
     app = launch_web_chat(model, processor, port=None, prevent_thread_lock=True)
     try:
         yield app, model, processor
