@@ -1,7 +1,7 @@
 """`make demo` / `any2text demo` / `python -m any2text.demo`: the whole recipe on tiny models, offline, in minutes.
 
     any2text demo --output_dir demo_output [--use_peft] [--n_train N] [--stage2_epochs E] [--dpo_pairs 0]
-        [--reward_pairs 0]
+        [--reward_pairs 0] [--video_train 0]
 
 1. synthetic data (`demo.synthetic`): image questions (colour, shape, side), audio questions (pitch, number of
    beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media; and
