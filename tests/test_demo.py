@@ -9,7 +9,7 @@ from any2text.demo import run_demo
 
 
 @pytest.mark.slow
-def test_short_demo_learns_to_use_image_and_audio(tmp_path):
+def test_short_demo_learns_to_use_image_audio_and_video(tmp_path):
     # The demo's recipe with 4 stage-2 epochs instead of 6 (300 steps instead of 450), 300 test rows and seed 1. At
     # this size the hardest questions (shape, number of beeps) are not yet at the demo's figures, so the bars are per
     # modality: as far above the blind model and chance as a run this short reliably gets.
@@ -18,7 +18,8 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
         stage2_learning_rate=2e-3, seed=1,
     )  # fmt: skip
 
-    for modality in ("image", "audio"):
+    # ... and the video question (which colour the shape turns: half the frames each colour) needs them in order.
+    for modality in ("image", "audio", "video"):
         r = results["per_modality"][modality]
         # The media carry the answers: the trained model must beat the same model without them by a wide margin,
         # and the blind model cannot do much better than chance.
@@ -68,3 +69,42 @@ def test_short_demo_learns_to_use_image_and_audio(tmp_path):
     history = json.loads((out / "stage2/trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0] / 3
+
+
+def test_video_color_change_needs_the_frame_order(tmp_path):
+    """A clip turning A -> B is a clip turning B -> A played backwards, each colour on half the frames: a bag of frames
+    cannot tell them apart."""
+    import numpy as np
+
+    av = pytest.importorskip("av", reason='the video demo needs PyAV: pip install "any2text[video]"')
+    from any2text.demo.synthetic_video import COLORS, generate_video_data, make_video
+
+    clip = make_video("red", "blue", rng=np.random.default_rng(7))
+    assert np.array_equal(clip[::-1], make_video("blue", "red", rng=np.random.default_rng(7)))
+    lit = clip.reshape(8, -1, 3).max(1)  # the brightest value of each channel, frame by frame
+    assert (
+        (lit[:4, 0] > 150).all() and (lit[:4, 2] == 0).all() and (lit[4:, 2] > 150).all() and (lit[4:, 0] == 0).all()
+    )
+
+    meta = generate_video_data(tmp_path, n_train=8, n_test=4, seed=0, placeholder="<image>")
+    assert meta["counts"] == {"train": dict.fromkeys(sorted(COLORS), 2), "test": dict.fromkeys(sorted(COLORS), 1)}
+    rows = json.loads((tmp_path / "train.json").read_text())
+    assert rows[0]["conversations"][0]["value"].startswith("<image>\n")  # LLaVA-Video-178K's tag for the video
+    for row in rows:  # the answer is the colour of the last frame (and not of the first)
+        with av.open(str(tmp_path / row["video"])) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        assert len(frames) == 8 and frames[0].shape == (32, 32, 3)
+        # The colour of a frame: which channels are on in its lit pixels (median: H.264 blurs the shape's edges).
+        lit_pixels = [frame.reshape(-1, 3)[frame.reshape(-1, 3).max(1) > 120] for frame in (frames[0], frames[-1])]
+        on = [tuple(int(v > 100) for v in np.median(pixels, 0)) for pixels in lit_pixels]
+        answer = row["conversations"][1]["value"]
+        assert on[1] == COLORS[answer] and on[0] != COLORS[answer], row
+    mvbench = json.loads((tmp_path / "test_mvbench.json").read_text())
+    assert [row["answer"] for row in mvbench] == [
+        row["conversations"][1]["value"] for row in json.loads((tmp_path / "test.json").read_text())
+    ]
+    assert all(sorted(row["candidates"]) == sorted(COLORS) for row in mvbench)
+    # Same seed, same bytes.
+    again = generate_video_data(tmp_path / "again", n_train=8, n_test=4, seed=0, placeholder="<image>")
+    assert again == meta
+    assert (tmp_path / "again" / rows[0]["video"]).read_bytes() == (tmp_path / rows[0]["video"]).read_bytes()

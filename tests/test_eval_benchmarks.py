@@ -14,6 +14,7 @@ def test_every_benchmark_is_registered_with_a_packaged_metric():
 
     generation = {
         "vqav2", "okvqa", "aokvqa_mc", "aokvqa_da", "mme", "mmbench", "clotho", "audiocaps", "librispeech", "clotho_aqa",
+        "mvbench", "videomme",
     }  # fmt: skip
     assert set(BENCHMARKS) == generation | {"preference", "reward"}
     assert all(BENCHMARKS[name].metric in METRIC_NAMES for name in generation)
@@ -203,3 +204,43 @@ def test_conversation_templates_have_no_single_prompt():
 
     with pytest.raises(TypeError, match="Template `LLaVA` makes whole conversations"):
         get_template("LLaVA").prompt({"conversations": []})
+
+
+def test_mvbench_row_is_lmms_eval_prompt_with_the_letter_of_the_answer_text():
+    row = {"video": "clevrer/video_10009.mp4", "question": "Which way does the cube move?",
+           "candidates": ["left", "down", "right"], "answer": "right"}  # fmt: skip
+    item = get_benchmark("mvbench").build_item(row, 4)
+    assert item.messages[0]["content"][0] == {"type": "video", "video": "clevrer/video_10009.mp4"}
+    assert (
+        item.prompt
+        == "Question:Which way does the cube move?\nOption:\n(A) left\n(B) down\n(C) right\nOnly give the best option."
+    )
+    assert item.references == ["C"] and item.id == "4"
+    assert item.meta == {"index": 4, "category": "mvbench", "choices": ["left", "down", "right"]}
+    with pytest.raises(ValueError, match="has `answer` 'up', which is none of its `candidates`"):
+        get_benchmark("mvbench").build_item({**row, "answer": "up"}, 4)
+
+
+def test_videomme_row_names_its_video_by_id_and_scores_by_letter():
+    row = {"video_id": "001", "duration": "short", "domain": "Knowledge", "videoID": "fFjv93ACGo8",
+           "question_id": "001-1", "task_type": "Counting Problem", "question": "How many kinds of fruit?",
+           "options": ["A. Apples.", "B. Candles.", "C. Berries.", "D. Three."], "answer": "C"}  # fmt: skip
+    bench = get_benchmark("videomme")
+    item = bench.build_item(row, 0)
+    assert item.messages[0]["content"][0] == {"type": "video", "video": "fFjv93ACGo8.mp4"}
+    assert item.prompt.startswith(
+        "Select the best answer to the following multiple-choice question based on the video"
+    )
+    assert item.prompt.endswith(
+        "How many kinds of fruit?\nA. Apples.\nB. Candles.\nC. Berries.\nD. Three.\nThe best answer is:"
+    )
+    assert (item.id, item.references) == ("001-1", ["C"])
+    assert item.meta["choices"] == ["Apples.", "Candles.", "Berries.", "Three."]
+    # A local row may carry the path itself.
+    assert bench.build_item({**row, "video": "clips/a.mp4"}, 0).messages[0]["content"][0]["video"] == "clips/a.mp4"
+    # Exact match on the letter read off the answer: "C", "(C)", "C. Berries." and the option's text all count.
+    records = [{"prediction": p, "references": ["C"], "meta": {**item.meta, "index": i}}
+               for i, p in enumerate(["C", "(C)", "C. Berries.", "Berries.", "B", "I think A or C"])]  # fmt: skip
+    scores = bench.score(records)
+    assert scores["accuracy"] == pytest.approx(4 / 6) and scores["Counting Problem"] == pytest.approx(4 / 6)
+    assert scores["extraction_failures"] == 1

@@ -80,12 +80,23 @@ def test_audio_turn_streams_greedy_answer(served, media):
     assert_streamed(outputs, greedy(model, processor, [turn]))
 
 
+def test_video_turn_streams_greedy_answer(served, media):
+    pytest.importorskip("av", reason='video needs PyAV: pip install "any2text[video]"')
+    app, model, processor = served
+    outputs = ask(Client(app.local_url, verbose=False), "What colour at the end?", media / "moving.mp4")
+    turn = user(
+        {"type": "video", "video": str(media / "moving.mp4")}, {"type": "text", "text": "What colour at the end?"}
+    )
+    assert_streamed(outputs, greedy(model, processor, [turn]))
+    assert outputs[-1] != greedy(model, processor, [user({"type": "text", "text": "What colour at the end?"})])
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("notes.txt", "`notes.txt` is a `text/plain` file, not an image or audio clip. Send an image (PNG"),
+        ("notes.txt", "`notes.txt` is a `text/plain` file, not an image, audio clip or video. Send an image (PNG"),
         ("broken.png", "`broken.png` could not be read as image ("),
-        ("clip.mp4", "`clip.mp4` is a video; the chat takes images and audio clips"),
+        ("clip.mp4", "`clip.mp4` could not be read as video ("),
     ],
 )
 def test_bad_media_are_answered_in_the_chat_and_left_out_of_the_context(served, media, name, message):

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..data.templates import get_template
 from ..inference import generate_batch
+from ..modalities import MODALITIES as MEDIA_MODALITIES
 
-MODALITIES = ("image", "audio", "text")
+# Question types are named `<modality>_<what>`; text ones answer from the prompt alone.
+MODALITIES = (*MEDIA_MODALITIES, "text")
 
 
 def _strip_media(messages: list[dict]) -> list[dict]:

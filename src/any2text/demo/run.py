@@ -1,14 +1,17 @@
 """`make demo` / `any2text demo` / `python -m any2text.demo`: the whole recipe on tiny models, offline, in minutes.
 
     any2text demo --output_dir demo_output [--use_peft] [--n_train N] [--stage2_epochs E] [--dpo_pairs 0]
-        [--reward_pairs 0] [--grpo_prompts 0]
+        [--reward_pairs 0] [--grpo_prompts 0] [--video_train 0]
 
 1. synthetic data (`demo.synthetic`): image questions (colour, shape, side), audio questions (pitch, number of
-   beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media;
+   beeps), text facts, written as LLaVA-style JSON with media folders and as parquet with embedded media; and
+   (`demo.synthetic_video`, with PyAV installed) a video question whose answer depends on the order of the frames
+   (which colour does the shape turn?), as LLaVA-Video rows with mp4 files;
 2. tiny "pretrained" parts saved locally (`demo.parts`: a Llama with the committed tokenizer, a full CLIPModel, a
    full ClapModel), then assembled by the same builder the real recipe uses;
 3. stage 1 (projectors) on the JSON data and stage 2 (language model + projectors, or LoRA) on the parquet data,
-   both through `any2text.training.train.train`, the function behind `any2text train`;
+   both through `any2text.training.train.train`, the function behind `any2text train`, each with the video rows as
+   a second dataset;
 4. held-out accuracy per question type for the trained model, the same model with the media withheld ("blind"),
    and chance; the model is reloaded with `AutoModelForImageTextToText` / `AutoProcessor` for this;
 5. stage 3, DPO (`any2text.dpo`, LoRA) on a preference task stage 2 never taught, whose preferred answer depends on
@@ -39,6 +42,7 @@ from transformers.utils import logging
 from ..builders import build_llama_vision_audio
 from ..data.loading import DatasetSpec, load_spec
 from ..data.media import resolve_path
+from ..modalities import MODALITIES
 from ..training.arguments import DataArguments, LoraArguments, ModelArguments, MultimodalTrainingArguments
 from ..training.train import train
 from .parts import IMAGE_SIZE, SAMPLING_RATE, save_tiny_parts
@@ -54,7 +58,7 @@ DEMO_WEIGHTS = {**DEFAULT_WEIGHTS, "image_shape": 2.5}
 def train_stage(
     model: Path,
     output: Path,
-    data: Path,
+    data: str | Path,
     *,
     train_language_model: bool,
     epochs: float,
@@ -100,22 +104,39 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _test_rows(data_dir: Path) -> list[dict]:
-    rows = load_spec(DatasetSpec(path=str(data_dir / "llava/test.json"), template="LLAVA"))
-    root = data_dir / "llava"
-    return [
-        {**row, **{key: resolve_path(row[key], root) for key in ("image", "audio") if row.get(key)}} for row in rows
-    ]
+def _test_rows(data_dir: Path, video: bool) -> list[dict]:
+    """The held-out rows (LLaVA json, and the video rows when written) with their media paths made absolute."""
+    rows = []
+    for folder in ("llava", "video") if video else ("llava",):
+        root = data_dir / folder
+        for row in load_spec(DatasetSpec(path=str(root / "test.json"), template="LLAVA")):
+            media = {key: resolve_path(row[key], root) for key in MODALITIES if row.get(key)}
+            rows.append({**row, **media})
+    return rows
 
 
-def _evaluate(final: Path, data_dir: Path, meta: dict) -> tuple[dict, dict, list]:
+def _evaluate(final: Path, data_dir: Path, chance: dict[str, float], video: bool) -> tuple[dict, dict, list]:
     """Held-out accuracy per question type and per modality, for the model reloaded through the Auto classes."""
     model = AutoModelForImageTextToText.from_pretrained(final).eval()
     processor = AutoProcessor.from_pretrained(final)
-    per_type, samples = evaluate_questions(model, processor, _test_rows(data_dir))
+    per_type, samples = evaluate_questions(model, processor, _test_rows(data_dir, video))
     for kind, r in per_type.items():
-        r["chance"] = meta["question_types"][kind]["chance"]
+        r["chance"] = chance[kind]
     return per_type, per_modality(per_type), samples
+
+
+def _video_data(data_dir: Path, n_train: int, n_test: int, seed: int) -> dict | None:
+    """The colour-change video rows (`demo.synthetic_video`), or `None` (logged) without PyAV or rows."""
+    if n_train <= 0:
+        return None
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        logger.warning('The video question is left out: it needs PyAV (`pip install "any2text[video]"`).')
+        return None
+    from .synthetic_video import generate_video_data
+
+    return generate_video_data(data_dir, n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE)
 
 
 class _Clock:
@@ -155,6 +176,8 @@ def run_demo(
     reward_epochs: float = 8.0,
     grpo_prompts: int = 64,
     grpo_epochs: float = 4.0,
+    video_train: int = 320,
+    video_test: int = 100,
 ) -> dict:
     """Runs the demo into `output_dir` (replaced) and returns what `results.json` holds.
 
@@ -178,7 +201,7 @@ def run_demo(
         return _run_demo(
             Path(output_dir), n_train, n_test, stage1_epochs, stage2_epochs, use_peft, seed, dpo_pairs, dpo_epochs,
             stage1_learning_rate, stage2_learning_rate, batch_size, lm_hidden_size, lm_layers, lm_heads, reward_pairs,
-            reward_epochs, grpo_prompts, grpo_epochs,
+            reward_epochs, grpo_prompts, grpo_epochs, video_train, video_test,
         )  # fmt: skip
 
 
@@ -186,6 +209,7 @@ def _run_demo(
     out: Path, n_train: int, n_test: int, stage1_epochs: float, stage2_epochs: float, use_peft: bool, seed: int,
     dpo_pairs: int, dpo_epochs: float, stage1_lr: float, stage2_lr: float, batch_size: int, lm_hidden_size: int,
     lm_layers: int, lm_heads: int, reward_pairs: int, reward_epochs: float, grpo_prompts: int, grpo_epochs: float,
+    video_train: int, video_test: int,
 ) -> dict:  # fmt: skip
     if out.exists():
         shutil.rmtree(out)
@@ -195,6 +219,12 @@ def _run_demo(
     meta = generate_demo_data(
         out / "data", n_train=n_train, n_test=n_test, seed=seed, image_size=IMAGE_SIZE, weights=DEMO_WEIGHTS
     )
+    video = _video_data(out / "data/video", video_train, video_test, seed)
+    chance = {name: info["chance"] for name, info in meta["question_types"].items()}
+    if video is not None:
+        chance[video["question_type"]] = video["chance"]
+    # The video rows are a second dataset of both stages (the same LLaVA template reads them).
+    with_video = f",{out / 'data/video/train.json'}" if video is not None else ""
     clock.lap("data")
     logger.warning("[2/9] saving tiny pretrained parts and building the model with the real builder")
     parts = save_tiny_parts(
@@ -207,12 +237,13 @@ def _run_demo(
 
     logger.warning("[3/9] stage 1: projectors only (LLaVA JSON data)")
     common = {"batch_size": batch_size, "seed": seed}
-    stage1 = train_stage(out / "model", out / "stage1", out / "data/llava/train.json", train_language_model=False,
-                         epochs=stage1_epochs, learning_rate=stage1_lr, **common)  # fmt: skip
+    stage1 = train_stage(out / "model", out / "stage1", f"{out / 'data/llava/train.json'}{with_video}",
+                         train_language_model=False, epochs=stage1_epochs, learning_rate=stage1_lr, **common)  # fmt: skip
     clock.lap("stage1")
     logger.warning("[4/9] stage 2: language model + projectors (parquet data)")
-    stage2 = train_stage(stage1, out / "stage2", out / "data/parquet/train.parquet", train_language_model=True,
-                         epochs=stage2_epochs, learning_rate=stage2_lr, use_peft=use_peft, **common)  # fmt: skip
+    stage2 = train_stage(stage1, out / "stage2", f"{out / 'data/parquet/train.parquet'}{with_video}",
+                         train_language_model=True, epochs=stage2_epochs, learning_rate=stage2_lr, use_peft=use_peft,
+                         **common)  # fmt: skip
     final = stage2
     if use_peft:
         from ..training.merge import merge_lora
@@ -222,7 +253,7 @@ def _run_demo(
     clock.lap("stage2")
 
     logger.warning("[5/9] held-out evaluation: trained vs blind vs chance")
-    per_type, modalities, samples = _evaluate(final, out / "data", meta)
+    per_type, modalities, samples = _evaluate(final, out / "data", chance, video is not None)
     clock.lap("eval")
 
     preference_files = None
@@ -274,7 +305,9 @@ def _run_demo(
         "timings": clock.total(),
         "settings": {"n_train": n_train, "n_test": n_test, "stage1_epochs": stage1_epochs,
                      "stage2_epochs": stage2_epochs, "stage1_learning_rate": stage1_lr,
-                     "stage2_learning_rate": stage2_lr, "batch_size": batch_size, "use_peft": use_peft, "seed": seed},
+                     "stage2_learning_rate": stage2_lr, "batch_size": batch_size, "use_peft": use_peft, "seed": seed,
+                     "video_train": video_train if video is not None else 0,
+                     "video_test": video_test if video is not None else 0},
         "examples": [
             {"question_type": k, "question": q, "prediction": p, "truth": t} for k, q, p, t in samples[:8]
         ],
@@ -302,7 +335,8 @@ def make_parser() -> argparse.ArgumentParser:
     defaults = {name: p.default for name, p in inspect.signature(run_demo).parameters.items()}
     parser = argparse.ArgumentParser(prog="any2text demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default=defaults["output_dir"])
-    for name in ("n_train", "n_test", "batch_size", "seed", "lm_hidden_size", "lm_layers", "lm_heads"):
+    for name in ("n_train", "n_test", "batch_size", "seed", "lm_hidden_size", "lm_layers", "lm_heads", "video_train",
+                 "video_test"):  # fmt: skip
         parser.add_argument(f"--{name}", type=int, default=defaults[name])
     for name in (
         "stage1_epochs",

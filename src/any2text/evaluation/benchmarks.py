@@ -33,6 +33,8 @@ from ..data.templates import (
     get_template,
     is_missing,
     mmbench_choices,
+    register_prompt_template,
+    row_name,
 )
 from .metrics import load_metric
 from .predictors import Generate, ScorePairs, pair_scores
@@ -123,6 +125,8 @@ class Benchmark:
         group_columns: for datasets with one reference per row (AudioCaps: 5 rows per clip), the columns that
             identify one item; its rows become one item with every reference.
         modality / media_column: (generation) the medium put in front of the prompt and the column holding it.
+        media: (generation) reads the medium from a row when it is not one column as stored (Video-MME names a
+            video by its `videoID`); `None`: `row[media_column]`.
         references: (generation) reads a row's references and the metric's extra inputs.
         prompt_suffix: (generation) the instruction appended to the question when it is not the template's own;
             `None`: the template's.
@@ -142,6 +146,7 @@ class Benchmark:
     group_columns: tuple[str, ...] = ()
     modality: str | None = None
     media_column: str | None = None
+    media: Callable[[dict[str, Any]], Any] | None = None
     references: ReferenceReader | None = None
     prompt_suffix: str | None = None
     max_new_tokens: int = 32
@@ -171,6 +176,10 @@ class Benchmark:
             if column in row and row[column] is not None:
                 return str(row[column])
         return str(row_index)
+
+    def medium(self, row: dict[str, Any]) -> Any:
+        """The medium of a generation item: `media(row)`, or the `media_column` value (`None` when absent)."""
+        return self.media(row) if self.media is not None else row.get(self.media_column)
 
     def check_columns(self, column_names: Sequence[str], template: str | None = None) -> None:
         if self.required_columns is None:
@@ -467,6 +476,116 @@ register_benchmark(
     default_split="clotho_aqa_val_filtered",
     max_new_tokens=8,
     primary_score="exact_match",
+)
+
+
+# Video multiple choice. MVBench and Video-MME are test sets only, so their one-turn templates live here with the
+# benchmarks; the prompts are lmms-eval's `doc_to_text` (MVBench's trailing newline aside), the target the letter.
+# Both are scored by the `mmbench` metric: the letter read off the answer (`B`, `(B)`, `B. left`, or the text of
+# exactly one option) must equal the right one; each row is its own group, so this is plain exact-match accuracy,
+# with a breakdown per `task_type` where rows have one.
+
+MVBENCH_SUFFIX = "Only give the best option."
+VIDEOMME_INSTRUCTION = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter (A, B, C, or D) of the correct option."
+)
+VIDEOMME_SUFFIX = "\nThe best answer is:"
+_VIDEOMME_OPTION = re.compile(r"^\s*([A-J])[.:)]\s*")
+
+
+def _mvbench_question(row: dict[str, Any], suffix: str) -> str:
+    options = "".join(f"({LETTERS[i]}) {c}\n" for i, c in enumerate(as_list(row["candidates"])))
+    return f"Question:{row['question']}\nOption:\n{options}{suffix}"
+
+
+def _mvbench_letter(row: dict[str, Any]) -> str:
+    candidates = [str(c) for c in as_list(row["candidates"])]
+    answer = str(row["answer"]).strip()
+    if answer not in candidates:
+        raise ValueError(f"{row_name(row)} has `answer` {answer!r}, which is none of its `candidates` {candidates}.")
+    return LETTERS[candidates.index(answer)]
+
+
+def videomme_choices(row: dict[str, Any]) -> list[str]:
+    """Video-MME's option texts: `options` is `["A. Apples.", "B. ..."]`; the letter prefixes are dropped."""
+    return [_VIDEOMME_OPTION.sub("", str(option), count=1) for option in as_list(row["options"])]
+
+
+def _videomme_question(row: dict[str, Any], suffix: str) -> str:
+    options = "\n".join(str(option) for option in as_list(row["options"]))
+    return f"{VIDEOMME_INSTRUCTION}\n{row['question']}\n{options}{suffix}"
+
+
+def _videomme_video(row: dict[str, Any]) -> Any:
+    """A local row may carry its `video` path; Video-MME's own rows name the file `<videoID>.mp4`."""
+    if not is_missing(row.get("video")):
+        return row["video"]
+    return None if is_missing(row.get("videoID")) else f"{row['videoID']}.mp4"
+
+
+register_prompt_template(
+    "MVBench",
+    modality="video",
+    media=lambda row: row["video"],
+    prompt=_mvbench_question,
+    suffix=MVBENCH_SUFFIX,
+    target=_mvbench_letter,
+    required_columns=("video", "question", "candidates", "answer"),
+)
+register_prompt_template(
+    "Video-MME",
+    modality="video",
+    media=_videomme_video,
+    prompt=_videomme_question,
+    suffix=VIDEOMME_SUFFIX,
+    target=lambda row: str(row["answer"]).strip(),
+    required_columns=("question", "options", "answer"),
+    aliases=("VideoMME",),
+)
+
+
+def _mvbench(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
+    references = [] if is_missing(row.get("answer")) else [_mvbench_letter(row)]
+    category = str(row.get("task_type") or "mvbench")
+    return references, {"index": row_index, "category": category, "choices": [str(c) for c in row["candidates"]]}
+
+
+def _videomme(row: dict[str, Any], row_index: int) -> tuple[list[str], dict[str, Any]]:
+    category = str(row.get("task_type") or "videomme")
+    return _answer(row), {"index": row_index, "category": category, "choices": videomme_choices(row)}
+
+
+_VIDEO = {"modality": "video", "media_column": "video"}
+
+register_benchmark(
+    "mvbench",
+    metric="mmbench",
+    **_VIDEO,
+    required_columns=("video", "question", "candidates"),
+    id_columns=("id", "question_id"),
+    template="MVBench",
+    references=_mvbench,
+    default_data="OpenGVLab/MVBench",
+    default_subset="moving_direction",
+    default_split="train",
+    max_new_tokens=16,
+    primary_score="accuracy",
+)
+register_benchmark(
+    "videomme",
+    metric="mmbench",
+    modality="video",
+    media_column="videoID",
+    media=_videomme_video,
+    required_columns=("question", "options"),
+    id_columns=("question_id",),
+    template="Video-MME",
+    references=_videomme,
+    default_data="lmms-lab/Video-MME",
+    default_split="test",
+    max_new_tokens=16,
+    primary_score="accuracy",
 )
 
 

@@ -1,13 +1,15 @@
-"""`any2text chat`: talk to a checkpoint about images and audio clips, in the terminal or in a local web page.
+"""`any2text chat`: talk to a checkpoint about images, audio clips and videos, in the terminal or in a local web page.
 
     any2text chat --model ./stage2 --image cat.jpg --prompt "What is in the image?"     # one-shot
     any2text chat --model ./stage2 --audio dog.wav                                       # interactive
+    any2text chat --model ./stage2 --video clip.mp4 --prompt "What happens?"             # needs any2text[video]
     any2text chat --model ./stage2 --web                                                 # http://127.0.0.1:7860
 
 In the terminal the media go into the first user turn; later turns keep the conversation (and the media) as
 context. They are checked (a file, readable, a kind the checkpoint takes) before the model loads, and a bad one is
-one line on stderr and exit code 2. Greedy decoding by default; `--temperature` > 0 samples. `--web` serves
-`any2text.evaluation.web_chat` (needs `pip install "any2text[web]"`).
+one line on stderr and exit code 2. A video is sampled to the processor's `num_frames` (or `fps`) frames when it is
+read; a folder of frame images (sorted by name) is a video too. Greedy decoding by default; `--temperature` > 0
+samples. `--web` serves `any2text.evaluation.web_chat` (needs `pip install "any2text[web]"`).
 """
 
 import mimetypes
@@ -20,10 +22,17 @@ from transformers import AutoConfig, AutoProcessor, HfArgumentParser
 
 from ..data.media import MediaDecodeError
 from ..inference import DTypeName, decode_media, generate_batch, load_inference_model
+from ..modalities import MODALITIES, get_modality
 
-MEDIA_KINDS = ("image", "audio")
-_FORMATS = {"image": "PNG, JPEG, WebP, GIF or BMP", "audio": "WAV, FLAC, OGG or MP3"}
-_PLURALS = {"image": "images", "audio": "audio"}
+# The kinds a file can be (its MIME type's first part): the modality table's names.
+MEDIA_KINDS = tuple(MODALITIES)
+# How each kind is named in messages; a modality without an entry is named by its own name.
+_FORMATS = {
+    "image": "PNG, JPEG, WebP, GIF or BMP",
+    "audio": "WAV, FLAC, OGG or MP3",
+    "video": "MP4, WebM, MKV or AVI, or a folder of frame images",
+}
+_PLURALS = {"image": "images", "audio": "audio", "video": "videos"}
 
 
 @dataclass
@@ -31,6 +40,9 @@ class ChatArguments:
     model: str = field(metadata={"help": "Checkpoint folder or Hub id."})
     image: str | None = field(default=None, metadata={"help": "Image file to talk about."})
     audio: str | None = field(default=None, metadata={"help": "Audio file to talk about (any rate, mono or not)."})
+    video: str | None = field(
+        default=None, metadata={"help": "Video file (or folder of frames) to talk about; needs any2text[video]."}
+    )
     prompt: str | None = field(default=None, metadata={"help": "Ask one question, print the answer and exit."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per answer."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy; > 0 samples."})
@@ -46,38 +58,43 @@ class ChatArguments:
 
 
 class ChatMediaError(ValueError):
-    """A file the chat cannot use: missing, a folder, of an unsupported type, undecodable, or a medium (image /
-    audio) the checkpoint does not take. The message names the file and what to send instead."""
+    """A file the chat cannot use: missing, a folder (other than a video's frames), of an unsupported type,
+    undecodable, or a medium (image / audio / video) the checkpoint does not take. The message names the file and
+    what to send instead."""
 
 
 def accepted_media(processor: Any, config: Any) -> tuple[str, ...]:
-    """The media kinds a checkpoint takes: those with both an encoder in `config` and a preprocessor in `processor`."""
+    """The media kinds a checkpoint takes (modality table order): those whose tower has a config in `config`
+    (`vision_config` for images and video), whose placeholder has an id there, and whose placeholder
+    (`processor.video_token`) the tokenizer knows (a checkpoint built before video has no `<video>`)."""
+    vocab = getattr(processor, "tokenizer", processor).get_vocab()
     kinds = []
-    if getattr(config, "vision_config", None) is not None and getattr(processor, "image_processor", None) is not None:
-        kinds.append("image")
-    if getattr(config, "audio_config", None) is not None and getattr(processor, "feature_extractor", None) is not None:
-        kinds.append("audio")
+    for name, modality in MODALITIES.items():
+        tower_config = getattr(config, modality.tower.removesuffix("_tower") + "_config", None)
+        token = modality.processor_token(processor)
+        if tower_config is not None and getattr(config, modality.token_id_attr, None) is not None and token in vocab:
+            kinds.append(name)
     return tuple(kinds)
 
 
 def describe_media(accepted: tuple[str, ...]) -> str:
     """`"images and audio"`, `"images"`, ... or `"text only"`: what a checkpoint with `accepted_media` takes."""
-    return " and ".join(_PLURALS[kind] for kind in accepted) or "text only"
+    names = [_PLURALS.get(kind, f"{kind}s") for kind in accepted]
+    return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)) or "text only"
 
 
 def media_kind(path: str, name: str | None = None) -> str:
-    """`"image"` or `"audio"` from the file's type (its extension), or a `ChatMediaError` naming what it is."""
+    """`"image"`, `"audio"` or `"video"` from the file's type (its extension), or a `ChatMediaError` naming what it
+    is."""
     name = name or f"`{path}`"
     mime = mimetypes.guess_type(path)[0] or ""
     kind = mime.split("/")[0]
     if kind in MEDIA_KINDS:
         return kind
-    if kind == "video":
-        raise ChatMediaError(f"{name} is a video; the chat takes images and audio clips, not video (yet).")
     found = f"a `{mime}` file" if mime else "a file of unknown type"
     raise ChatMediaError(
-        f"{name} is {found}, not an image or audio clip. Send an image ({_FORMATS['image']}) or audio "
-        f"({_FORMATS['audio']})."
+        f"{name} is {found}, not an image, audio clip or video. Send an image ({_FORMATS['image']}), audio "
+        f"({_FORMATS['audio']}) or a video ({_FORMATS['video']})."
     )
 
 
@@ -92,7 +109,7 @@ def load_chat_medium(path: str, kind: str, processor: Any, accepted: tuple[str, 
         raise ChatMediaError(
             f"This model does not take {kind} (it takes {describe_media(accepted)}); {name} was not sent."
         )
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not get_modality(kind).folders:
         raise ChatMediaError(f"{name} is a folder; pass an {kind} file.")
     if not os.path.exists(path):
         where = "" if os.path.isabs(path) else f" (a relative path is read from the current folder, {os.getcwd()})"
@@ -103,8 +120,9 @@ def load_chat_medium(path: str, kind: str, processor: Any, accepted: tuple[str, 
     except (MediaDecodeError, ValueError) as error:
         # A decode error's own message is written for dataset rows; its cause is what went wrong with the file.
         reason = error.__cause__ if isinstance(error, MediaDecodeError) and error.__cause__ else error
+        article = "an" if kind[0] in "aeiou" else "a"
         raise ChatMediaError(
-            f"{name} could not be read as {kind} ({reason}). Send an {kind} file ({_FORMATS[kind]})."
+            f"{name} could not be read as {kind} ({reason}). Send {article} {kind} file ({_FORMATS.get(kind, kind)})."
         ) from error
 
 
@@ -114,10 +132,10 @@ class ChatSession:
     The media are decoded once, when the session starts, and stay in the first user turn.
     """
 
-    def __init__(self, model: Any, processor: Any, image: Any = None, audio: Any = None):
+    def __init__(self, model: Any, processor: Any, image: Any = None, audio: Any = None, video: Any = None):
         self.model, self.processor = model, processor
-        media = [{"type": "image", "image": image}] if image is not None else []
-        media += [{"type": "audio", "audio": audio}] if audio is not None else []
+        given = {"image": image, "audio": audio, "video": video}
+        media = [{"type": kind, kind: value} for kind, value in given.items() if value is not None]
         self.media = decode_media([{"role": "user", "content": media}], processor)[0]["content"]
         self.messages: list[dict] = []
 
@@ -131,7 +149,8 @@ class ChatSession:
 
 
 def check_media(args: ChatArguments) -> dict[str, Any]:
-    """`--image` / `--audio` decoded with the checkpoint's processor, before the model loads (`ChatMediaError`)."""
+    """`--image` / `--audio` / `--video` decoded with the checkpoint's processor, before the model loads
+    (`ChatMediaError`)."""
     wanted = {kind: getattr(args, kind) for kind in MEDIA_KINDS if getattr(args, kind) is not None}
     if not wanted:
         return {}
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: ChatArguments) -> int:
-    given = [f"--{name}" for name in ("image", "audio", "prompt") if getattr(args, name) is not None]
+    given = [f"--{name}" for name in (*MEDIA_KINDS, "prompt") if getattr(args, name) is not None]
     if given:
         print(f"any2text chat: {', '.join(given)} cannot go with --web; attach media in the page.", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ class Generate:
             references, meta = benchmark.references(row, row_index) if benchmark.references else ([], {})
         except (KeyError, TypeError, ValueError, SyntaxError) as err:
             raise ValueError(f"Benchmark `{benchmark.name}`: cannot read row {row_index}: {err!r}.") from err
-        media = row.get(benchmark.media_column)
+        media = benchmark.medium(row)
         if media is None:
             raise ValueError(
                 f"Benchmark `{benchmark.name}`: row {row_index} has no `{benchmark.media_column}`; drop rows without "

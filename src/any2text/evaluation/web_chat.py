@@ -1,13 +1,13 @@
-"""`any2text chat --model M --web`: a local web chat with images and audio clips that streams its answers.
+"""`any2text chat --model M --web`: a local web chat with images, audio clips and videos that streams its answers.
 
     pip install "any2text[web]"
     any2text chat --model ./stage2 --web      # http://127.0.0.1:7860; --host / --port to change, --share for a link
 
-A gradio `ChatInterface` with a multimodal textbox (upload images and audio, or record from the microphone), the
-generation settings under the chat, and the conversation (media of earlier turns included) sent with every turn.
+A gradio `ChatInterface` with a multimodal textbox (upload images, audio and videos, or record from the microphone),
+the generation settings under the chat, and the conversation (media of earlier turns included) sent with every turn.
 Answers stream token by token: `generate_batch` (the one inference path, `any2text.inference`) runs in a thread with
 a `TextIteratorStreamer`; the last message is its return value, so the page ends on exactly what `any2text eval`
-would generate. A file the model cannot use (not an image or audio clip, unreadable, or audio for an image-only
+would generate. A file the model cannot use (not an image, audio clip or video, unreadable, or audio for an image-only
 model) is answered in the chat with what is wrong, and that turn stays out of the model's context afterwards.
 
 The page binds to 127.0.0.1, opens no share link and sends no gradio telemetry unless asked.
@@ -140,7 +140,7 @@ class WebChat:
     ) -> Iterator[str]:
         """Yields the answer as it grows; a bad medium yields one message saying what is wrong (no traceback)."""
         if not (message.get("text") or "").strip() and not message.get("files"):
-            yield "Type a message, or attach an image or an audio clip."
+            yield "Type a message, or attach an image, an audio clip or a video."
             return
         try:
             conversation = self.conversation(message, history)
@@ -199,7 +199,7 @@ def build_app(
         # No `file_types`: gradio would refuse other files with a pop-up; `respond` explains them in the chat.
         file_count="multiple",
         sources=["upload", "microphone"] if "audio" in chat.accepted else ["upload"],
-        placeholder=f"Ask about an image or an audio clip (this model takes {takes})",
+        placeholder=f"Ask about an image, an audio clip or a video (this model takes {takes})",
     )
     settings = [
         gr.Slider(1, 2048, value=256, step=1, label="max_new_tokens"),

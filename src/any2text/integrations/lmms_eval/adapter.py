@@ -13,6 +13,7 @@ of lmms-eval, so `make test` checks it without that package; `model.py` only unp
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ DEFAULT_MAX_NEW_TOKENS = 1024
 # lmms-eval generation keys that `model.generate` takes as they are (greedy unless `temperature` > 0 / `do_sample`).
 _GENERATE_KEYS = ("num_beams", "top_p", "top_k", "repetition_penalty")
 _HANDLED_KEYS = {"until", "max_new_tokens", "temperature", "do_sample", *_GENERATE_KEYS}
+# Video tasks' `doc_to_visual` returns file paths (MVBench, Video-MME); these are read as videos.
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
@@ -39,6 +42,10 @@ def _is_waveform(url: Any) -> bool:
     return isinstance(url, Mapping) and "array" in url and "sampling_rate" in url
 
 
+def _is_video_file(url: Any) -> bool:
+    return isinstance(url, str | os.PathLike) and os.fspath(url).lower().endswith(VIDEO_SUFFIXES)
+
+
 def _to_part(part: Mapping[str, Any], turn: int) -> dict[str, Any]:
     kind = part.get("type")
     if kind == "text":
@@ -47,18 +54,19 @@ def _to_part(part: Mapping[str, Any], turn: int) -> dict[str, Any]:
     # lmms-eval's default `doc_to_messages` labels every dict visual "video"; a waveform dict is audio.
     if kind == "audio" or (kind == "video" and _is_waveform(url)):
         return {"type": "audio", "audio": url}
-    if kind == "image":
-        return {"type": "image", "image": url}
+    if kind in ("image", "video"):
+        return {"type": kind, kind: url}
     raise ValueError(
-        f"Message {turn} has a `{kind}` part; any2text checkpoints take `text`, `image` and `audio` parts (an audio "
-        "clip as a path or `{'array', 'sampling_rate'}`). Run image or audio tasks, or drop the part in the task's "
-        "`doc_to_messages`."
+        f"Message {turn} has a `{kind}` part; any2text checkpoints take `text`, `image`, `audio` and `video` parts "
+        "(an audio clip as a path or `{'array', 'sampling_rate'}`, a video as a file or frames). Drop the part in "
+        "the task's `doc_to_messages`."
     )
 
 
 def to_conversation(messages: Sequence[Any]) -> Conversation:
-    """lmms-eval chat messages (`{"role", "content": [{"type": "text"|"image"|"audio", "text"|"url": ...}]}`, dicts
-    or `ChatMessage` objects) as an any2text conversation; media are passed through for `any2text.inference` to load.
+    """lmms-eval chat messages (`{"role", "content": [{"type": "text"|"image"|"audio"|"video", "text"|"url": ...}]}`,
+    dicts or `ChatMessage` objects) as an any2text conversation; media are passed through for `any2text.inference` to
+    load.
 
     An audio `url` may be a path or `{"array", "sampling_rate"}`: the rate goes with the waveform, which is resampled
     to the encoder's rate when it is loaded.
@@ -77,9 +85,10 @@ def visuals_conversation(context: str, visuals: Sequence[Any] | None) -> Convers
     """The one user turn of a "simple" (non-chat) lmms-eval request: its visuals first, then the context text.
 
     The same order as lmms-eval's own messages for such tasks; an image is a PIL image or path, audio a
-    `{"array", "sampling_rate"}` dict.
+    `{"array", "sampling_rate"}` dict, a video a file path (`VIDEO_SUFFIXES`).
     """
-    content = [{"type": "audio" if _is_waveform(v) else "image", "url": v} for v in visuals or []]
+    kinds = [("audio" if _is_waveform(v) else "video" if _is_video_file(v) else "image", v) for v in visuals or []]
+    content = [{"type": kind, "url": v} for kind, v in kinds]
     return to_conversation([{"role": "user", "content": [*content, {"type": "text", "text": context}]}])
 
 
