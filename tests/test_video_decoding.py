@@ -157,3 +157,41 @@ def test_a_video_file_without_pyav_says_how_to_install_it(clip, monkeypatch):
         load_video(clip, num_frames=2)
     # Frames already in memory need no decoder.
     assert load_video(np.zeros((4, 4, 4, 3), dtype=np.uint8), num_frames=2)[0].shape == (2, 4, 4, 3)
+
+
+_FORK_SCRIPT = """
+import sys, numpy as np, av, torch
+from any2text.models.llama_vision_audio.processing_llama_vision_audio import load_video
+path = sys.argv[1]
+with av.open(path, "w") as c:
+    s = c.add_stream("mpeg4", rate=8); s.width = 64; s.height = 64; s.pix_fmt = "yuv420p"
+    for i in range(16):
+        for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 10, np.uint8), format="rgb24")):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+for _ in range(3):
+    load_video(path, num_frames=8)
+class Clips(torch.utils.data.Dataset):
+    def __len__(self):
+        return 32
+    def __getitem__(self, i):
+        return int(load_video(path, num_frames=8)[0].sum())
+for _ in range(2):
+    for batch in torch.utils.data.DataLoader(Clips(), batch_size=4, num_workers=1):
+        load_video(path, num_frames=8)
+print("decoded in workers")
+"""
+
+
+def test_decoding_in_a_forked_dataloader_worker_after_the_parent_decoded_does_not_hang(tmp_path):
+    """The parent decodes (as the demo and the length index do), then a forked DataLoader worker decodes: FFmpeg's
+    scaling slice threads deadlocked there (the demo's training hung) until decoding used one scaling thread."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(tmp_path / "clip.mp4")], capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "decoded in workers" in result.stdout

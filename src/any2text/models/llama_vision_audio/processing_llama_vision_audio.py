@@ -190,7 +190,9 @@ def _decode_file(path: str, wanted: set[int] | None, stop: int | None) -> tuple[
                 raise CorruptVideoError(f"Video `{path}` has no video stream. Replace the file or remove the row.")
             for count, frame in enumerate(container.decode(video=0), start=1):
                 if wanted is None or count - 1 in wanted:
-                    frames[count - 1] = frame.to_ndarray(format="rgb24")
+                    # One scaling thread: FFmpeg's slice-thread pool deadlocks in a forked process (a DataLoader
+                    # worker) once the parent process has used it (its pthread state is copied mid-use).
+                    frames[count - 1] = frame.to_ndarray(format="rgb24", threads=1)
                 if stop is not None and count - 1 >= stop:
                     break
     except av.FFmpegError as err:
