@@ -269,6 +269,35 @@ def test_sft_video_rows_reach_the_collator_with_their_token_counts(clips, num_fr
         assert lengths == [batch["input_ids"].shape[1]]
 
 
+@pytest.mark.parametrize(("num_frames", "fps"), [(4, None), (None, 2)], ids=["num_frames", "fps"])
+def test_video_prompt_rows_are_checked_and_measured_as_sft_rows_are(clips, monkeypatch, num_frames, fps):
+    """Prompt rows go through the SFT dataset's one row path: paths resolved against the media root before
+    `check_sample` reads a file's frame count under `fps` (from another working directory), then decoded."""
+    from any2text.data.prompts import PromptCollator, PromptDataset
+    from any2text.modalities import media_options
+
+    monkeypatch.chdir(clips.parent)  # the rows' relative paths name files under the dataset's folder only
+    processor = video_processor(num_frames, fps)
+    collator = PromptCollator(processor)
+    specs = [
+        write_rows(clips, "TRL-Prompt", [{"id": "p", "prompt": "<video>Which way?", "videos": ["eight.mp4"]}]),
+        sft_rows(clips)[0],  # an SFT row: the conversation before its answer is the prompt
+    ]
+    frames = {"p": 4, "a": 4} if fps is None else {"p": 4, "a": 3}
+    for spec in specs:
+        dataset = PromptDataset(
+            spec, media_options=media_options(processor), check_sample=collator.check_sample, validate_rows=True
+        )
+        assert dataset.num_skipped == 0
+        lengths = dataset.validate(length_fn=collator.sample_length)
+        item = dataset[0]
+        batch = collator([item])
+        assert video_tokens(processor, batch["input_ids"]) == frames[item["source"]["id"]] * (
+            processor.video_frame_seq_length
+        )
+        assert lengths == [batch["input_ids"].shape[1]]
+
+
 def test_video_pairs_reach_the_pair_collator_encoded_once(clips):
     from any2text.data.preference import PreferenceCollator, PreferenceDataset
     from any2text.modalities import media_options

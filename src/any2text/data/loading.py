@@ -613,8 +613,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             reason = data.get(BAD_ROW_COLUMN)
             if reason is not None:
                 raise _WronglyTypedRow(reason)
-            messages = self.templates[dataset_id](data)
-            check_conversation(messages)
+            messages = self._conversation(dataset_id, data)
             # Paths made absolute (and checked) first: a video's length under `fps` reads its container's metadata.
             messages = self._resolve_media(messages, self.media_roots[dataset_id], decode=False)
             if self.check_sample is not None:
@@ -630,6 +629,13 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 index=row,
                 row_id=source["id"],
             ) from error
+
+    def _conversation(self, dataset_id: int, data: dict[str, Any]) -> list[Message]:
+        """The row through its dataset's template, checked against the conversation rules (`PromptDataset` makes it a
+        prompt here)."""
+        messages = self.templates[dataset_id](data)
+        check_conversation(messages)
+        return messages
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.skip_bad_rows:

@@ -32,12 +32,11 @@ from transformers.utils import logging
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..modalities import MODALITIES
-from .bad_rows import BadRowError
 from .collator import _DROPPED_KEYS, _PER_TOKEN_KEYS, EMPTY_BATCH_KEY, MultimodalCollator, concat_media
-from .loading import _BAD_ROW_ERRORS, BAD_ROW_COLUMN, MultimodalDataset
+from .loading import BAD_ROW_COLUMN, MultimodalDataset
 from .messages import media_as_types
 from .preference import _conversation, _count_media, _prompt_with_media
-from .templates import Message, check_conversation, media_of, register_template, row_id, row_name
+from .templates import Message, check_conversation, media_of, register_template, row_name
 
 logger = logging.get_logger(__name__)
 
@@ -128,28 +127,12 @@ class PromptDataset(MultimodalDataset):
     the row's template). Loading, mixing, weights, bad rows (`skip_bad_rows`, `max_bad_rows`), `validate_rows` and
     `check_sample` (the prompt's length, `PromptCollator.check_sample`) are the SFT dataset's."""
 
-    def _row_messages(
-        self, dataset_id: int, row: int, data: dict[str, Any], decode: bool
-    ) -> tuple[PromptMessages, dict[str, Any]]:
-        spec = self.specs[dataset_id]
-        source = {"dataset": str(spec), "index": row, "id": row_id(data)}
-        try:
-            if data.get(BAD_ROW_COLUMN) is not None:
-                raise ValueError(data[BAD_ROW_COLUMN])
-            prompt = as_prompt(self.templates[dataset_id](data))
-            if self.check_sample is not None:
-                self.check_sample(prompt)
-            return prompt.with_messages(self._resolve_media(prompt, self.media_roots[dataset_id], decode)), source
-        except _BAD_ROW_ERRORS as error:
-            named = f"id `{source['id']}`, " if source["id"] is not None else ""
-            raise BadRowError(
-                f"Row {row} of dataset {spec} ({named}template `{spec.template}`) cannot be used as a prompt: {error} "
-                "Fix or drop the row, or pass `skip_bad_rows=True` to skip bad rows (each counted once, logged, and "
-                "capped by `max_bad_rows`).",
-                dataset=str(spec),
-                index=row,
-                row_id=source["id"],
-            ) from error
+    def _conversation(self, dataset_id: int, data: dict[str, Any]) -> PromptMessages:
+        """The row's template output as a prompt (`as_prompt`: a conversation is cut before its last assistant turn)."""
+        return as_prompt(self.templates[dataset_id](data))
+
+    def _resolve_media(self, messages: PromptMessages, media_root: str | None, decode: bool) -> PromptMessages:
+        return messages.with_messages(super()._resolve_media(messages, media_root, decode))
 
 
 class PromptCollator(MultimodalCollator):
