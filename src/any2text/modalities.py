@@ -12,7 +12,8 @@ over `MODALITIES` (through `any2text.data.messages` for conversations), so addin
 (`register_modality`), a decoder, the processor's `replace_<name>_token` and the model's feature getter.
 
 The shipped model folder cannot import this package (it is remote code), so the model keeps its own small table of
-the same facts (token ids, towers, feature getters); the attribute names here are the ones it uses.
+its side (placeholders, token ids, inputs, towers, feature getters); the shipped records here take those fields from
+it, so they are written once.
 """
 
 from __future__ import annotations
@@ -175,41 +176,47 @@ def media_options(processor: Any) -> dict[str, Any]:
     return options
 
 
+def _with_model_part(name: str, **data_side: Any) -> Modality:
+    """The record of `name`: its data-side fields as given, its model-side facts (placeholder, token id attribute,
+    `mm_token_type_ids` value, processor outputs = the model's inputs, tower, projector, feature getter) read from the
+    shipped model's own table, where they are written once (the model folder is remote code and cannot import this)."""
+    from .models.llama_vision_audio.modeling_llama_vision_audio import MODALITIES as MODEL_MODALITIES
+
+    part = next(m for m in MODEL_MODALITIES if m.name == name)
+    return Modality(
+        name=name,
+        placeholder=part.placeholder,
+        token_id_attr=part.token_id_attr,
+        output_keys=part.input_keys,
+        token_type=part.token_type,
+        tower=part.tower,
+        projector=part.projector,
+        feature_getter=part.feature_getter,
+        **data_side,
+    )
+
+
 # The decoders live in the data layer, which reads this table: imported after the table's names exist.
 from .data import media  # noqa: E402
 
 register_modality(
-    Modality(
-        name="image",
-        placeholder="<image>",
-        token_id_attr="image_token_id",
+    _with_model_part(
+        "image",
         content_type="image",
         row_columns=("images", "image"),
         decoder=media.decode_image,
         processor_kwarg="images",
-        output_keys=("pixel_values",),
-        token_type=1,
-        tower="vision_tower",
-        projector="vision_projector",
-        feature_getter="get_image_features",
         blank=lambda options: PIL.Image.new("RGB", (32, 32)),
         dummy=_blank_pixels,
     )
 )
 register_modality(
-    Modality(
-        name="audio",
-        placeholder="<audio>",
-        token_id_attr="audio_token_id",
+    _with_model_part(
+        "audio",
         content_type="audio",
         row_columns=("audios", "audio"),
         decoder=media.decode_audio,
         processor_kwarg="audio",
-        output_keys=("input_features", "is_longer"),
-        token_type=3,
-        tower="audio_tower",
-        projector="audio_projector",
-        feature_getter="get_audio_features",
         decoder_options=_sampling_rate,
         processor_options=("sampling_rate",),
         blank=lambda options: np.zeros(options["sampling_rate"], dtype=np.float32),
@@ -218,19 +225,12 @@ register_modality(
     )
 )
 register_modality(
-    Modality(
-        name="video",
-        placeholder="<video>",
-        token_id_attr="video_token_id",
+    _with_model_part(
+        "video",
         content_type="video",
         row_columns=("videos", "video"),
         decoder=media.load_video,
         processor_kwarg="videos",
-        output_keys=("pixel_values_videos",),
-        token_type=2,
-        tower="vision_tower",
-        projector="vision_projector",
-        feature_getter="get_video_features",
         decoder_options=_frame_sampling,
         processor_kwargs={"do_sample_frames": False},
         blank=_blank_frame,
