@@ -154,6 +154,7 @@ def run_variant(variant: str, workdir: Path, prompts: Path, args: argparse.Names
     result = {
         "step_s": statistics.mean(clock.times[i] for i in timed),
         "step_s_per_step": [clock.times[i] for i in timed],
+        "step_median_s": statistics.median(clock.times[i] for i in timed),
         "step_cpu_s": statistics.mean(cpu.times[i] for i in timed),
         "generate_s": statistics.mean(generate_at_step[i] - generate_at_step[i - 1] for i in timed),
         "images_encoded_per_step": statistics.mean(images_at_step[i] - images_at_step[i - 1] for i in timed),
@@ -179,7 +180,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, help="prompts a step (both trainers)")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt (G)")
     parser.add_argument("--completion_length", type=int, default=32, help="`max_completion_length` of both")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps, after one warm-up step")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps, after one warm-up step")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; each runs every variant once")
     parser.add_argument("--variants", default="any2text,trl")
     parser.add_argument("--device", default="cpu")
@@ -225,11 +226,11 @@ def report(runs: dict, variants: list[str], args: argparse.Namespace, prompts: P
         summary[variant] = {key: statistics.median(r[key] for r in results)
                             for key, value in results[0].items() if isinstance(value, int | float)}  # fmt: skip
         summary[variant]["best_step_s"] = statistics.mean(map(min, zip(*(r["step_s_per_step"] for r in results))))
-    print("\n| variant | step (s) | best step (s) | step CPU (s) | in generate (s) | rest (s) | images / step | "
+    print("\n| variant | step (s) | median step (s) | best step (s) | step CPU (s) | in generate (s) | rest (s) | images / step | "
           f"completion length | {memory} | RSS growth (MB) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, s in summary.items():
-        print(f"| {variant} | {s['step_s']:.2f} | {s['best_step_s']:.2f} | {s['step_cpu_s']:.2f} | {s['generate_s']:.2f} "
+        print(f"| {variant} | {s['step_s']:.2f} | {s['step_median_s']:.2f} | {s['best_step_s']:.2f} | {s['step_cpu_s']:.2f} | {s['generate_s']:.2f} "
               f"| {s['loss_step_s']:.2f} | {s['images_encoded_per_step']:.0f} | {s['completion_mean_length']:.1f} | "
               f"{s[memory]:.0f} | {s['peak_rss_growth_mb']:.0f} |")  # fmt: skip
     ratios = {}
@@ -237,6 +238,7 @@ def report(runs: dict, variants: list[str], args: argparse.Namespace, prompts: P
         ours, trl = runs["any2text"], runs["trl"]
         per_round = {
             "speed": [t["step_s"] / r["step_s"] for r, t in zip(ours, trl)],
+            "speed_median_step": [t["step_median_s"] / r["step_median_s"] for r, t in zip(ours, trl)],
             "speed_cpu_time": [t["step_cpu_s"] / r["step_cpu_s"] for r, t in zip(ours, trl)],
             "speed_generate": [t["generate_s"] / r["generate_s"] for r, t in zip(ours, trl)],
             "speed_rest": [t["loss_step_s"] / r["loss_step_s"] for r, t in zip(ours, trl)],
