@@ -16,6 +16,15 @@ paths), like a user's data::
 The stage runs `any2text grpo` (LoRA on the language model, projectors frozen, `beta` 0, the reward function
 `exact_match` below) and reports the held-out reward of greedy answers before and after, with the media and with
 them withheld ("blind").
+
+The recipe's reasons, measured on the GRPO stage alone (same prompts and seed) from nine stage-2 models of the demo
+and its test. With 8 completions a prompt and a constant learning rate of 3e-3 (the first recipe), two of them ended
+at 0% and 50% held-out reward: where stage 2 never names the colour, 8 samples rarely do, every group's rewards are
+equal and nothing is learned (the training reward stayed at 0 for half the run); where it did learn, the constant
+rate later undid it (training reward 0.99, then 0.37 by the end). A linear decay alone fixed the late collapse but
+left three of the nine at 50% (the colour never found), as did a constant 1e-3 for two of five; temperature 1.5 did
+not help. 16 completions a prompt with the linear decay reached 100% on eight of the nine and 87.5% on the last, with
+the media withheld at most 25%.
 """
 
 from __future__ import annotations
@@ -92,7 +101,7 @@ def _grpo_args(model: Path, output: Path, data: Path, epochs: float, lr: float, 
         "--freeze_language_model", "False", "--freeze_mm_proj", "True",
         "--num_generations", str(generations), "--per_device_train_batch_size", str(generations * prompts_per_step),
         "--max_completion_length", "3", "--temperature", str(temperature), "--beta", str(beta), "--loss_type", "dapo",
-        "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--lr_scheduler_type", "constant",
+        "--num_train_epochs", str(epochs), "--learning_rate", str(lr), "--lr_scheduler_type", "linear",
         "--logging_steps", "4", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True",
         "--dataloader_num_workers", "0", "--seed", str(seed), "--disable_tqdm", "False", "--log_level", "warning",
     ]  # fmt: skip
@@ -110,7 +119,7 @@ def _rewards(model, processor, prompts, answers, kinds) -> dict[str, float]:
 
 def run_grpo_stage(
     out: Path, model_dir: Path, n_train: int = 64, n_test: int = 64, epochs: float = 4.0, lr: float = 3e-3,
-    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, generations: int = 8, prompts_per_step: int = 4,
+    seed: int = 0, image_size: int = 32, sampling_rate: int = 16000, generations: int = 16, prompts_per_step: int = 4,
     temperature: float = 1.0, beta: float = 0.0,
 ) -> dict:  # fmt: skip
     """Write the prompts, score the stage-2 model's greedy answers, run `any2text grpo` (LoRA), merge, score again;
