@@ -129,6 +129,41 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def import_trl() -> None:
+    """Put the benchmark-only TRL install (`build/trl`) first on the path, or exit saying how to install it."""
+    if not (TRL_PATH / "trl").is_dir():
+        raise SystemExit(
+            f"TRL is not installed for the benchmark: run `pip install --no-deps --target {TRL_PATH} trl`."
+        )
+    sys.path.insert(0, str(TRL_PATH))
+
+
+def step_result(trainer, clock: StepClock, cpu: CpuClock, rss: tuple[float, float], load_before: float) -> dict:
+    """The figures every step benchmark reports, over the steps after the first (warm-up): wall and CPU time per step,
+    peak RSS (and CUDA memory), threads and the machine's load before / after."""
+    import torch
+
+    timed = list(range(1, len(clock.times)))
+    result = {
+        "step_s": statistics.mean(clock.times[i] for i in timed),
+        "step_s_per_step": [clock.times[i] for i in timed],
+        "step_median_s": statistics.median(clock.times[i] for i in timed),
+        "step_cpu_s": statistics.mean(cpu.times[i] for i in timed),
+        "timed_steps": len(timed),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_start_mb": rss[0],
+        "rss_loaded_mb": rss[1],
+        "threads": torch.get_num_threads(),
+        "bf16_autocast": bool(trainer.args.bf16),
+        "load_average": [load_before, os.getloadavg()[0]],  # 1-minute load of the machine before / after training
+    }
+    result["peak_rss_growth_mb"] = result["peak_rss_mb"] - rss[0]
+    if trainer.args.device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["device_name"] = torch.cuda.get_device_name()
+    return result
+
+
 def run_any2text(padding_free: bool, workdir: Path, pairs: Path, args: argparse.Namespace):
     from any2text.training.dpo import build_dpo_trainer, parse_args
 
@@ -146,11 +181,7 @@ def run_any2text(padding_free: bool, workdir: Path, pairs: Path, args: argparse.
 
 
 def run_trl(workdir: Path, pairs: Path, args: argparse.Namespace):
-    if not (TRL_PATH / "trl").is_dir():
-        raise SystemExit(
-            f"TRL is not installed for the benchmark: run `pip install --no-deps --target {TRL_PATH} trl`."
-        )
-    sys.path.insert(0, str(TRL_PATH))
+    import_trl()
     import datasets
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -202,27 +233,13 @@ def run_variant(variant: str, workdir: Path, pairs: Path, args: argparse.Namespa
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     timed = list(range(1, len(clock.times)))  # every step after the first (warm-up)
-    result = {
-        "step_s": statistics.mean(clock.times[i] for i in timed),
-        "step_s_per_step": [clock.times[i] for i in timed],
-        "step_cpu_s": statistics.mean(cpu.times[i] for i in timed),
-        "timed_steps": len(timed),
+    return {
+        **step_result(trainer, clock, cpu, (rss_start, rss_loaded), load_before),
         "positions_per_step": statistics.mean(counting.positions[i] for i in timed),
         "images_per_step": statistics.mean(counting.images[i] for i in timed),
         "loss": statistics.mean(clock.losses[i] for i in timed),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_start_mb": rss_start,
-        "rss_loaded_mb": rss_loaded,
-        "threads": torch.get_num_threads(),
         "dtype": str(next(trainer.model.parameters()).dtype),
-        "bf16_autocast": bool(trainer.args.bf16),
-        "load_average": [load_before, os.getloadavg()[0]],  # 1-minute load of the machine before / after training
     }
-    result["peak_rss_growth_mb"] = result["peak_rss_mb"] - rss_start
-    if cuda:
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["device_name"] = torch.cuda.get_device_name()
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------------

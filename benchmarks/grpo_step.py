@@ -30,20 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 # The benchmark's folder is first on `sys.path` when it runs as a script.
-from dpo_step import CpuClock, _rss_mb
-from stage2_throughput import REPO, RESULT, StepClock, add_setup_arguments, prepare, run_worker, workdir_of
+from dpo_step import CpuClock, _rss_mb, import_trl, step_result
+from stage2_throughput import RESULT, StepClock, add_setup_arguments, prepare, run_worker, workdir_of
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("any2text", "trl")
 QUESTION = "Describe the picture."
-TRL_PATH = REPO / "build" / "trl"
 
 
 def completion_length_reward(prompts, completions, **kwargs) -> list[float]:
@@ -102,11 +99,7 @@ def run_any2text(workdir: Path, prompts: Path, args: argparse.Namespace):
 
 
 def run_trl(workdir: Path, prompts: Path, args: argparse.Namespace):
-    if not (TRL_PATH / "trl").is_dir():
-        raise SystemExit(
-            f"TRL is not installed for the benchmark: run `pip install --no-deps --target {TRL_PATH} trl`."
-        )
-    sys.path.insert(0, str(TRL_PATH))
+    import_trl()
     import datasets
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -152,26 +145,12 @@ def run_variant(variant: str, workdir: Path, prompts: Path, args: argparse.Names
     timed = list(range(1, len(clock.times)))
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     result = {
-        "step_s": statistics.mean(clock.times[i] for i in timed),
-        "step_s_per_step": [clock.times[i] for i in timed],
-        "step_median_s": statistics.median(clock.times[i] for i in timed),
-        "step_cpu_s": statistics.mean(cpu.times[i] for i in timed),
+        **step_result(trainer, clock, cpu, (rss_start, rss_loaded), load_before),
         "generate_s": statistics.mean(generate_at_step[i] - generate_at_step[i - 1] for i in timed),
         "images_encoded_per_step": statistics.mean(images_at_step[i] - images_at_step[i - 1] for i in timed),
         "completion_mean_length": statistics.mean(lengths[i] for i in timed),
-        "timed_steps": len(timed),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_start_mb": rss_start,
-        "rss_loaded_mb": rss_loaded,
-        "threads": torch.get_num_threads(),
-        "bf16_autocast": bool(trainer.args.bf16),
-        "load_average": [load_before, os.getloadavg()[0]],
     }
     result["loss_step_s"] = result["step_s"] - result["generate_s"]  # everything else: prefill excluded, loss, update
-    result["peak_rss_growth_mb"] = result["peak_rss_mb"] - rss_start
-    if cuda:
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["device_name"] = torch.cuda.get_device_name()
     return result
 
 
