@@ -476,3 +476,19 @@ def test_dataset_records_in_a_config_file_equal_the_comma_lists(tmp_path):
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"model_name_or_path": "m", "output_dir": "o", **bad}))
         with pytest.raises(ValueError, match=match):
             sft_parse_args([str(tmp_path / "bad.yaml")])
+
+
+def test_dpo_and_grpo_cards_name_one_reference_rule():
+    """The reference a DPO or GRPO card names: adapters disabled under LoRA, else `ref_model_name_or_path`, else the
+    starting checkpoint (one rule, `reference_description`)."""
+    from types import SimpleNamespace
+
+    from any2text.training.stage import reference_description
+
+    model = SimpleNamespace(model_name_or_path="start")
+    lora, full = SimpleNamespace(use_peft=True), SimpleNamespace(use_peft=False)
+    assert reference_description(model, lora, SimpleNamespace(ref_model_name_or_path="ref")) == (
+        "the model with its adapters disabled"
+    )
+    assert reference_description(model, full, SimpleNamespace(ref_model_name_or_path="ref")) == "ref"
+    assert reference_description(model, full, SimpleNamespace(ref_model_name_or_path=None)) == "start"

@@ -42,7 +42,7 @@ from .arguments import DataArguments, LoraArguments, ModelArguments, MultimodalT
 from .model import load_model_and_processor
 from .nonfinite import ROW_IDS_KEY
 from .parsing import make_argument_parser, parse_argument_groups
-from .stage import Stage, build_stage, run_stage, stage_main
+from .stage import Stage, build_stage, reference_description, run_stage, stage_main
 from .trainer import MultimodalTrainer
 
 logger = logging.get_logger(__name__)
@@ -553,11 +553,7 @@ def dpo(
     transformers.set_seed(training_args.seed)
     trainer = build_dpo_trainer(model_args, data_args, lora_args, training_args)
     dpo_args = training_args
-    reference = (
-        "the model with its adapters disabled"
-        if lora_args.use_peft
-        else dpo_args.ref_model_name_or_path or model_args.model_name_or_path
-    )
+    reference = reference_description(model_args, lora_args, dpo_args)
     card_section = (
         f"\n## Preference alignment (DPO)\n\n`loss_type={dpo_args.loss_type}`, `beta={dpo_args.beta}`, "
         f"`label_smoothing={dpo_args.label_smoothing}`, `rpo_alpha={dpo_args.rpo_alpha}`, reference: {reference}.\n"

@@ -64,7 +64,7 @@ from .model import load_model_and_processor
 from .nonfinite import ROW_IDS_KEY
 from .parsing import make_argument_parser, parse_argument_groups
 from .reward import load_reward_model
-from .stage import Stage, build_stage, run_stage, stage_main
+from .stage import Stage, build_stage, reference_description, run_stage, stage_main
 from .trainer import MultimodalTrainer
 
 logger = logging.get_logger(__name__)
@@ -894,11 +894,7 @@ def grpo(
     transformers.set_seed(training_args.seed)
     trainer = build_grpo_trainer(model_args, data_args, lora_args, training_args)
     args = training_args
-    reference = (
-        "none (`beta=0`)" if args.beta == 0.0
-        else "the model with its adapters disabled" if lora_args.use_peft
-        else args.ref_model_name_or_path or model_args.model_name_or_path
-    )  # fmt: skip
+    reference = "none (`beta=0`)" if args.beta == 0.0 else reference_description(model_args, lora_args, args)
     card_section = (
         f"\n## On-policy alignment (GRPO)\n\n`loss_type={args.loss_type}`, `num_generations={args.num_generations}`, "
         f"`beta={args.beta}`, `epsilon={args.epsilon}`, `scale_rewards={args.scale_rewards}`, rewards: "

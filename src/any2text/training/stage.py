@@ -340,6 +340,14 @@ def _report_skipped_steps(trainer: MultimodalTrainer, metrics: dict) -> None:
         )
 
 
+def reference_description(model_args: ModelArguments, lora_args: LoraArguments, training_args: Any) -> str:
+    """The reference model a preference / on-policy stage compares against, as its model card names it: the policy
+    with its adapters disabled under LoRA, else `ref_model_name_or_path` or the starting checkpoint."""
+    if lora_args.use_peft:
+        return "the model with its adapters disabled"
+    return training_args.ref_model_name_or_path or model_args.model_name_or_path
+
+
 def stage_main(argv: list[str] | None, parse: Callable[[list[str]], tuple], run: Callable[..., Any]) -> int:
     """An entry point's `main`: CPU DeepSpeed's process group, parse (flags or a config file), log set-up, run."""
     from ..cli import setup_logging
