@@ -32,7 +32,8 @@ def test_short_demo_learns_to_use_image_audio_and_video(tmp_path):
 
     # Stage 3: DPO on a preference task stage 2 never taught; the preferred answer depends on the image / clip.
     dpo = results["dpo"]
-    assert dpo["logp_accuracy_after"]["all"] >= dpo["logp_accuracy_before"]["all"] + 0.25, dpo
+    # Up by 0.25, or to 95% when the stage-2 model already ranked most pairs right by chance (a CI run: 81% -> 100%).
+    assert dpo["logp_accuracy_after"]["all"] >= min(dpo["logp_accuracy_before"]["all"] + 0.25, 0.95), dpo
     assert dpo["reward_accuracy_after"]["all"] >= 0.75, dpo
     assert dpo["blind_logp_accuracy_after"]["all"] <= 0.7, dpo  # the media, not the wording, decide
     # ... and greedy answers follow the preferred one (stage 2 never produced these words: 0% before).
